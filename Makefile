@@ -1,0 +1,32 @@
+# idcfs — `make demo` to try it offline, `make test` to test it. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo demo-stop test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v fusermount3 >/dev/null || { echo "FUSE 3 is missing: sudo apt-get install -y fuse3 libfuse3-3"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m idcfs.testbed.demo start
+
+demo-stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m idcfs.testbed.demo stop; fi
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+clean: demo-stop
+	rm -rf demo-data demo-mnt .demo .testdata build *.egg-info

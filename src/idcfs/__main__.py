@@ -1,0 +1,5 @@
+import sys
+
+from idcfs.cli import main
+
+sys.exit(main())

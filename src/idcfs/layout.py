@@ -1,0 +1,194 @@
+"""How a series' metadata becomes a path: templates and reversible name escaping.
+
+Templates use idc-index's ``dirTemplate`` syntax (``%collection_id/%PatientID/...``) so that a
+mount and an ``idc-index`` download put a series at the same relative path. Each ``/``-separated
+level of a template is a *segment*: literal text and ``%column`` references.
+
+Escaping is defined once here in Python and once as a DuckDB SQL expression (the catalog escapes
+a million names inside DuckDB, where a Python loop would cost seconds at mount time). A unit test
+checks the two agree on hostile values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+#: idc-index's default ``dirTemplate``; the default tree of a mount.
+DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
+
+#: Named layouts, selectable with ``--layout NAME``.
+PRESETS: dict[str, str] = {
+    "default": DEFAULT_TEMPLATE,
+}
+
+#: Longest name (bytes) a Linux file system accepts for one path component.
+NAME_MAX = 255
+
+# Characters of an over-long name kept before its hash: 4-byte characters still fit NAME_MAX.
+_LONG_NAME_KEEP = 48
+
+#: The name an empty or missing value gets; a lone ``%`` never results from escaping a value.
+EMPTY_NAME = "%"
+
+# Characters that cannot appear in a path component, plus the escape character itself.
+_ESCAPED_CHARS = {"%": "%25", "/": "%2F", "\x00": "%00"}
+_TOKEN = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used; the message names the offending token."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One path level of a template: alternating literal text and column names.
+
+    ``parts`` holds ``(is_column, text)`` pairs in order.
+    """
+
+    parts: tuple[tuple[bool, str], ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(text for is_column, text in self.parts if is_column)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed layout template: the text it came from and its segments, top level first."""
+
+    text: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the template uses, each once, in order of first use."""
+        seen: dict[str, None] = {}
+        for segment in self.segments:
+            for column in segment.columns:
+                seen.setdefault(column, None)
+        return tuple(seen)
+
+    @property
+    def depth(self) -> int:
+        return len(self.segments)
+
+
+def parse_template(text: str, known_columns: set[str]) -> Template:
+    """Parse ``text`` (a preset name or a ``%column`` template) into segments.
+
+    ``known_columns`` (the index's columns) decides where a column name ends, as in idc-index,
+    where ``%Modality_%SeriesInstanceUID`` uses ``_`` as a separator, and lets a typo be rejected
+    at mount time with a message naming the bad token instead of producing a tree of empty names.
+    """
+    text = PRESETS.get(text, text)
+    if not text.strip("/"):
+        raise TemplateError("layout template is empty")
+    segments = []
+    for raw in text.strip("/").split("/"):
+        if not raw:
+            raise TemplateError(f"layout template {text!r} has an empty level ('//')")
+        segments.append(_parse_segment(raw, text, known_columns))
+    return Template(text=text, segments=tuple(segments))
+
+
+def _parse_segment(raw: str, template: str, known_columns: set[str]) -> Segment:
+    parts: list[tuple[bool, str]] = []
+    pos = 0
+    while pos < len(raw):
+        if raw[pos] != "%":
+            literal_end = raw.find("%", pos)
+            literal_end = len(raw) if literal_end < 0 else literal_end
+            parts.append((False, raw[pos:literal_end]))
+            pos = literal_end
+            continue
+        token = _TOKEN.match(raw, pos)
+        if token is None:
+            raise TemplateError(f"layout template {template!r}: '%' in {raw!r} is not followed by a column name")
+        column = _known_prefix(token.group(1), known_columns)
+        if column is None:
+            raise TemplateError(
+                f"layout template {template!r}: unknown column %{token.group(1)} "
+                f"(columns of the index: {', '.join(sorted(known_columns))})"
+            )
+        parts.append((True, column))
+        pos += 1 + len(column)
+    if not any(is_column for is_column, _ in parts):
+        raise TemplateError(f"layout template {template!r}: level {raw!r} names no column")
+    return Segment(parts=tuple(parts))
+
+
+def _known_prefix(name: str, known_columns: set[str]) -> str | None:
+    """The longest known column that ``name`` starts with, ending at its end or at a ``_``."""
+    for cut in range(len(name), 0, -1):
+        if name[:cut] in known_columns and (cut == len(name) or name[cut] == "_"):
+            return name[:cut]
+    return None
+
+
+def escape_value(value: str | None) -> str:
+    """Escape one metadata value so it can stand inside a path component, reversibly."""
+    if value is None:
+        return ""
+    return "".join(_ESCAPED_CHARS.get(char, char) for char in value)
+
+
+def finish_name(name: str) -> str:
+    """Make a joined segment a valid, unambiguous path component.
+
+    A name longer than NAME_MAX bytes keeps its first characters and gets ``%~`` and the MD5 of
+    the whole name: still unique and deterministic, though no longer reversible by
+    :func:`unescape_name` (the tree maps it back). ``%~`` never results from escaping.
+    """
+    if name == "":
+        return EMPTY_NAME
+    if name in (".", ".."):
+        return name.replace(".", "%2E")
+    if len(name.encode()) > NAME_MAX:
+        return name[:_LONG_NAME_KEEP] + "%~" + hashlib.md5(name.encode()).hexdigest()
+    return name
+
+
+def escape_name(value: str | None) -> str:
+    """The path component for a single value (a segment made of one column)."""
+    return finish_name(escape_value(value))
+
+
+def unescape_name(name: str) -> str:
+    """Invert :func:`escape_name` (an empty value comes back as ``""``)."""
+    if name == EMPTY_NAME:
+        return ""
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), name)
+
+
+def sql_escape_value(column_sql: str) -> str:
+    """DuckDB expression equal to :func:`escape_value` of a column (``%`` first, as in Python)."""
+    expr = f"coalesce(CAST({column_sql} AS VARCHAR), '')"
+    for char, replacement in _ESCAPED_CHARS.items():
+        char_sql = "chr(0)" if char == "\x00" else _sql_literal(char)
+        expr = f"replace({expr}, {char_sql}, {_sql_literal(replacement)})"
+    return expr
+
+
+def sql_segment_name(segment: Segment) -> str:
+    """DuckDB expression for the path component of ``segment``; equal to the Python escaping."""
+    pieces = [sql_escape_value(f'"{text}"') if is_column else _sql_literal(text) for is_column, text in segment.parts]
+    joined = " || ".join(pieces)
+    return (
+        f"(CASE WHEN ({joined}) = '' THEN {_sql_literal(EMPTY_NAME)} "
+        f"WHEN ({joined}) IN ('.', '..') THEN replace(({joined}), '.', '%2E') "
+        f"WHEN strlen({joined}) > {NAME_MAX} THEN left(({joined}), {_LONG_NAME_KEEP}) || '%~' || md5({joined}) "
+        f"ELSE ({joined}) END)"
+    )
+
+
+def segment_name(segment: Segment, row: dict[str, str | None]) -> str:
+    """Python twin of :func:`sql_segment_name`, for tests and one-off lookups."""
+    joined = "".join(escape_value(row.get(text)) if is_column else text for is_column, text in segment.parts)
+    return finish_name(joined)
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,181 @@
+"""Getting a mount up and down safely: preflight checks, the daemon's readiness handshake, umount.
+
+libfuse daemonizes by forking after the mount, and threads started before a fork (DuckDB's,
+fsspec's I/O loop) do not exist in the child. So idcfs never forks a running process: the
+``idcfs mount`` command starts a fresh ``idcfs mount --foreground`` process in its own session,
+and waits until that process reports, over a pipe, that the file system answers (or why it
+could not start). That is how ratarmount and rclone's ``--daemon`` do it.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import errno
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class MountError(RuntimeError):
+    """A mount that cannot be made or removed; the message is for the user, as is."""
+
+
+def prefer_libfuse3() -> None:
+    """Point mfusepy at libfuse 3 (it would take libfuse 2 first when both are installed)."""
+    if os.environ.get("FUSE_LIBRARY_PATH"):
+        return
+    library = ctypes.util.find_library("fuse3")
+    if library:
+        os.environ["FUSE_LIBRARY_PATH"] = library
+
+
+def fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse, with a clear message, what would fail later or obscurely."""
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {mountpoint} does not exist (create it with: mkdir -p {mountpoint})") from None
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is a stale mount (its daemon died); run: idcfs umount {mountpoint}"
+            ) from None
+        raise MountError(f"cannot use mountpoint {mountpoint}: {error.strerror}") from None
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point (unmount it first: idcfs umount {mountpoint})")
+    if not os.access(mountpoint, os.W_OK | os.X_OK) and os.getuid() != 0:
+        raise MountError(f"no write permission on mountpoint {mountpoint}")
+    if any(os.scandir(mountpoint)):
+        raise MountError(f"mountpoint {mountpoint} is not empty")
+    del st
+
+
+def check_fuse_available() -> None:
+    if fusermount() is None:
+        raise MountError("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: sudo apt-get install fuse3)")
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except FileNotFoundError:
+        raise MountError(
+            "/dev/fuse does not exist: load the fuse kernel module (modprobe fuse), or in a "
+            "container run with --device /dev/fuse --cap-add SYS_ADMIN"
+        ) from None
+    except PermissionError:
+        raise MountError(
+            "/dev/fuse is not accessible to this user (check its permissions, or the container's device access)"
+        ) from None
+    os.close(fd)
+
+
+def report_ready(fd: int | None, message: str = "READY") -> None:
+    """Tell the waiting ``idcfs mount`` how startup went (the pipe carries one line)."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, (message.replace("\n", " ") + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def start_daemon(argv: list[str], log_file: Path, timeout: float) -> None:
+    """Run ``idcfs mount --foreground`` detached; return once it is ready, or raise MountError."""
+    read_fd, write_fd = os.pipe()
+    command = [sys.executable, "-m", "idcfs", *argv, "--foreground", "--ready-fd", str(write_fd)]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log_handle:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=log_handle,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            close_fds=True,
+        )
+    os.close(write_fd)
+    try:
+        line = _read_line(read_fd, process, timeout)
+    finally:
+        os.close(read_fd)
+    if line == "READY":
+        return
+    if line.startswith("ERROR "):
+        raise MountError(line[len("ERROR ") :])
+    if process.poll() is None:
+        process.kill()
+        raise MountError(f"the idcfs daemon did not become ready within {timeout:.0f}s (see {log_file})")
+    raise MountError(
+        f"the idcfs daemon exited with status {process.returncode} before the mount was ready "
+        f"(see {log_file}): {_last_line(log_file)}"
+    )
+
+
+def _read_line(fd: int, process: subprocess.Popen[bytes], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+        elif process.poll() is not None and not select.select([fd], [], [], 0)[0]:
+            break
+    return data.decode(errors="replace").strip()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def mounted_fuse_points() -> dict[str, str]:
+    """Mount point -> file system type of every FUSE mount, stale ones included."""
+    points = {}
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].startswith("fuse"):
+                    # /proc/mounts writes space, tab, newline and backslash as octal escapes.
+                    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+                    points[point] = fields[2]
+    except OSError:
+        pass
+    return points
+
+
+def unmount(mountpoint: Path, lazy: bool = False) -> None:
+    if str(mountpoint) not in mounted_fuse_points():
+        raise MountError(f"{mountpoint} is not a FUSE mount point")
+    tool = fusermount()
+    if tool is None:
+        raise MountError("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: sudo apt-get install fuse3)")
+    command = [tool, "-u", *(["-z"] if lazy else []), str(mountpoint)]
+    result = subprocess.run(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+    )
+    if result.returncode != 0:
+        detail = result.stdout.strip().removeprefix(f"{tool}: ").strip()
+        if "busy" in detail.lower():
+            detail += " (close files and shells using it, or use --lazy)"
+        raise MountError(f"cannot unmount {mountpoint}: {detail or 'fusermount failed'}")
