@@ -148,18 +148,16 @@ def _serve(args: argparse.Namespace) -> int:
         fuse_options["allow_other"] = True
     try:
         mfusepy.FUSE(
-            operations,
-            str(args.mountpoint),
-            foreground=True,
-            nothreads=False,
-            debug=False,
-            **{k: v for k, v in fuse_options.items() if v},
+            operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options
         )
     except RuntimeError as error:
-        message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"
-        log.error("%s", message)
-        report_ready(ready_fd, f"ERROR {message}")
-        return 1
+        if not operations.ready:
+            message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"
+            log.error("%s", message)
+            report_ready(ready_fd, f"ERROR {message}")
+            return 1
+        # libfuse answers SIGTERM/SIGINT/SIGHUP by unmounting and returning status 8.
+        log.info("stopped by a signal")
     log.info("unmounted %s", args.mountpoint)
     return 0
 

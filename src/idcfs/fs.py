@@ -85,6 +85,7 @@ class IdcFs(mfusepy.Operations):
         self.reader = Reader(store, cache, block_size)
         self.listings: ListingCache[SeriesListing] = ListingCache()
         self._on_ready = on_ready
+        self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()
         self._handles: dict[int, ObjectRef] = {}
         self._handles_lock = threading.Lock()
@@ -103,6 +104,7 @@ class IdcFs(mfusepy.Operations):
             config_3.attr_timeout = KERNEL_CACHE_TIMEOUT
             config_3.negative_timeout = KERNEL_CACHE_TIMEOUT
             config_3.kernel_cache = 1
+        self.ready = True
         if self._on_ready is not None:
             self._on_ready()
 

@@ -183,3 +183,7 @@ def option_table_markdown(options: tuple[Option, ...] = MOUNT_OPTIONS) -> str:
         text = option.help.replace("%%", "%").replace("|", "\\|")
         lines.append(f"| `{option.flag}` | `{option.env}` | {f'`{default}`' if default else ''} | {text} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(option_table_markdown())

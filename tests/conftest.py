@@ -1,0 +1,169 @@
+"""Real parts for the integration tests: generated DICOM, a real S3 server (rclone serve s3), a
+real GCS emulator (fake-gcs-server), a counting proxy in front of each, and real FUSE mounts made
+with the ``idcfs`` command. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from idcfs.mounting import mounted_fuse_points
+from idcfs.testbed.dicomgen import GeneratedSeries, generate
+from idcfs.testbed.proxy import CountingProxy
+from idcfs.testbed.servers import gcs_server, s3_server
+
+REPO = Path(__file__).resolve().parent.parent
+TESTDATA = REPO / ".testdata"
+IDCFS = str(Path(sys.executable).with_name("idcfs"))
+#: Small blocks make 130 kB test files span several blocks, so block logic is exercised.
+TEST_BLOCK_SIZE = "64K"
+
+
+def _fuse_usable() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+requires_fuse = pytest.mark.skipif(not _fuse_usable(), reason="needs /dev/fuse and fusermount3")
+
+
+@pytest.fixture(scope="session")
+def generated() -> list[GeneratedSeries]:
+    return generate(TESTDATA / "data", max_instances=6, image_size=256)
+
+
+@pytest.fixture(scope="session")
+def s3_upstream(generated):
+    logs = TESTDATA / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with s3_server(TESTDATA / "data" / "s3", log_path=logs / "rclone.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_upstream(generated):
+    logs = TESTDATA / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with gcs_server(TESTDATA / "data" / "gcs", log_path=logs / "fake-gcs.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(s3_upstream) -> Iterator[CountingProxy]:
+    with CountingProxy(s3_upstream.url) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def gcs_proxy(gcs_upstream) -> Iterator[CountingProxy]:
+    with CountingProxy(gcs_upstream.url) as proxy:
+        yield proxy
+
+
+@dataclass
+class Mount:
+    """A live ``idcfs mount``; ``path`` is the mount point."""
+
+    path: Path
+    log_file: Path
+
+    def series_dir(self, series: GeneratedSeries) -> Path:
+        return self.path / series.path
+
+    def daemon_pid(self) -> int | None:
+        return daemon_pid(self.path)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def daemon_pid(mountpoint: Path) -> int | None:
+    """The pid of the ``idcfs mount --foreground`` serving ``mountpoint``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--foreground" in argv and str(mountpoint).encode() in argv:
+            return int(entry.name)
+    return None
+
+
+def run_idcfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([IDCFS, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll for a state change (not a timing assertion: the timeout only bounds a broken run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def mount_factory(tmp_path_factory) -> Iterator:
+    """Mount idcfs with the given options; every mount made is unmounted at teardown."""
+    made: list[Mount] = []
+
+    def make(endpoint: str, *options: str) -> Mount:
+        base = tmp_path_factory.mktemp("mount")
+        mountpoint = base / "mnt"
+        mountpoint.mkdir()
+        log_file = base / "idcfs.log"
+        result = run_idcfs(
+            "mount", str(mountpoint), "--endpoint-url", endpoint, "--cache-dir", str(base / "cache"),
+            "--log-file", str(log_file), "--block-size", TEST_BLOCK_SIZE, *options,
+        )
+        assert result.returncode == 0, f"mount failed: {result.stderr}\n{log_file.read_text() if log_file.exists() else ''}"
+        mount = Mount(mountpoint, log_file)
+        made.append(mount)
+        return mount
+
+    yield make
+    for mount in made:
+        if str(mount.path) in mounted_fuse_points():
+            subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
+        pid = mount.daemon_pid()
+        if pid:
+            wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10)
+
+
+@pytest.fixture(scope="module")
+def s3_mount(s3_proxy, tmp_path_factory) -> Iterator[Mount]:
+    """One S3 mount shared by a module's read-only tests."""
+    yield from _shared_mount(s3_proxy.url, tmp_path_factory, "--source", "aws")
+
+
+@pytest.fixture(scope="module")
+def gcs_mount(gcs_proxy, tmp_path_factory) -> Iterator[Mount]:
+    yield from _shared_mount(gcs_proxy.url, tmp_path_factory, "--source", "gcs")
+
+
+def _shared_mount(endpoint: str, tmp_path_factory, *options: str) -> Iterator[Mount]:
+    base = tmp_path_factory.mktemp("shared")
+    mountpoint = base / "mnt"
+    mountpoint.mkdir()
+    log_file = base / "idcfs.log"
+    result = run_idcfs(
+        "mount", str(mountpoint), "--endpoint-url", endpoint, "--cache-dir", str(base / "cache"),
+        "--log-file", str(log_file), "--block-size", TEST_BLOCK_SIZE, *options,
+    )
+    assert result.returncode == 0, result.stderr
+    yield Mount(mountpoint, log_file)
+    subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+def source_file(series: GeneratedSeries, name: str) -> Path:
+    return TESTDATA / "data" / "s3" / series.aws_bucket / series.crdc_series_uuid / name

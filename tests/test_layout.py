@@ -1,0 +1,91 @@
+"""Templates and escaping: pure logic, plus the DuckDB twin of the escaping."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from idcfs.layout import (
+    DEFAULT_TEMPLATE,
+    EMPTY_NAME,
+    NAME_MAX,
+    TemplateError,
+    escape_name,
+    parse_template,
+    segment_name,
+    sql_segment_name,
+    unescape_name,
+)
+
+COLUMNS = {"collection_id", "PatientID", "StudyInstanceUID", "Modality", "SeriesInstanceUID", "crdc_series_uuid",
+           "StudyDate", "SeriesDescription", "SeriesNumber"}
+
+HOSTILE = ["plain", "a/b", "/", "..", ".", "...", ".hidden", "nul\x00byte", "50%", "%2F", "%", "", "x" * 300,
+           "é" * 200, "日本" * 100, "tab\tand\nnewline", " spaced ", "~", "a%~b"]
+
+
+def test_default_template_is_idc_index_dirtemplate():
+    template = parse_template("default", COLUMNS)
+    assert template.text == DEFAULT_TEMPLATE
+    assert [s.columns for s in template.segments] == [
+        ("collection_id",), ("PatientID",), ("StudyInstanceUID",), ("Modality", "SeriesInstanceUID")]
+    assert template.segments[3].parts == ((True, "Modality"), (False, "_"), (True, "SeriesInstanceUID"))
+
+
+def test_separators_and_other_columns():
+    template = parse_template("%collection_id/%StudyDate-%SeriesNumber_%SeriesDescription/%crdc_series_uuid", COLUMNS)
+    assert template.segments[1].parts == (
+        (True, "StudyDate"), (False, "-"), (True, "SeriesNumber"), (False, "_"), (True, "SeriesDescription"))
+    assert template.columns == ("collection_id", "StudyDate", "SeriesNumber", "SeriesDescription", "crdc_series_uuid")
+
+
+@pytest.mark.parametrize("bad, token", [
+    ("%collection_id/%NoSuchColumn", "%NoSuchColumn"),
+    ("%collection_id//%PatientID", "//"),
+    ("%collection_id/literal", "names no column"),
+    ("%collection_id/%", "not followed by a column"),
+    ("", "empty"),
+])
+def test_invalid_templates_name_the_bad_token(bad, token):
+    with pytest.raises(TemplateError) as error:
+        parse_template(bad, COLUMNS)
+    assert token in str(error.value)
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_escaping_is_a_valid_name_and_reversible(value):
+    name = escape_name(value)
+    assert "/" not in name and "\x00" not in name
+    assert name not in ("", ".", "..")
+    assert len(name.encode()) <= NAME_MAX
+    if len(value.encode()) * 3 <= NAME_MAX:  # short enough never to be shortened
+        assert unescape_name(name) == value
+
+
+def test_none_and_empty_share_the_empty_name():
+    assert escape_name(None) == escape_name("") == EMPTY_NAME
+    assert unescape_name(EMPTY_NAME) == ""
+
+
+def test_escaping_is_injective_on_hostile_values():
+    names = [escape_name(v) for v in HOSTILE]
+    assert len(set(names)) == len(HOSTILE)
+
+
+def test_long_names_keep_a_prefix_and_a_hash():
+    name = escape_name("x" * 300)
+    assert name.startswith("x" * 48) and "%~" in name
+    assert escape_name("x" * 300) != escape_name("x" * 299 + "y")
+
+
+def test_sql_escaping_equals_python_escaping():
+    template = parse_template("%PatientID/%Modality_%SeriesInstanceUID", COLUMNS)
+    rows = [(v, m, s) for v in HOSTILE for m, s in (("CT", v), (None, "1.2"), ("", ""), (".", "."))]
+    connection = duckdb.connect()
+    connection.execute('CREATE TABLE t ("PatientID" VARCHAR, "Modality" VARCHAR, "SeriesInstanceUID" VARCHAR)')
+    connection.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    exprs = ", ".join(sql_segment_name(seg) for seg in template.segments)
+    got = connection.execute(f'SELECT {exprs}, "PatientID", "Modality", "SeriesInstanceUID" FROM t').fetchall()
+    for *names, patient, modality, series in got:
+        row = {"PatientID": patient, "Modality": modality, "SeriesInstanceUID": series}
+        assert names == [segment_name(seg, row) for seg in template.segments], row

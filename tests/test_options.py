@@ -1,0 +1,59 @@
+"""The option table: sizes, booleans, environment defaults, and the CLI built from it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from idcfs.cli import _child_argv, build_parser
+from idcfs.options import MOUNT_OPTIONS, option_table_markdown, parse_bool, parse_size
+
+
+@pytest.mark.parametrize("text, size", [("4096", 4096), ("64K", 65536), ("1M", 1 << 20), ("20G", 20 << 30),
+                                        ("1GiB", 1 << 30), ("1.5M", 3 << 19)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "ten", "1X", "-5M"])
+def test_bad_sizes(bad):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size(bad)
+
+
+def test_booleans():
+    assert parse_bool("yes") and parse_bool("1") and not parse_bool("off")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_bool("maybe")
+
+
+def test_environment_gives_defaults_and_flags_win(monkeypatch):
+    monkeypatch.setenv("IDCFS_SOURCE", "gcs")
+    monkeypatch.setenv("IDCFS_MEMORY_CACHE_SIZE", "64M")
+    monkeypatch.setenv("IDCFS_ALLOW_OTHER", "true")
+    args = build_parser().parse_args(["mount", "/mnt"])
+    assert (args.source, args.memory_cache_size, args.allow_other) == ("gcs", 64 << 20, True)
+    args = build_parser().parse_args(["mount", "/mnt", "--source", "aws", "--no-allow-other"])
+    assert (args.source, args.allow_other) == ("aws", False)
+
+
+def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setenv("IDCFS_SOURCE", "azure")
+    with pytest.raises(SystemExit):
+        build_parser()
+    assert "IDCFS_SOURCE" in capsys.readouterr().err
+
+
+def test_daemon_sees_the_same_options():
+    args = build_parser().parse_args(["mount", "/mnt", "--source", "gcs", "--block-size", "64K", "--allow-other"])
+    again = build_parser().parse_args(_child_argv(args))
+    for option in MOUNT_OPTIONS:
+        if option.name != "foreground":
+            assert getattr(again, option.name) == getattr(args, option.name), option.name
+
+
+def test_readme_lists_every_option():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert option_table_markdown() in readme, "regenerate README's option table: python -m idcfs.options"
