@@ -123,10 +123,20 @@ def mount_factory(tmp_path_factory) -> Iterator:
         mountpoint.mkdir()
         log_file = base / "idcfs.log"
         result = run_idcfs(
-            "mount", str(mountpoint), "--endpoint-url", endpoint, "--cache-dir", str(base / "cache"),
-            "--log-file", str(log_file), "--block-size", TEST_BLOCK_SIZE, *options,
+            "mount",
+            str(mountpoint),
+            "--endpoint-url",
+            endpoint,
+            "--cache-dir",
+            str(base / "cache"),
+            "--log-file",
+            str(log_file),
+            "--block-size",
+            TEST_BLOCK_SIZE,
+            *options,
         )
-        assert result.returncode == 0, f"mount failed: {result.stderr}\n{log_file.read_text() if log_file.exists() else ''}"
+        log_text = log_file.read_text() if log_file.exists() else ""
+        assert result.returncode == 0, f"mount failed: {result.stderr}\n{log_text}"
         mount = Mount(mountpoint, log_file)
         made.append(mount)
         return mount
@@ -157,8 +167,17 @@ def _shared_mount(endpoint: str, tmp_path_factory, *options: str) -> Iterator[Mo
     mountpoint.mkdir()
     log_file = base / "idcfs.log"
     result = run_idcfs(
-        "mount", str(mountpoint), "--endpoint-url", endpoint, "--cache-dir", str(base / "cache"),
-        "--log-file", str(log_file), "--block-size", TEST_BLOCK_SIZE, *options,
+        "mount",
+        str(mountpoint),
+        "--endpoint-url",
+        endpoint,
+        "--cache-dir",
+        str(base / "cache"),
+        "--log-file",
+        str(log_file),
+        "--block-size",
+        TEST_BLOCK_SIZE,
+        *options,
     )
     assert result.returncode == 0, result.stderr
     yield Mount(mountpoint, log_file)

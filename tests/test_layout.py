@@ -17,35 +17,75 @@ from idcfs.layout import (
     unescape_name,
 )
 
-COLUMNS = {"collection_id", "PatientID", "StudyInstanceUID", "Modality", "SeriesInstanceUID", "crdc_series_uuid",
-           "StudyDate", "SeriesDescription", "SeriesNumber"}
+COLUMNS = {
+    "collection_id",
+    "PatientID",
+    "StudyInstanceUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "crdc_series_uuid",
+    "StudyDate",
+    "SeriesDescription",
+    "SeriesNumber",
+}
 
-HOSTILE = ["plain", "a/b", "/", "..", ".", "...", ".hidden", "nul\x00byte", "50%", "%2F", "%", "", "x" * 300,
-           "é" * 200, "日本" * 100, "tab\tand\nnewline", " spaced ", "~", "a%~b"]
+HOSTILE = [
+    "plain",
+    "a/b",
+    "/",
+    "..",
+    ".",
+    "...",
+    ".hidden",
+    "nul\x00byte",
+    "50%",
+    "%2F",
+    "%",
+    "",
+    "x" * 300,
+    "é" * 200,
+    "日本" * 100,
+    "tab\tand\nnewline",
+    " spaced ",
+    "~",
+    "a%~b",
+]
 
 
 def test_default_template_is_idc_index_dirtemplate():
     template = parse_template("default", COLUMNS)
     assert template.text == DEFAULT_TEMPLATE
     assert [s.columns for s in template.segments] == [
-        ("collection_id",), ("PatientID",), ("StudyInstanceUID",), ("Modality", "SeriesInstanceUID")]
+        ("collection_id",),
+        ("PatientID",),
+        ("StudyInstanceUID",),
+        ("Modality", "SeriesInstanceUID"),
+    ]
     assert template.segments[3].parts == ((True, "Modality"), (False, "_"), (True, "SeriesInstanceUID"))
 
 
 def test_separators_and_other_columns():
     template = parse_template("%collection_id/%StudyDate-%SeriesNumber_%SeriesDescription/%crdc_series_uuid", COLUMNS)
     assert template.segments[1].parts == (
-        (True, "StudyDate"), (False, "-"), (True, "SeriesNumber"), (False, "_"), (True, "SeriesDescription"))
+        (True, "StudyDate"),
+        (False, "-"),
+        (True, "SeriesNumber"),
+        (False, "_"),
+        (True, "SeriesDescription"),
+    )
     assert template.columns == ("collection_id", "StudyDate", "SeriesNumber", "SeriesDescription", "crdc_series_uuid")
 
 
-@pytest.mark.parametrize("bad, token", [
-    ("%collection_id/%NoSuchColumn", "%NoSuchColumn"),
-    ("%collection_id//%PatientID", "//"),
-    ("%collection_id/literal", "names no column"),
-    ("%collection_id/%", "not followed by a column"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "bad, token",
+    [
+        ("%collection_id/%NoSuchColumn", "%NoSuchColumn"),
+        ("%collection_id//%PatientID", "//"),
+        ("%collection_id/literal", "names no column"),
+        ("%collection_id/%", "not followed by a column"),
+        ("", "empty"),
+    ],
+)
 def test_invalid_templates_name_the_bad_token(bad, token):
     with pytest.raises(TemplateError) as error:
         parse_template(bad, COLUMNS)

@@ -65,8 +65,16 @@ def test_mount_refuses_bad_mountpoints(tmp_path, s3_proxy, mount_factory):
 def test_bad_layout_is_a_clear_error_before_mounting(tmp_path, s3_proxy):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    result = run_idcfs("mount", str(mountpoint), "--endpoint-url", s3_proxy.url,
-                       "--layout", "%collection_id/%NoSuchColumn", "--cache-dir", str(tmp_path / "cache"))
+    result = run_idcfs(
+        "mount",
+        str(mountpoint),
+        "--endpoint-url",
+        s3_proxy.url,
+        "--layout",
+        "%collection_id/%NoSuchColumn",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert result.returncode != 0
     assert "%NoSuchColumn" in result.stderr and "Traceback" not in result.stderr
     assert str(mountpoint) not in mounted_fuse_points()
@@ -139,10 +147,15 @@ def test_a_hung_server_gives_eio_not_a_hang(mount_factory, s3_proxy, generated):
 def test_options_come_from_environment_variables(tmp_path, s3_proxy, generated):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    env = dict(os.environ, IDCFS_ENDPOINT_URL=s3_proxy.url, IDCFS_SOURCE="aws",
-               IDCFS_CACHE_DIR=str(tmp_path / "cache"))
-    result = subprocess.run([str(Path(os.sys.executable).with_name("idcfs")), "mount", str(mountpoint)],
-                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    env = dict(os.environ, IDCFS_ENDPOINT_URL=s3_proxy.url, IDCFS_SOURCE="aws", IDCFS_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [str(Path(os.sys.executable).with_name("idcfs")), "mount", str(mountpoint)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     try:
         series = generated[0]

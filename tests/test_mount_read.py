@@ -64,8 +64,16 @@ def test_random_ranges_block_crossings_and_reads_past_eof(s3_mount, generated):
     expected = source_file(series, f.name).read_bytes()
     block = 64 * 1024
     rng = random.Random(7)
-    ranges = [(0, 10), (block - 5, 10), (2 * block - 1, 2), (block, block), (len(expected) - 3, 100),
-              (len(expected), 10), (len(expected) + 5000, 10), (0, len(expected) + 1000)]
+    ranges = [
+        (0, 10),
+        (block - 5, 10),
+        (2 * block - 1, 2),
+        (block, block),
+        (len(expected) - 3, 100),
+        (len(expected), 10),
+        (len(expected) + 5000, 10),
+        (0, len(expected) + 1000),
+    ]
     ranges += [(rng.randrange(len(expected)), rng.randrange(1, 3 * block)) for _ in range(40)]
     fd = os.open(s3_mount.series_dir(series) / f.name, os.O_RDONLY)
     try:
@@ -104,7 +112,9 @@ def test_xattrs_on_series_folders_and_files(s3_mount, generated):
     assert os.getxattr(folder, "user.idc.license").decode().startswith("CC BY")
     assert os.getxattr(folder, "user.idc.source_doi")
     name = series.files[0].name
-    assert os.getxattr(folder / name, "user.idc.url").decode() == f"s3://idc-open-data-cr/{series.crdc_series_uuid}/{name}"
+    assert (
+        os.getxattr(folder / name, "user.idc.url").decode() == f"s3://idc-open-data-cr/{series.crdc_series_uuid}/{name}"
+    )
     assert "user.idc.crdc_series_uuid" in os.listxattr(folder / name)
     with pytest.raises(OSError) as missing:
         os.getxattr(folder, "user.idc.no_such_attribute")
@@ -180,7 +190,9 @@ def test_gcs_source_reads_the_same_bytes(gcs_mount, gcs_proxy, generated):
             assert os.stat(folder / f.name).st_size == f.size
             assert (folder / f.name).read_bytes() == source_file(series, f.name).read_bytes()
     mr = next(s for s in generated if s.aws_bucket == "idc-open-data-two")
-    assert os.getxattr(gcs_mount.series_dir(mr), "user.idc.url").decode() == f"gs://idc-open-idc1/{mr.crdc_series_uuid}/*"
+    assert (
+        os.getxattr(gcs_mount.series_dir(mr), "user.idc.url").decode() == f"gs://idc-open-idc1/{mr.crdc_series_uuid}/*"
+    )
     assert gcs_proxy.log.count(contains="idc-open-idc1") > 0  # the GCS bucket name, not the AWS one
     assert gcs_proxy.log.count(contains="idc-open-data-two") == 0
     ct = next(s for s in generated if s.modality == "CT")

@@ -11,8 +11,10 @@ from idcfs.cli import _child_argv, build_parser
 from idcfs.options import MOUNT_OPTIONS, option_table_markdown, parse_bool, parse_size
 
 
-@pytest.mark.parametrize("text, size", [("4096", 4096), ("64K", 65536), ("1M", 1 << 20), ("20G", 20 << 30),
-                                        ("1GiB", 1 << 30), ("1.5M", 3 << 19)])
+@pytest.mark.parametrize(
+    "text, size",
+    [("4096", 4096), ("64K", 65536), ("1M", 1 << 20), ("20G", 20 << 30), ("1GiB", 1 << 30), ("1.5M", 3 << 19)],
+)
 def test_sizes(text, size):
     assert parse_size(text) == size
 

@@ -37,8 +37,9 @@ def _caused_by(cause):
         return error
 
 
-@pytest.mark.parametrize("code, retryable", [(500, True), (503, True), (429, True), (408, True), (403, False),
-                                             (400, False)])
+@pytest.mark.parametrize(
+    "code, retryable", [(500, True), (503, True), (429, True), (408, True), (403, False), (400, False)]
+)
 def test_http_statuses(code, retryable):
     assert _is_retryable(_caused_by(_HttpLike(code))) is retryable
 

@@ -14,10 +14,21 @@ from idcfs.tree import Tree
 
 
 def _row(collection, patient, study, modality, series, uuid, bucket="idc-open-data"):
-    return {"collection_id": collection, "PatientID": patient, "StudyInstanceUID": study, "Modality": modality,
-            "SeriesInstanceUID": series, "crdc_series_uuid": uuid, "aws_bucket": bucket,
-            "license_short_name": "CC BY 4.0", "source_DOI": "10.0/x", "series_revised_idc_version": 20,
-            "instanceCount": 3, "series_size_MB": 1.5, "StudyDate": "2001-01-01"}
+    return {
+        "collection_id": collection,
+        "PatientID": patient,
+        "StudyInstanceUID": study,
+        "Modality": modality,
+        "SeriesInstanceUID": series,
+        "crdc_series_uuid": uuid,
+        "aws_bucket": bucket,
+        "license_short_name": "CC BY 4.0",
+        "source_DOI": "10.0/x",
+        "series_revised_idc_version": 20,
+        "instanceCount": 3,
+        "series_size_MB": 1.5,
+        "StudyDate": "2001-01-01",
+    }
 
 
 ROWS = [

@@ -147,9 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.allow_other:
         fuse_options["allow_other"] = True
     try:
-        mfusepy.FUSE(
-            operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options
-        )
+        mfusepy.FUSE(operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options)
     except RuntimeError as error:
         if not operations.ready:
             message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"
@@ -175,6 +173,8 @@ def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
 
 
 def _build_filesystem(args: argparse.Namespace, on_ready):
+    import pyarrow
+
     from idcfs.cache import BlockCache
     from idcfs.catalog import CatalogError, IndexFiles, load_catalog
     from idcfs.fs import IdcFs
@@ -182,6 +182,8 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
     from idcfs.store import RetryPolicy, Store
     from idcfs.tree import Tree
 
+    # Arrow's default jemalloc pool keeps freed memory; the catalog query frees a lot of it.
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     started = time.monotonic()
     try:
         files = IndexFiles.from_path(args.index_file) if args.index_file else IndexFiles.bundled()

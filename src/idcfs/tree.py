@@ -10,6 +10,7 @@ rows themselves. Nothing here touches the network.
 
 from __future__ import annotations
 
+from array import array as Array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,24 +29,24 @@ class NameArray:
             raise ValueError("path names must not be null")
         _, offsets, data = array.buffers()
         offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
-        self._offsets = np.frombuffer(offsets, dtype=offset_type)[array.offset : array.offset + len(array) + 1].astype(
-            np.int64
-        )
+        window = np.frombuffer(offsets, dtype=offset_type)[array.offset : array.offset + len(array) + 1]
+        # array.array: 8 bytes an entry (a list would hold a Python int object each), and
+        # indexing it yields a plain int quickly, which the binary search needs.
+        self._offsets = Array("q", window.astype(np.int64).tobytes())
         self._data = data.to_pybytes() if data is not None else b""
-        self._offset_list = self._offsets.tolist()
 
     def __len__(self) -> int:
-        return len(self._offset_list) - 1
+        return len(self._offsets) - 1
 
     def get_bytes(self, index: int) -> bytes:
-        return self._data[self._offset_list[index] : self._offset_list[index + 1]]
+        return self._data[self._offsets[index] : self._offsets[index + 1]]
 
     def get(self, index: int) -> str:
         return self.get_bytes(index).decode()
 
     def find(self, name: bytes, lo: int, hi: int) -> int | None:
         """Index of ``name`` among the sorted names ``[lo, hi)``, or None."""
-        offsets, data = self._offset_list, self._data
+        offsets, data = self._offsets, self._data
         while lo < hi:
             mid = (lo + hi) // 2
             probe = data[offsets[mid] : offsets[mid + 1]]
