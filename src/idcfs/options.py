@@ -104,7 +104,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         metavar="PARQUET",
     ),
     Option("foreground", "bool", False, "Stay in the foreground instead of daemonizing (logs go to stderr)."),
-    Option("debug", "bool", False, "Log every request and FUSE call (implies --foreground unless --log-file)."),
+    Option("debug", "bool", False, "Verbose logs: every retry, and the storage libraries' own messages."),
     Option(
         "log_file",
         "str",
