@@ -8,9 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from idcfs.catalog import SERIES_COLUMNS, IndexFiles, load_catalog
+from idcfs.catalog import SERIES_COLUMNS, IndexFiles, Selection
 from idcfs.layout import escape_name
-from idcfs.tree import Tree
+from idcfs.snapshot import open_snapshot
+
+
+def build_tree(files, layout="default", selection=None, cache_dir=None):
+    return open_snapshot(files, layout, selection or Selection(), cache_dir).tree
 
 
 def _row(collection, patient, study, modality, series, uuid, bucket="idc-open-data"):
@@ -47,7 +51,7 @@ ROWS = [
 def small_tree(tmp_path_factory):
     path = tmp_path_factory.mktemp("index") / "idc_index.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
-    return Tree(load_catalog(IndexFiles.from_path(path), "default"))
+    return build_tree(IndexFiles.from_path(path))
 
 
 def test_top_levels(small_tree):
@@ -90,7 +94,7 @@ def test_catalog_keeps_the_series_metadata(small_tree):
 
 @pytest.fixture(scope="module")
 def real_tree():
-    return Tree(load_catalog(IndexFiles.bundled(), "default"))
+    return build_tree(IndexFiles.bundled())
 
 
 def test_real_index_round_trips_a_sample(real_tree):

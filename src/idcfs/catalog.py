@@ -9,30 +9,52 @@ Nothing here knows about FUSE or the network.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from idcfs.layout import Template, parse_template, sql_segment_name
+from idcfs.manifest import Manifest
 
-#: Per-series columns kept for attributes and xattrs. Low-cardinality strings are
-#: dictionary-encoded so a million rows cost a few bytes each.
+#: Per-series columns always kept, for attributes, xattrs and the manifest. The layout's own
+#: columns are kept too. Low-cardinality strings are dictionary-encoded.
 SERIES_COLUMNS = (
     "crdc_series_uuid",
     "aws_bucket",
     "collection_id",
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
     "Modality",
     "license_short_name",
     "source_DOI",
     "series_revised_idc_version",
     "instanceCount",
     "series_size_MB",
+    "min_idc_version",
+    "max_idc_version",
 )
 _DICTIONARY_COLUMNS = ("aws_bucket", "collection_id", "Modality", "license_short_name", "source_DOI")
+#: Columns ``prior_versions_index`` has of its own; the rest of a prior row comes from the
+#: current row of the same SeriesInstanceUID (or NULL when the series is gone).
+_PRIOR_OWN_COLUMNS = (
+    "collection_id",
+    "PatientID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "crdc_series_uuid",
+    "series_size_MB",
+    "aws_bucket",
+    "series_aws_url",
+)
 
 
 class CatalogError(ValueError):
@@ -41,9 +63,11 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class IndexFiles:
-    """Where the parquet files of one index release are."""
+    """Where the parquet files of one index release are: the series index, and beside it
+    (when present) ``prior_versions_index.parquet`` and ``version_metadata_index.parquet``."""
 
     index: Path
+    prior: Path | None
     version_metadata: Path | None
 
     @classmethod
@@ -51,101 +75,365 @@ class IndexFiles:
         """The files shipped by the installed ``idc-index-data`` package."""
         import idc_index_data
 
-        index = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
-        versions = index.with_name("version_metadata_index.parquet")
-        return cls(index=index, version_metadata=versions if versions.exists() else None)
+        return cls._beside(Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH))
 
     @classmethod
     def from_path(cls, index: str | os.PathLike[str]) -> IndexFiles:
-        """An index file given by the user, with its version table beside it when present."""
+        """An index file given by the user, with its companion files beside it when present."""
         path = Path(index)
         if not path.is_file():
             raise CatalogError(f"index file not found: {path}")
-        versions = path.with_name("version_metadata_index.parquet")
-        return cls(index=path, version_metadata=versions if versions.exists() else None)
+        return cls._beside(path)
+
+    @classmethod
+    def _beside(cls, index: Path) -> IndexFiles:
+        def companion(name: str) -> Path | None:
+            path = index.with_name(name)
+            return path if path.exists() else None
+
+        return cls(index, companion("prior_versions_index.parquet"), companion("version_metadata_index.parquet"))
+
+    def identity(self) -> list[list[object]]:
+        """What identifies these files' content (path, size, mtime), for the catalog cache key."""
+        out: list[list[object]] = []
+        for path in (self.index, self.prior, self.version_metadata):
+            if path is None:
+                out.append([None])
+                continue
+            st = path.stat()
+            out.append([str(path), st.st_size, st.st_mtime_ns])
+        return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which series to mount: filters over the index, a release, or a manifest (all optional)."""
+
+    collections: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
+    licenses: tuple[str, ...] = ()
+    no_commercial_restrictions: bool = False
+    where: str | None = None
+    idc_version: int | None = None
+    manifest: Manifest | None = None
+    allow_missing: bool = False
+
+    def describe(self) -> dict[str, object]:
+        """The selection as plain data (for ``/.idcfs/version`` and the cache key)."""
+        out: dict[str, object] = {}
+        for name in ("collections", "modalities", "licenses", "where", "idc_version"):
+            value = getattr(self, name)
+            if value:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        if self.no_commercial_restrictions:
+            out["no_commercial_restrictions"] = True
+        if self.manifest is not None:
+            out["manifest"] = self.manifest.path
+            out["manifest_ids"] = hashlib.sha256(
+                "\n".join(f"{e.kind}:{e.value}" for e in self.manifest.entries).encode()
+            ).hexdigest()
+            if self.allow_missing:
+                out["allow_missing"] = True
+        return out
 
 
 @dataclass
 class Catalog:
     """The mounted series, one row each, sorted by their path in the layout.
 
-    ``level_names[k]`` holds the escaped name of path level ``k`` for every row; ``series`` holds
-    :data:`SERIES_COLUMNS` in the same row order. Rows whose leaf paths collide carry the
-    ``~<crdc_series_uuid>`` suffix on their last level (see :func:`load_catalog`).
+    ``series`` holds :data:`SERIES_COLUMNS` and the layout's columns, row ``i`` being the ``i``-th
+    series in path order. ``info`` holds what describes the mount as a whole (release, dates,
+    selection, layout) in JSON-able form.
     """
 
     template: Template
-    level_names: list[pa.Array]
     series: pa.Table
-    idc_version: int
-    release_dates: dict[int, float]
-
-    def take_level_names(self) -> list[pa.Array]:
-        """Hand the per-row level names to the tree, once: it keeps only the distinct names it
-        needs, and dropping the per-row copies here frees most of the catalog's memory."""
-        names, self.level_names = self.level_names, []
-        return names
+    info: dict[str, Any]
 
     @property
     def num_series(self) -> int:
         return self.series.num_rows
 
+    @property
+    def idc_version(self) -> int:
+        return int(self.info["idc_version"])
+
     def release_time(self, idc_version: int | None = None) -> float:
-        """POSIX time of a release (the current one by default): the tree's stable mtimes."""
+        """POSIX time of a release (the mounted one by default): the tree's stable mtimes."""
+        dates = self.info.get("release_dates", {})
         version = self.idc_version if idc_version is None else idc_version
-        return self.release_dates.get(version, self.release_dates.get(self.idc_version, 0.0))
+        return float(dates.get(str(version), dates.get(str(self.idc_version), 0.0)))
 
 
 def index_columns(files: IndexFiles) -> set[str]:
     """Column names of the index, for validating templates."""
     import pyarrow.parquet as pq
 
-    return set(pq.read_schema(files.index).names)
+    return set(pq.read_schema(files.index).names) | {"min_idc_version", "max_idc_version"}
 
 
-def load_catalog(files: IndexFiles, template_text: str) -> Catalog:
-    """Query the index for the tree of ``template_text``, rows sorted by path (bytewise)."""
+def load_catalog(
+    files: IndexFiles, template_text: str, selection: Selection | None = None
+) -> tuple[Catalog, list[pa.Array]]:
+    """Query the index for ``selection`` laid out by ``template_text``.
+
+    Returns the catalog and, per path level, every row's escaped name (rows sorted bytewise by
+    path), from which :mod:`idcfs.tree` builds the folders.
+    """
     import duckdb
 
+    selection = selection or Selection()
     columns = index_columns(files)
     template = parse_template(template_text, columns)
     missing = [c for c in SERIES_COLUMNS if c not in columns]
     if missing:
         raise CatalogError(f"index {files.index} lacks columns {missing}")
+    if (selection.idc_version is not None or selection.manifest is not None) and files.prior is None:
+        raise CatalogError(f"no prior_versions_index.parquet beside {files.index}: versions and manifests need it")
 
-    levels = [f"l{k}" for k in range(template.depth)]
-    level_exprs = [f"{sql_segment_name(seg)} AS {name}" for seg, name in zip(template.segments, levels, strict=False)]
-    keep = ", ".join(f'"{c}"' for c in SERIES_COLUMNS)
-    source = "'" + str(files.index).replace("'", "''") + "'"
-    query = f"SELECT {', '.join(level_exprs)}, {keep} FROM read_parquet({source}) ORDER BY {', '.join(levels)}"
     connection = duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))})
     try:
-        result = connection.sql(query)
-        # DuckDB 2 renamed fetch_arrow_table() to to_arrow_table().
-        table = (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()
         release_dates = _release_dates(connection, files)
+        _check_version(selection, release_dates)
+        rows_sql = _rows_sql(files, columns, with_prior=files.prior is not None and _needs_prior(selection))
+        _check_values(connection, files, selection)
+        warnings = _check_manifest(connection, rows_sql, selection)
+        table = _fetch_arrow(connection.sql(_named_query(rows_sql, template, selection, columns)))
     except duckdb.Error as error:
-        raise CatalogError(f"cannot read the index {files.index}: {error}") from error
+        raise CatalogError(_explain_query_error(error, selection)) from None
     finally:
         connection.close()
-    table = _separate_collisions(table, levels)
 
+    if table.num_rows == 0:
+        raise CatalogError(f"the selection matches no series: {json.dumps(selection.describe())}")
+    levels = [f"l{k}" for k in range(template.depth)]
+    table = _separate_collisions(table, levels)
     level_names = [_plain(table.column(name)) for name in levels]
-    series = table.select(list(SERIES_COLUMNS))
+    keep = [c for c in table.column_names if c not in levels]
     series = pa.table(
         {
             name: (
-                series.column(name).dictionary_encode() if name in _DICTIONARY_COLUMNS else series.column(name)
+                table.column(name).dictionary_encode() if name in _DICTIONARY_COLUMNS else table.column(name)
             ).combine_chunks()
-            for name in SERIES_COLUMNS
+            for name in keep
         }
     )
-    current = max(release_dates) if release_dates else 0
-    if series.num_rows:
-        current = max(current, int(pc.max(series.column("series_revised_idc_version")).as_py() or 0))
-    return Catalog(
-        template=template, level_names=level_names, series=series, idc_version=current, release_dates=release_dates
+    current = max((int(v) for v in release_dates), default=0)
+    if not release_dates and series.num_rows:
+        current = int(pc.max(series.column("series_revised_idc_version")).as_py() or 0)
+    info = {
+        "idc_version": selection.idc_version or current,
+        "latest_idc_version": current,
+        "release_dates": {str(k): v for k, v in release_dates.items()},
+        "layout": template.text,
+        "selection": selection.describe(),
+        "num_series": series.num_rows,
+        "warnings": warnings,
+    }
+    return Catalog(template=template, series=series, info=info), level_names
+
+
+def _needs_prior(selection: Selection) -> bool:
+    return selection.idc_version is not None or selection.manifest is not None
+
+
+def _check_version(selection: Selection, release_dates: dict[int, float]) -> None:
+    version = selection.idc_version
+    if version is None:
+        return
+    if release_dates and version not in release_dates:
+        known = f"{min(release_dates)}..{max(release_dates)}"
+        raise CatalogError(f"IDC version {version} is not in the bundled data (known: {known}; see: idcfs versions)")
+
+
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _in_list(values: tuple[str, ...] | list[str]) -> str:
+    return "(" + ", ".join(_literal(v) for v in values) + ")"
+
+
+def _rows_sql(files: IndexFiles, columns: set[str], with_prior: bool) -> str:
+    """Every candidate row: the current index, plus (when asked) each prior version of a series."""
+    current = (
+        f"SELECT *, series_revised_idc_version AS min_idc_version, CAST(NULL AS BIGINT) AS max_idc_version "
+        f"FROM read_parquet({_literal(str(files.index))})"
     )
+    if not with_prior:
+        return current
+    borrowed_out = [c for c in (*_PRIOR_OWN_COLUMNS, "series_revised_idc_version", "instanceCount") if c in columns]
+    own = ", ".join(f"p.{c}" for c in _PRIOR_OWN_COLUMNS)
+    prior = f"""
+        SELECT {own},
+               p.min_idc_version AS series_revised_idc_version,
+               CAST(NULL AS BIGINT) AS instanceCount,
+               p.min_idc_version, p.max_idc_version,
+               c.* EXCLUDE ({", ".join(borrowed_out)})
+        FROM (
+            -- One row per object: a series listed twice (a bucket move) spans both ranges and is
+            -- read from where the newest row says it is now.
+            SELECT * REPLACE (
+                first_value(aws_bucket) OVER newest AS aws_bucket,
+                first_value(series_aws_url) OVER newest AS series_aws_url,
+                min(min_idc_version) OVER (PARTITION BY crdc_series_uuid) AS min_idc_version,
+                max(max_idc_version) OVER (PARTITION BY crdc_series_uuid) AS max_idc_version
+            )
+            FROM read_parquet({_literal(str(files.prior))})
+            WINDOW newest AS (PARTITION BY crdc_series_uuid ORDER BY max_idc_version DESC)
+            QUALIFY row_number() OVER newest = 1
+        ) p
+        LEFT JOIN (
+            SELECT * FROM read_parquet({_literal(str(files.index))})
+            QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY crdc_series_uuid) = 1
+        ) c ON c.SeriesInstanceUID = p.SeriesInstanceUID
+    """
+    return f"({current}) UNION ALL BY NAME ({prior})"
+
+
+def _version_condition(version: int | None) -> str:
+    if version is None:
+        return "max_idc_version IS NULL"  # the current release
+    return f"(min_idc_version <= {int(version)} AND (max_idc_version IS NULL OR {int(version)} <= max_idc_version))"
+
+
+def _filters(selection: Selection, with_prior: bool) -> list[str]:
+    conditions = []
+    if selection.collections:
+        conditions.append(f"collection_id IN {_in_list(selection.collections)}")
+    if selection.modalities:
+        conditions.append(f"Modality IN {_in_list(selection.modalities)}")
+    if selection.licenses:
+        conditions.append(f"lower(license_short_name) IN {_in_list([v.lower() for v in selection.licenses])}")
+    if selection.no_commercial_restrictions:
+        # CC BY-NC (any version) forbids commercial use; an unknown license is not known to allow it.
+        conditions.append(
+            "license_short_name IS NOT NULL AND NOT regexp_matches(license_short_name, '(^|[^A-Za-z])NC([^A-Za-z]|$)')"
+        )
+    if selection.where:
+        conditions.append(f"({selection.where}\n)")
+    manifest = selection.manifest
+    if manifest is not None:
+        by_uuid = manifest.values("crdc_series_uuid") or ["-"]
+        by_uid = manifest.values("SeriesInstanceUID") or ["-"]
+        uid_condition = f"SeriesInstanceUID IN {_in_list(by_uid)}"
+        if selection.idc_version is not None:
+            uid_condition += f" AND {_version_condition(selection.idc_version)}"
+        conditions.append(f"(crdc_series_uuid IN {_in_list(by_uuid)} OR ({uid_condition}))")
+    elif with_prior:
+        conditions.append(_version_condition(selection.idc_version))
+    return conditions
+
+
+def _named_query(rows_sql: str, template: Template, selection: Selection, columns: set[str]) -> str:
+    with_prior = "UNION ALL" in rows_sql
+    conditions = _filters(selection, with_prior)
+    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+    # One row per series: a manifest's SeriesInstanceUID picks its newest version; a series
+    # listed twice in prior_versions_index (a bucket move) is one series.
+    if selection.manifest is not None:
+        by_uuid = _in_list(selection.manifest.values("crdc_series_uuid") or ["-"])
+        key = f"CASE WHEN crdc_series_uuid IN {by_uuid} THEN crdc_series_uuid ELSE SeriesInstanceUID END"
+    else:
+        key = "crdc_series_uuid"
+    dedupe = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY max_idc_version DESC NULLS FIRST) = 1"
+    if not with_prior:
+        dedupe = ""  # the current index has one row per crdc_series_uuid
+    levels = [f"l{k}" for k in range(template.depth)]
+    level_exprs = [f"{sql_segment_name(seg)} AS {name}" for seg, name in zip(template.segments, levels, strict=True)]
+    keep = list(dict.fromkeys([*SERIES_COLUMNS, *template.columns]))
+    keep_sql = ", ".join(f'"{c}"' for c in keep)
+    return f"""
+        WITH selected AS (SELECT * FROM ({rows_sql}) {where} {dedupe})
+        SELECT {", ".join(level_exprs)}, {keep_sql} FROM selected ORDER BY {", ".join(levels)}
+    """
+
+
+def _check_values(connection, files: IndexFiles, selection: Selection) -> None:
+    """Name a --collection or --modality that is not in the index (a typo would mount nothing)."""
+    source = _literal(str(files.index))
+    for column, wanted, flag in (
+        ("collection_id", selection.collections, "--collection"),
+        ("Modality", selection.modalities, "--modality"),
+    ):
+        if not wanted:
+            continue
+        known = {
+            row[0] for row in connection.execute(f"SELECT DISTINCT {column} FROM read_parquet({source})").fetchall()
+        }
+        for value in wanted:
+            if value not in known:
+                close = sorted(k for k in known if k and k.lower() == value.lower())
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise CatalogError(f"{flag} {value!r} is not in the index{hint}")
+
+
+def release_versions(files: IndexFiles) -> list[tuple[int, str, int]]:
+    """(version, release date, number of series) of every release the index files describe."""
+    import duckdb
+
+    if files.version_metadata is None or files.prior is None:
+        raise CatalogError(f"no version_metadata_index.parquet / prior_versions_index.parquet beside {files.index}")
+    query = f"""
+        WITH v AS (SELECT idc_version, CAST(version_timestamp AS VARCHAR) AS released
+                   FROM read_parquet({_literal(str(files.version_metadata))})),
+             current AS (SELECT series_revised_idc_version AS lo FROM read_parquet({_literal(str(files.index))})),
+             prior AS (SELECT DISTINCT crdc_series_uuid, min_idc_version AS lo, max_idc_version AS hi
+                       FROM read_parquet({_literal(str(files.prior))}))
+        SELECT v.idc_version, v.released,
+               (SELECT count(*) FROM current WHERE lo <= v.idc_version)
+             + (SELECT count(DISTINCT crdc_series_uuid) FROM prior WHERE lo <= v.idc_version AND v.idc_version <= hi)
+        FROM v ORDER BY v.idc_version
+    """
+    connection = duckdb.connect()
+    try:
+        return [(int(v), str(d)[:10], int(n)) for v, d, n in connection.execute(query).fetchall()]
+    except duckdb.Error as error:
+        raise CatalogError(f"cannot read the release tables: {error}") from None
+    finally:
+        connection.close()
+
+
+def _check_manifest(connection, rows_sql: str, selection: Selection) -> list[str]:
+    """Refuse (or, with allow_missing, report) manifest identifiers that match no series."""
+    manifest = selection.manifest
+    if manifest is None:
+        return []
+    unknown: list[str] = []
+    for kind in ("crdc_series_uuid", "SeriesInstanceUID"):
+        values = manifest.values(kind)
+        if not values:
+            continue
+        found = {
+            row[0]
+            for row in connection.execute(
+                f"SELECT DISTINCT {kind} FROM ({rows_sql}) WHERE {kind} IN {_in_list(values)}"
+            ).fetchall()
+        }
+        unknown += [v for v in values if v not in found]
+    if not unknown:
+        return []
+    lines = [f"line {', '.join(map(str, manifest.lines_of(v))) or '?'}: {v}" for v in unknown]
+    message = f"manifest {manifest.path}: {len(unknown)} identifier(s) match no IDC series:\n  " + "\n  ".join(
+        lines[:50]
+    )
+    if len(lines) > 50:
+        message += f"\n  ... and {len(lines) - 50} more"
+    if not selection.allow_missing:
+        raise CatalogError(message + "\n(use --allow-missing to mount the rest)")
+    return [message]
+
+
+def _explain_query_error(error: Exception, selection: Selection) -> str:
+    text = " ".join(str(error).split())
+    if selection.where:
+        return f"cannot apply --where {selection.where!r}: {text}"
+    return f"cannot query the index: {text}"
+
+
+def _fetch_arrow(result) -> pa.Table:
+    # DuckDB 2 renamed fetch_arrow_table() to to_arrow_table().
+    return (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()
 
 
 def _separate_collisions(table: pa.Table, levels: list[str]) -> pa.Table:

@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(mount)
     mount.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
+    versions = commands.add_parser(
+        "versions",
+        help="list the IDC releases the bundled index knows",
+        description="List the IDC releases "
+        "the bundled index describes, with their dates and series counts (for --idc-version).",
+    )
+    versions.add_argument("--index-file", default=None, help="index parquet (default: the bundled one)")
+
     umount = commands.add_parser(
         "umount",
         aliases=["unmount"],
@@ -70,12 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mount":
             return _mount(args)
+        if args.command == "versions":
+            return _versions(args)
         return _umount(args)
     except MountError as error:
         print(f"idcfs: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from idcfs.catalog import CatalogError, IndexFiles, release_versions
+
+    try:
+        files = IndexFiles.from_path(args.index_file) if args.index_file else IndexFiles.bundled()
+        rows = release_versions(files)
+    except CatalogError as error:
+        raise MountError(str(error)) from None
+    print(f"{'version':>7}  {'released':10}  {'series':>9}")
+    for version, date, count in rows:
+        print(f"{version:>7}  {date:10}  {count:>9,}")
+    return 0
 
 
 def _umount(args: argparse.Namespace) -> int:
@@ -90,7 +114,7 @@ def _mount(args: argparse.Namespace) -> int:
 
     args.mountpoint = args.mountpoint.absolute()
     args.cache_dir = Path(args.cache_dir).absolute() if args.cache_dir else default_cache_dir()
-    for name in ("log_file", "index_file"):
+    for name in ("log_file", "index_file", "manifest"):
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).absolute()))
     if args.ready_fd is None:  # the command a user typed: check before anything slow
@@ -114,6 +138,9 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
             continue
         if option.kind == "bool":
             argv.append(option.flag if value else "--no-" + option.flag[2:])
+        elif option.kind == "list":
+            for item in value:
+                argv += [option.flag, item]
         elif value is not None:
             argv += [option.flag, str(value)]
     return argv
@@ -141,13 +168,15 @@ def _serve(args: argparse.Namespace) -> int:
         report_ready(ready_fd, f"ERROR {error}")
         return 1
 
-    import mfusepy
+    from idcfs.fs import KernelCachingFUSE
 
     fuse_options = {"ro": True, "fsname": "idcfs", "subtype": "idcfs"}
     if args.allow_other:
         fuse_options["allow_other"] = True
     try:
-        mfusepy.FUSE(operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options)
+        KernelCachingFUSE(
+            operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options
+        )
     except RuntimeError as error:
         if not operations.ready:
             message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"
@@ -176,27 +205,41 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
     import pyarrow
 
     from idcfs.cache import BlockCache
-    from idcfs.catalog import CatalogError, IndexFiles, load_catalog
+    from idcfs.catalog import CatalogError, IndexFiles, Selection
     from idcfs.fs import IdcFs
     from idcfs.layout import TemplateError
+    from idcfs.manifest import ManifestError, read_manifest
+    from idcfs.snapshot import open_snapshot
     from idcfs.store import RetryPolicy, Store
-    from idcfs.tree import Tree
 
     # Arrow's default jemalloc pool keeps freed memory; the catalog query frees a lot of it.
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     started = time.monotonic()
     try:
         files = IndexFiles.from_path(args.index_file) if args.index_file else IndexFiles.bundled()
-        catalog = load_catalog(files, args.layout)
-    except (CatalogError, TemplateError) as error:
+        selection = Selection(
+            collections=tuple(args.collection),
+            modalities=tuple(args.modality),
+            licenses=tuple(args.license),
+            no_commercial_restrictions=args.no_commercial_restrictions,
+            where=args.where,
+            idc_version=args.idc_version,
+            manifest=read_manifest(args.manifest) if args.manifest else None,
+            allow_missing=args.allow_missing,
+        )
+        snapshot = open_snapshot(files, args.layout, selection, args.cache_dir)
+    except (CatalogError, TemplateError, ManifestError) as error:
         raise MountError(str(error)) from None
-    tree = Tree(catalog)
+    tree, catalog = snapshot.tree, snapshot.tree.catalog
     _release_freed_memory()
+    for warning in catalog.info.get("warnings", []):
+        log.warning("%s", warning)
     log.info(
-        "catalog: %d series, %d top-level folders, IDC v%d, built in %.2fs",
+        "catalog: %d series, %d top-level folders, IDC v%d, %s in %.2fs",
         catalog.num_series,
         tree.num_children(tree.root),
         catalog.idc_version,
+        "built" if snapshot.built else f"loaded from {snapshot.folder}",
         time.monotonic() - started,
     )
     store = Store(
@@ -205,7 +248,19 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
         RetryPolicy(deadline=args.retry_deadline, attempt_timeout=min(args.request_timeout, args.retry_deadline)),
     )
     cache = BlockCache(args.memory_cache_size)
-    return IdcFs(tree, store, cache, args.block_size, on_ready=on_ready)
+    mount_info = {
+        "idcfs": __version__,
+        "idc_version": catalog.idc_version,
+        "index": str(files.index),
+        "index_latest_idc_version": catalog.info.get("latest_idc_version"),
+        "layout": catalog.template.text,
+        "selection": catalog.info.get("selection", {}),
+        "series": catalog.num_series,
+        "source": args.source,
+        "endpoint_url": args.endpoint_url,
+        "warnings": catalog.info.get("warnings", []),
+    }
+    return IdcFs(snapshot, store, cache, args.block_size, mount_info=mount_info, on_ready=on_ready)
 
 
 def _release_freed_memory() -> None:

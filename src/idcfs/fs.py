@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -19,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import mfusepy
+import pyarrow.compute as pc
 
 from idcfs.cache import BlockCache, ListingCache
 from idcfs.layout import escape_name
 from idcfs.reader import ObjectRef, Reader
+from idcfs.snapshot import Snapshot
 from idcfs.store import NotFoundError, ObjectInfo, Store, StoreError, object_url
-from idcfs.tree import Node, Tree
+from idcfs.tree import Node
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,21 @@ log = logging.getLogger(__name__)
 KERNEL_CACHE_TIMEOUT = 24 * 3600.0
 
 XATTR_PREFIX = "user.idc."
+
+#: The hidden folder describing the mount: ``version`` (what is mounted) and ``manifest.txt``
+#: (an s5cmd manifest of exactly the mounted series).
+CONTROL_DIR = ".idcfs"
+CONTROL = Node(-1, 0)
+
+
+def _snake(column: str) -> str:
+    """``StudyInstanceUID`` -> ``study_instance_uid``: the xattr name of an index column."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", column).lower()
+
+
+def _xattr_values(values: dict[str, object]) -> dict[str, str]:
+    return {XATTR_PREFIX + key: str(value) for key, value in values.items() if value not in (None, "")}
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +81,19 @@ def _errors_to_errno(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class KernelCachingFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE, also asking the kernel to keep directory listings (FOPEN_CACHE_DIR):
+    listings never change, so a 26k-entry folder need not come back to Python twice."""
+
+    def opendir(self, path: bytes, fip: Any) -> int:
+        result = super().opendir(path, fip)
+        info = fip.contents
+        if hasattr(info, "cache_readdir"):
+            info.cache_readdir = 1
+            info.keep_cache = 1
+        return result
+
+
 def _read_only(*_args: Any, **_kwargs: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
@@ -73,27 +105,33 @@ class IdcFs(mfusepy.Operations):
 
     def __init__(
         self,
-        tree: Tree,
+        snapshot: Snapshot,
         store: Store,
         cache: BlockCache,
         block_size: int,
+        mount_info: dict[str, Any] | None = None,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
+        tree = snapshot.tree
         self.tree = tree
         self.catalog = tree.catalog
+        self._control_files: dict[str, bytes | Any] = {
+            "version": (json.dumps(mount_info or {}, indent=1, default=str) + "\n").encode(),
+            "manifest.txt": snapshot.manifest,
+        }
         self.store = store
         self.reader = Reader(store, cache, block_size)
         self.listings: ListingCache[SeriesListing] = ListingCache()
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._handles: dict[int, ObjectRef] = {}
+        self._handles: dict[int, ObjectRef | str] = {}
         self._handles_lock = threading.Lock()
         self._next_handle = 1
         series = self.catalog.series
         self._uuid = series.column("crdc_series_uuid")
         self._bucket = series.column("aws_bucket")
-        self._total_bytes = int(sum(v or 0 for v in series.column("series_size_MB").to_pylist()) * 1e6)
+        self._total_bytes = int((pc.sum(series.column("series_size_MB")).as_py() or 0) * 1e6)
         self._release_ns = int(self.catalog.release_time() * 1e9)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -111,8 +149,17 @@ class IdcFs(mfusepy.Operations):
     # -- path resolution ----------------------------------------------------------------------
 
     def _resolve(self, path: str) -> tuple[Node, str | None]:
-        """The directory node of ``path``, and the file name when ``path`` is a file in a series."""
+        """The directory node of ``path``, and the file name when ``path`` is a file in a series.
+
+        The control folder ``/.idcfs`` resolves to ``CONTROL`` (its files to CONTROL and a name).
+        """
         parts = [p for p in path.split("/") if p]
+        if parts and parts[0] == CONTROL_DIR:
+            if len(parts) == 1:
+                return CONTROL, None
+            if len(parts) == 2 and parts[1] in self._control_files:
+                return CONTROL, parts[1]
+            raise mfusepy.FuseOSError(errno.ENOENT)
         if len(parts) <= self.tree.depth:
             node = self.tree.lookup(parts)
             if node is None:
@@ -165,6 +212,10 @@ class IdcFs(mfusepy.Operations):
     @_errors_to_errno
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         node, name = self._resolve(path)
+        if node is CONTROL:
+            if name is None:
+                return self._stat(stat.S_IFDIR | 0o555, 0, self._release_ns, nlink=2)
+            return self._stat(stat.S_IFREG | 0o444, len(self._control_files[name]), self._release_ns, nlink=1)
         if name is None:
             when = self._series_time_ns(node.index) if self.tree.is_series(node) else self._release_ns
             return self._stat(stat.S_IFDIR | 0o555, 0, when, nlink=2 + self.tree.num_children(node))
@@ -192,12 +243,16 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if name is not None:
             raise mfusepy.FuseOSError(errno.ENOTDIR)
-        if self.tree.is_series(node):
+        if node is CONTROL:
+            names, mode = sorted(self._control_files), stat.S_IFREG
+        elif self.tree.is_series(node):
             names, mode = self._listing(node.index).names, stat.S_IFREG
         else:
             names, mode = list(self.tree.children(node)), stat.S_IFDIR
         entries = [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)]
         entries.extend((entry, {"st_mode": mode}, 0) for entry in names)
+        if node == self.tree.root:
+            entries.append((CONTROL_DIR, {"st_mode": stat.S_IFDIR}, 0))
         return iter(entries)
 
     @_errors_to_errno
@@ -218,28 +273,53 @@ class IdcFs(mfusepy.Operations):
     # -- extended attributes ------------------------------------------------------------------
 
     def _xattrs(self, path: str) -> dict[str, str]:
+        """Metadata of a folder (the values its path stands for, counts) or of a series file."""
         node, name = self._resolve(path)
-        if not self.tree.is_series(node):
+        if node is CONTROL:
             return {}
-        row = node.index
         series = self.catalog.series
+        rows = self.tree.rows(node)
+        values: dict[str, object] = {}
+        if node.depth == 0:
+            values["idc_version"] = self.catalog.idc_version
+        elif len(rows):
+            row = rows.start
+            for segment in self.catalog.template.segments[: node.depth]:
+                for column in segment.columns:
+                    values[_snake(column)] = series.column(column)[row].as_py()
+        if not self.tree.is_series(node):
+            values["series_count"] = len(rows)
+            size = pc.sum(series.column("series_size_MB").slice(rows.start, len(rows))).as_py() or 0
+            values["size_mb"] = round(size, 3)
+            return _xattr_values(values)
+        row = node.index
         uuid, bucket = self._series_uuid(row), self._series_bucket(row)
-        values = {
-            "crdc_series_uuid": uuid,
-            "url": object_url(self.store.source, bucket, f"{uuid}/*"),
-            "license": series.column("license_short_name")[row].as_py(),
-            "source_doi": series.column("source_DOI")[row].as_py(),
-            "collection_id": series.column("collection_id")[row].as_py(),
-            "modality": series.column("Modality")[row].as_py(),
-            "instance_count": series.column("instanceCount")[row].as_py(),
-            "series_revised_idc_version": series.column("series_revised_idc_version")[row].as_py(),
-        }
+        for column in (
+            "collection_id",
+            "PatientID",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "Modality",
+            "crdc_series_uuid",
+            "license_short_name",
+            "source_DOI",
+            "instanceCount",
+            "series_size_MB",
+        ):
+            values[_snake(column)] = series.column(column)[row].as_py()
+        values["license"] = values.pop("license_short_name")
+        values["url"] = object_url(self.store.source, bucket, f"{uuid}/*")
+        first = series.column("min_idc_version")[row].as_py()
+        last = series.column("max_idc_version")[row].as_py()
+        values["idc_versions"] = f"{first}-{last if last is not None else ''}"
+        values["series_revised_idc_version"] = series.column("series_revised_idc_version")[row].as_py()
         if name is not None:
             info = self._file(node, name)
             values["url"] = object_url(self.store.source, bucket, f"{uuid}/{info.name}")
             values["crdc_instance_uuid"] = info.name.removesuffix(".dcm")
             values["etag"] = info.etag
-        return {XATTR_PREFIX + key: str(value) for key, value in values.items() if value not in (None, "")}
+            values["size"] = info.size
+        return _xattr_values(values)
 
     @_errors_to_errno
     def listxattr(self, path: str) -> list[str]:
@@ -261,22 +341,29 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if name is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
+        if node is CONTROL:
+            return self._new_handle(name)
         if not self.tree.is_series(node):
             raise mfusepy.FuseOSError(errno.ENOENT)
         info = self._file(node, name)
         ref = ObjectRef(self._series_bucket(node.index), f"{self._series_uuid(node.index)}/{info.name}", info.size)
+        return self._new_handle(ref)
+
+    def _new_handle(self, target: ObjectRef | str) -> int:
         with self._handles_lock:
             handle = self._next_handle
             self._next_handle += 1
-            self._handles[handle] = ref
+            self._handles[handle] = target
         return handle
 
     @_errors_to_errno
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        ref = self._handles.get(fh)
-        if ref is None:
+        target = self._handles.get(fh)
+        if target is None:
             raise mfusepy.FuseOSError(errno.EBADF)
-        return self.reader.read(ref, offset, size)
+        if isinstance(target, str):  # a file of the control folder
+            return bytes(self._control_files[target][offset : offset + size])
+        return self.reader.read(target, offset, size)
 
     @_errors_to_errno
     def release(self, path: str, fh: int) -> int:

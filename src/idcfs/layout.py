@@ -21,6 +21,9 @@ DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%Serie
 #: Named layouts, selectable with ``--layout NAME``.
 PRESETS: dict[str, str] = {
     "default": DEFAULT_TEMPLATE,
+    # The bucket's own view: one folder per crdc_series_uuid, as in s3://<bucket>/<uuid>/.
+    "flat": "%crdc_series_uuid",
+    "by-modality": "%collection_id/%Modality/%PatientID/%StudyInstanceUID/%SeriesInstanceUID",
 }
 
 #: Longest name (bytes) a Linux file system accepts for one path component.

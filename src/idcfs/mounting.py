@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes.util
 import errno
+import json
 import os
 import re
 import select
@@ -82,8 +83,10 @@ def report_ready(fd: int | None, message: str = "READY") -> None:
     """Tell the waiting ``idcfs mount`` how startup went (the pipe carries one line)."""
     if fd is None:
         return
+    if message.startswith("ERROR "):  # JSON keeps a multi-line message on the one line
+        message = "ERROR " + json.dumps(message[len("ERROR ") :])
     try:
-        os.write(fd, (message.replace("\n", " ") + "\n").encode())
+        os.write(fd, (message + "\n").encode())
         os.close(fd)
     except OSError:
         pass

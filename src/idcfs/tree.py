@@ -2,15 +2,17 @@
 
 A million series must not become a million Python objects. The catalog's rows are sorted by
 their path, so every directory is a contiguous run of rows, and the directories of one level
-form a compressed sparse tree: level ``k`` keeps its distinct names (one Arrow-style byte buffer
-plus offsets) and, per directory, where its children start in level ``k + 1``. Looking a name up
-is a binary search among its siblings; listing is a slice. The last level's nodes are the series
-rows themselves. Nothing here touches the network.
+form a compressed sparse tree: level ``k`` keeps its distinct names (one UTF-8 buffer plus
+offsets) and, per directory, its first row. Looking a name up is a binary search among its
+siblings; listing is a slice. The last level's nodes are the series rows themselves.
+
+The arrays are plain buffers (bytes, or memory maps of the files :mod:`idcfs.snapshot` wrote),
+so a warm mount maps them instead of rebuilding them, and only the pages it touches cost memory.
+Nothing here touches the network.
 """
 
 from __future__ import annotations
 
-from array import array as Array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,24 +24,40 @@ from idcfs.catalog import Catalog
 
 
 class NameArray:
-    """Strings stored as one UTF-8 buffer and offsets; ``get(i)`` costs one slice."""
+    """Strings as one UTF-8 buffer and int64 offsets; ``get(i)`` costs one slice.
 
-    def __init__(self, array: pa.Array) -> None:
+    ``offsets`` is a memoryview of int64 (indexing it yields plain ints quickly, which the binary
+    search needs); ``data`` is bytes or a memory map.
+    """
+
+    def __init__(self, offsets: memoryview, data: bytes | memoryview) -> None:
+        self._offsets = offsets
+        self._data = data
+
+    @classmethod
+    def from_arrow(cls, array: pa.Array) -> NameArray:
         if array.null_count:
             raise ValueError("path names must not be null")
         _, offsets, data = array.buffers()
         offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
         window = np.frombuffer(offsets, dtype=offset_type)[array.offset : array.offset + len(array) + 1]
-        # array.array: 8 bytes an entry (a list would hold a Python int object each), and
-        # indexing it yields a plain int quickly, which the binary search needs.
-        self._offsets = Array("q", window.astype(np.int64).tobytes())
-        self._data = data.to_pybytes() if data is not None else b""
+        start = int(window[0]) if len(window) else 0
+        payload = data.to_pybytes()[start : int(window[-1])] if data is not None and len(window) else b""
+        return cls(memoryview((window.astype(np.int64) - start).tobytes()).cast("q"), payload)
+
+    @property
+    def offsets(self) -> memoryview:
+        return self._offsets
+
+    @property
+    def data(self) -> bytes | memoryview:
+        return self._data
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def get_bytes(self, index: int) -> bytes:
-        return self._data[self._offsets[index] : self._offsets[index + 1]]
+        return bytes(self._data[self._offsets[index] : self._offsets[index + 1]])
 
     def get(self, index: int) -> str:
         return self.get_bytes(index).decode()
@@ -49,7 +67,7 @@ class NameArray:
         offsets, data = self._offsets, self._data
         while lo < hi:
             mid = (lo + hi) // 2
-            probe = data[offsets[mid] : offsets[mid + 1]]
+            probe = bytes(data[offsets[mid] : offsets[mid + 1]])
             if probe < name:
                 lo = mid + 1
             elif probe > name:
@@ -57,6 +75,30 @@ class NameArray:
             else:
                 return mid
         return None
+
+
+@dataclass
+class Level:
+    """One path level: the distinct folder names and, per folder, its first catalog row
+    (``first_row`` has one more entry: the end of the last folder's rows)."""
+
+    names: NameArray
+    first_row: np.ndarray
+
+
+def build_levels(level_names: list[pa.Array], rows: int) -> list[Level]:
+    """From every row's name at each level (rows sorted by path), the folders of each level."""
+    levels = []
+    new_group = np.zeros(rows, dtype=bool)
+    if rows:
+        new_group[0] = True
+    for names in level_names:
+        if rows > 1:
+            differs = pc.not_equal(names.slice(1), names.slice(0, rows - 1)).to_numpy(zero_copy_only=False)
+            new_group[1:] |= differs
+        starts = np.flatnonzero(new_group)
+        levels.append(Level(NameArray.from_arrow(names.take(pa.array(starts))), np.append(starts, rows)))
+    return levels
 
 
 @dataclass(frozen=True)
@@ -71,25 +113,24 @@ class Node:
 
 
 class Tree:
-    """Lookup and listing over a :class:`~idcfs.catalog.Catalog`."""
+    """Lookup and listing over a :class:`~idcfs.catalog.Catalog` and its levels."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, levels: list[Level]) -> None:
+        if len(levels) != catalog.template.depth:
+            raise ValueError("levels do not match the layout")
         self.catalog = catalog
-        self.depth = catalog.template.depth
-        rows = catalog.num_series
-        self._names: list[NameArray] = []
-        # _child_start[k][j]..[j+1]: children of node j of level k in level k+1.
-        self._child_start: list[np.ndarray] = []
-        # _first_row[k][j]: the first catalog row under node j of level k (and a final sentinel).
-        self._first_row: list[np.ndarray] = []
-        level_names = catalog.take_level_names()
-        starts_by_level = _group_starts(level_names, rows)
-        for k, starts in enumerate(starts_by_level):
-            self._names.append(NameArray(level_names[k].take(pa.array(starts))))
-            self._first_row.append(np.append(starts, rows))
-        for k in range(self.depth - 1):
-            self._child_start.append(np.searchsorted(starts_by_level[k + 1], self._first_row[k]))
-        self._num_top = len(starts_by_level[0]) if self.depth else 0
+        self.depth = len(levels)
+        self._levels = levels
+        # Children of node j of level k are the level-(k+1) nodes whose first rows fall in
+        # node j's rows: a searchsorted of first rows, computed once.
+        self._child_start = [
+            np.searchsorted(levels[k + 1].first_row[:-1], levels[k].first_row) for k in range(self.depth - 1)
+        ]
+        self._num_top = len(levels[0].names) if levels else 0
+
+    @property
+    def levels(self) -> list[Level]:
+        return self._levels
 
     @property
     def root(self) -> Node:
@@ -110,7 +151,7 @@ class Tree:
             encoded = name.encode()
         except UnicodeEncodeError:
             return None
-        found = self._names[node.depth].find(encoded, lo, hi)
+        found = self._levels[node.depth].names.find(encoded, lo, hi)
         return None if found is None else Node(node.depth + 1, found)
 
     def lookup(self, parts: list[str]) -> Node | None:
@@ -128,7 +169,7 @@ class Tree:
         if node.depth >= self.depth:
             return iter(())
         lo, hi = self._children_range(node)
-        names = self._names[node.depth]
+        names = self._levels[node.depth].names
         return (names.get(i) for i in range(lo, hi))
 
     def num_children(self, node: Node) -> int:
@@ -141,7 +182,7 @@ class Tree:
         """Catalog rows (series) under ``node``."""
         if node.depth == 0:
             return range(0, self.catalog.num_series)
-        first = self._first_row[node.depth - 1]
+        first = self._levels[node.depth - 1].first_row
         return range(int(first[node.index]), int(first[node.index + 1]))
 
     def is_series(self, node: Node) -> bool:
@@ -150,21 +191,7 @@ class Tree:
     def path_of_row(self, row: int) -> list[str]:
         """The path names of series ``row`` (the reverse of :meth:`lookup`)."""
         parts = []
-        for k in range(self.depth):
-            index = int(np.searchsorted(self._first_row[k], row, side="right")) - 1
-            parts.append(self._names[k].get(index))
+        for level in self._levels:
+            index = int(np.searchsorted(level.first_row, row, side="right")) - 1
+            parts.append(level.names.get(index))
         return parts
-
-
-def _group_starts(level_names: list[pa.Array], rows: int) -> list[np.ndarray]:
-    """For each level, the rows where a new directory of that level begins."""
-    starts = []
-    new_group = np.zeros(rows, dtype=bool)
-    if rows:
-        new_group[0] = True
-    for names in level_names:
-        if rows > 1:
-            differs = pc.not_equal(names.slice(1), names.slice(0, rows - 1)).to_numpy(zero_copy_only=False)
-            new_group[1:] |= differs
-        starts.append(np.flatnonzero(new_group))
-    return starts

@@ -1,0 +1,163 @@
+"""A built catalog and tree, kept on disk and memory-mapped, so a warm mount starts in well under
+a second and pays memory only for the pages it touches.
+
+Building the tree of the full index costs ~2 s and a transient gigabyte in DuckDB. Its result
+depends only on the index files, the layout and the selection, and IDC releases are immutable,
+so it is stored once per such key under ``CACHE_DIR/catalogs/<key>/``: the series table as an
+Arrow IPC file, each level's names/offsets/first rows as raw little-endian buffers, the s5cmd
+manifest of what is mounted, and ``info.json``. A folder appears atomically (written under a
+temporary name, then renamed), so a crash never leaves a half-written catalog in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from idcfs import __version__
+from idcfs.catalog import Catalog, IndexFiles, Selection, load_catalog
+from idcfs.layout import PRESETS, parse_template
+from idcfs.tree import Level, NameArray, Tree, build_levels
+
+log = logging.getLogger(__name__)
+
+#: Bump when the files' layout or meaning changes: old snapshots are then rebuilt, not misread.
+FORMAT = 2
+#: Snapshots kept per cache folder (least recently used go first).
+KEEP = 8
+
+
+@dataclass
+class Snapshot:
+    """What a mount serves from: the tree, and the s5cmd manifest of its series."""
+
+    tree: Tree
+    manifest: bytes | mmap.mmap
+    folder: Path | None
+    built: bool  # False when it was loaded from an earlier build
+
+
+def snapshot_key(files: IndexFiles, template_text: str, selection: Selection) -> str:
+    description = {
+        "format": FORMAT,
+        "idcfs": __version__,
+        "files": files.identity(),
+        "layout": PRESETS.get(template_text, template_text),
+        "selection": selection.describe(),
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def open_snapshot(files: IndexFiles, template_text: str, selection: Selection, cache_dir: Path | None) -> Snapshot:
+    """Load the snapshot for this key from ``cache_dir``, building (and storing) it when absent."""
+    folder = None
+    if cache_dir is not None:
+        folder = cache_dir / "catalogs" / snapshot_key(files, template_text, selection)
+        if (folder / "info.json").exists():
+            try:
+                snapshot = load(folder)
+                os.utime(folder / "info.json")  # recently used
+                return snapshot
+            except (OSError, ValueError, KeyError, pa.ArrowInvalid) as error:
+                log.warning("catalog snapshot %s is unreadable (%s); rebuilding it", folder, error)
+                shutil.rmtree(folder, ignore_errors=True)
+    catalog, level_names = load_catalog(files, template_text, selection)
+    levels = build_levels(level_names, catalog.num_series)
+    del level_names
+    manifest = manifest_text(catalog.series)
+    if folder is not None:
+        try:
+            save(folder, catalog, levels, manifest)
+            _prune(folder.parent)
+            snapshot = load(folder)
+            snapshot.built = True
+            return snapshot
+        except OSError as error:
+            log.warning("cannot store the catalog in %s (%s); keeping it in memory", folder, error)
+    return Snapshot(Tree(catalog, levels), manifest, None, True)
+
+
+def manifest_text(series: pa.Table) -> bytes:
+    """``cp s3://<bucket>/<crdc_series_uuid>/* .`` for every mounted series, in path order.
+
+    Each line is built with its newline, so the Arrow array's data buffer *is* the text: no
+    Python loop over a million rows.
+    """
+    if series.num_rows == 0:
+        return b""
+    bucket = series.column("aws_bucket").cast(pa.string())
+    lines = pc.binary_join_element_wise("cp s3://", bucket, "/", series.column("crdc_series_uuid"), "/* .\n", "")
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    _, offsets, data = lines.buffers()
+    width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    bounds = np.frombuffer(offsets, dtype=width)[lines.offset : lines.offset + len(lines) + 1]
+    return data.to_pybytes()[int(bounds[0]) : int(bounds[-1])]
+
+
+def save(folder: Path, catalog: Catalog, levels: list[Level], manifest: bytes) -> None:
+    temporary = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True, mode=0o700)
+    try:
+        with (
+            pa.OSFile(str(temporary / "series.arrow"), "wb") as sink,
+            pa.ipc.new_file(sink, catalog.series.schema) as writer,
+        ):
+            writer.write_table(catalog.series)
+        for k, level in enumerate(levels):
+            (temporary / f"level{k}.names").write_bytes(bytes(level.names.data))
+            (temporary / f"level{k}.offsets").write_bytes(level.names.offsets.tobytes())
+            (temporary / f"level{k}.first_row").write_bytes(level.first_row.astype("<i8").tobytes())
+        (temporary / "manifest.txt").write_bytes(manifest)
+        info = dict(catalog.info, template=catalog.template.text, depth=len(levels), saved=time.time())
+        (temporary / "info.json").write_text(json.dumps(info, indent=1))  # last: marks it complete
+        try:
+            temporary.rename(folder)
+        except OSError:
+            if not (folder / "info.json").exists():  # not a concurrent mount that won the race
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def load(folder: Path) -> Snapshot:
+    info = json.loads((folder / "info.json").read_text())
+    series = pa.ipc.open_file(pa.memory_map(str(folder / "series.arrow"), "r")).read_all()
+    template = parse_template(info["template"], set(series.column_names))
+    levels = []
+    for k in range(int(info["depth"])):
+        offsets = memoryview(_map(folder / f"level{k}.offsets")).cast("q")
+        first_row = np.frombuffer(_map(folder / f"level{k}.first_row"), dtype="<i8")
+        levels.append(Level(NameArray(offsets, _map(folder / f"level{k}.names")), first_row))
+    catalog = Catalog(template=template, series=series, info=info)
+    return Snapshot(Tree(catalog, levels), _map(folder / "manifest.txt"), folder, False)
+
+
+def _map(path: Path) -> bytes | mmap.mmap:
+    """A read-only memory map of ``path`` (an empty file maps to b"")."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _prune(catalogs: Path) -> None:
+    """Keep the KEEP most recently used snapshots."""
+    try:
+        entries = [p for p in catalogs.iterdir() if (p / "info.json").exists()]
+        entries.sort(key=lambda p: (p / "info.json").stat().st_mtime, reverse=True)
+        for stale in entries[KEEP:]:
+            shutil.rmtree(stale, ignore_errors=True)
+    except OSError:
+        pass
