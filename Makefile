@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-stop test lint clean
+.PHONY: install demo demo-stop test lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo-stop:
 
 test: install
 	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python scripts/bench.py
 
 lint: install
 	$(BIN)/ruff check src tests scripts

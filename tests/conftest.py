@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.mounting import mounted_fuse_points
+from idcfs.mounting import daemon_pid, mounted_fuse_points
 from idcfs.testbed.dicomgen import GeneratedSeries, generate
 from idcfs.testbed.proxy import CountingProxy
 from idcfs.testbed.servers import gcs_server, s3_server
@@ -82,20 +82,6 @@ class Mount:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-
-def daemon_pid(mountpoint: Path) -> int | None:
-    """The pid of the ``idcfs mount --foreground`` serving ``mountpoint``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--foreground" in argv and str(mountpoint).encode() in argv:
-            return int(entry.name)
-    return None
 
 
 def run_idcfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

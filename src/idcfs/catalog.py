@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idcfs.layout import Template, parse_template, sql_segment_name
+from idcfs.layout import Template, parse_template, sql_finish_name, sql_segment_join
 from idcfs.manifest import Manifest
 
 #: Per-series columns always kept, for attributes, xattrs and the manifest. The layout's own
@@ -340,12 +340,15 @@ def _named_query(rows_sql: str, template: Template, selection: Selection, column
     if not with_prior:
         dedupe = ""  # the current index has one row per crdc_series_uuid
     levels = [f"l{k}" for k in range(template.depth)]
-    level_exprs = [f"{sql_segment_name(seg)} AS {name}" for seg, name in zip(template.segments, levels, strict=True)]
+    joined = [f"{sql_segment_join(seg)} AS j{k}" for k, seg in enumerate(template.segments)]
+    named = [f"{sql_finish_name(f'j{k}')} AS {name}" for k, name in enumerate(levels)]
     keep = list(dict.fromkeys([*SERIES_COLUMNS, *template.columns]))
     keep_sql = ", ".join(f'"{c}"' for c in keep)
+    # Names are joined in one step and finished in the next, so each is computed once.
     return f"""
-        WITH selected AS (SELECT * FROM ({rows_sql}) {where} {dedupe})
-        SELECT {", ".join(level_exprs)}, {keep_sql} FROM selected ORDER BY {", ".join(levels)}
+        WITH selected AS (SELECT * FROM ({rows_sql}) {where} {dedupe}),
+             joined AS (SELECT {", ".join(joined)}, {keep_sql} FROM selected)
+        SELECT {", ".join(named)}, {keep_sql} FROM joined ORDER BY {", ".join(levels)}
     """
 
 

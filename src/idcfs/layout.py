@@ -167,24 +167,42 @@ def unescape_name(name: str) -> str:
 
 
 def sql_escape_value(column_sql: str) -> str:
-    """DuckDB expression equal to :func:`escape_value` of a column (``%`` first, as in Python)."""
-    expr = f"coalesce(CAST({column_sql} AS VARCHAR), '')"
+    """DuckDB expression equal to :func:`escape_value` of a column (``%`` first, as in Python).
+
+    Almost no value needs escaping, so the replacements run only when one of the characters is
+    present: a million names are computed at mount time.
+    """
+    value = f"coalesce(CAST({column_sql} AS VARCHAR), '')"
+    escaped = value
     for char, replacement in _ESCAPED_CHARS.items():
         char_sql = "chr(0)" if char == "\x00" else _sql_literal(char)
-        expr = f"replace({expr}, {char_sql}, {_sql_literal(replacement)})"
-    return expr
+        escaped = f"replace({escaped}, {char_sql}, {_sql_literal(replacement)})"
+    needs = " OR ".join(
+        f"contains({value}, {'chr(0)' if char == chr(0) else _sql_literal(char)})" for char in _ESCAPED_CHARS
+    )
+    return f"(CASE WHEN {needs} THEN {escaped} ELSE {value} END)"
+
+
+def sql_segment_join(segment: Segment) -> str:
+    """DuckDB expression joining a segment's escaped values and literals (before :func:`sql_finish_name`)."""
+    pieces = [sql_escape_value(f'"{text}"') if is_column else _sql_literal(text) for is_column, text in segment.parts]
+    return " || ".join(pieces)
+
+
+def sql_finish_name(joined_sql: str) -> str:
+    """DuckDB twin of :func:`finish_name`; ``joined_sql`` should be a column, evaluated once."""
+    j = joined_sql
+    return (
+        f"(CASE WHEN {j} = '' THEN {_sql_literal(EMPTY_NAME)} "
+        f"WHEN {j} IN ('.', '..') THEN replace({j}, '.', '%2E') "
+        f"WHEN strlen({j}) > {NAME_MAX} THEN left({j}, {_LONG_NAME_KEEP}) || '%~' || md5({j}) "
+        f"ELSE {j} END)"
+    )
 
 
 def sql_segment_name(segment: Segment) -> str:
     """DuckDB expression for the path component of ``segment``; equal to the Python escaping."""
-    pieces = [sql_escape_value(f'"{text}"') if is_column else _sql_literal(text) for is_column, text in segment.parts]
-    joined = " || ".join(pieces)
-    return (
-        f"(CASE WHEN ({joined}) = '' THEN {_sql_literal(EMPTY_NAME)} "
-        f"WHEN ({joined}) IN ('.', '..') THEN replace(({joined}), '.', '%2E') "
-        f"WHEN strlen({joined}) > {NAME_MAX} THEN left(({joined}), {_LONG_NAME_KEEP}) || '%~' || md5({joined}) "
-        f"ELSE ({joined}) END)"
-    )
+    return sql_finish_name(f"({sql_segment_join(segment)})")
 
 
 def segment_name(segment: Segment, row: dict[str, str | None]) -> str:

@@ -167,6 +167,21 @@ def mounted_fuse_points() -> dict[str, str]:
     return points
 
 
+def daemon_pid(mountpoint: Path) -> int | None:
+    """The pid of the ``idcfs mount --foreground`` process serving ``mountpoint``, if any."""
+    wanted = str(mountpoint).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--foreground" in argv and wanted in argv and any(b"idcfs" in arg for arg in argv):
+            return int(entry.name)
+    return None
+
+
 def unmount(mountpoint: Path, lazy: bool = False) -> None:
     if str(mountpoint) not in mounted_fuse_points():
         raise MountError(f"{mountpoint} is not a FUSE mount point")

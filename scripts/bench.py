@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Benchmarks of idcfs against its peers, measured in the same run, written to bench/RESULTS.md.
+
+Speed is measured here, never asserted in tests. Each figure is the median of ``--runs`` runs.
+
+Sections:
+  catalog  time from `idcfs mount` to a listable root (first start, and warm with the catalog
+           snapshot), daemon RSS after listing 1,000 random study folders, readdir times of the
+           root / the largest collection / a patient / a study; next to IDCClient()'s load time
+           and RSS (idc-index), measured in the same run. Needs no storage server: nothing
+           below the series level is read, and the endpoint given to the mounts never answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IDCFS = str(Path(sys.executable).with_name("idcfs"))
+UNUSED_ENDPOINT = "http://127.0.0.1:9"  # discard port: a mount that never needs the network
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+class Mounted:
+    """An idcfs mount made with the real CLI, timed from the command to a listable root."""
+
+    def __init__(self, cache_dir: Path, *options: str) -> None:
+        from idcfs.mounting import daemon_pid
+
+        self.path = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))
+        started = time.perf_counter()
+        result = subprocess.run(
+            [
+                IDCFS,
+                "mount",
+                str(self.path),
+                "--endpoint-url",
+                UNUSED_ENDPOINT,
+                "--cache-dir",
+                str(cache_dir),
+                *options,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"mount failed: {result.stderr}")
+        os.listdir(self.path)
+        self.ready_seconds = time.perf_counter() - started
+        self.pid = daemon_pid(self.path)
+
+    def close(self) -> None:
+        subprocess.run([IDCFS, "umount", str(self.path)], check=False, capture_output=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def timed_listdir(path: Path) -> float:
+    started = time.perf_counter()
+    os.listdir(path)
+    return time.perf_counter() - started
+
+
+def random_studies(root: Path, count: int, rng: random.Random) -> list[Path]:
+    """``count`` study folders spread over every collection (patients sampled per collection)."""
+    studies: list[Path] = []
+    collections = [c for c in os.listdir(root) if not c.startswith(".")]
+    while len(studies) < count:
+        collection = root / rng.choice(collections)
+        patients = os.listdir(collection)
+        patient = collection / rng.choice(patients)
+        studies.extend(patient / s for s in os.listdir(patient))
+    rng.shuffle(studies)
+    return studies[:count]
+
+
+def bench_catalog(runs: int) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    cold, warm, rss_after, readdir = [], [], [], {"root": [], "nlst (26k patients)": [], "a patient": [], "a study": []}
+    for run in range(runs):
+        with tempfile.TemporaryDirectory(prefix="idcfs-bench-cache-") as cache:
+            first = Mounted(Path(cache))
+            cold.append(first.ready_seconds)
+            first.close()
+            mount = Mounted(Path(cache))
+            warm.append(mount.ready_seconds)
+            try:
+                rng = random.Random(run)
+                for study in random_studies(mount.path, 1000, rng):
+                    os.listdir(study)
+                rss_after.append(rss_kib(mount.pid) / 1024 if mount.pid else float("nan"))
+                patient = mount.path / "nlst" / sorted(os.listdir(mount.path / "nlst"))[0]
+                study = patient / sorted(os.listdir(patient))[0]
+                for name, path in (
+                    ("root", mount.path),
+                    ("nlst (26k patients)", mount.path / "nlst"),
+                    ("a patient", patient),
+                    ("a study", study),
+                ):
+                    timed_listdir(path)  # first listing: fills idcfs' and the kernel's caches
+                    readdir[name].append(median([timed_listdir(path) for _ in range(5)]))
+            finally:
+                mount.close()
+    rows.append(
+        ("idcfs mount -> root listable, first start (builds the catalog)", f"{median(cold):.2f} s", "target <= 5 s")
+    )
+    rows.append(
+        ("idcfs mount -> root listable, warm (catalog snapshot mapped)", f"{median(warm):.2f} s", "target <= 1 s")
+    )
+    rows.append(
+        ("daemon RSS after listing 1,000 random study folders", f"{median(rss_after):.0f} MB", "target <= 300 MB")
+    )
+    for name, values in readdir.items():
+        rows.append((f"readdir {name}, warm", f"{median(values) * 1e3:.1f} ms", "target <= 50 ms"))
+    rows.extend(bench_idcclient(runs))
+    return rows
+
+
+def bench_idcclient(runs: int) -> list[tuple[str, str, str]]:
+    probe = (
+        "import time, json; t = time.perf_counter(); from idc_index import IDCClient; IDCClient(); "
+        "s = time.perf_counter() - t; "
+        "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS:')][0].split()[1]; "
+        "print(json.dumps([s, int(rss)]))"
+    )
+    seconds, rss = [], []
+    for _ in range(runs):
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            return [("IDCClient() (idc-index)", "skipped", "idc-index not installed: pip install idc-index")]
+        took, kib = json.loads(result.stdout.strip().splitlines()[-1])
+        seconds.append(took)
+        rss.append(kib / 1024)
+    return [
+        ("peer: IDCClient() load (idc-index, pandas)", f"{median(seconds):.2f} s", "same index, same run"),
+        ("peer: IDCClient() RSS", f"{median(rss):.0f} MB", "same index, same run"),
+    ]
+
+
+SECTIONS = {"catalog": bench_catalog}
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.platform()}, {cpus} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    lines = [
+        "# idcfs benchmark results",
+        "",
+        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; "
+        f"median of {args.runs} runs; `python scripts/bench.py {' '.join(args.sections)}`.",
+    ]
+    for section in args.sections:
+        print(f"== {section}", flush=True)
+        rows = SECTIONS[section](args.runs)
+        lines += ["", f"## {section}", "", "| measure | result | note |", "| --- | --- | --- |"]
+        for measure, value, note in rows:
+            print(f"  {measure:70} {value:>10}  {note}")
+            lines.append(f"| {measure} | {value} | {note} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
