@@ -41,6 +41,13 @@ def test_environment_gives_defaults_and_flags_win(monkeypatch):
     assert (args.source, args.allow_other) == ("aws", False)
 
 
+def test_repeatable_options_from_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("IDCFS_COLLECTION", "nlst, lidc_idri")
+    assert build_parser().parse_args(["mount", "/mnt"]).collection == ["nlst", "lidc_idri"]
+    args = build_parser().parse_args(["mount", "/mnt", "--collection", "a", "--collection", "b"])
+    assert args.collection == ["a", "b"]  # the command line replaces the environment's list
+
+
 def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("IDCFS_SOURCE", "azure")
     with pytest.raises(SystemExit):
@@ -49,7 +56,25 @@ def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys):
 
 
 def test_daemon_sees_the_same_options():
-    args = build_parser().parse_args(["mount", "/mnt", "--source", "gcs", "--block-size", "64K", "--allow-other"])
+    args = build_parser().parse_args(
+        [
+            "mount",
+            "/mnt",
+            "--source",
+            "gcs",
+            "--block-size",
+            "64K",
+            "--allow-other",
+            "--modality",
+            "CT",
+            "--modality",
+            "MR",
+            "--idc-version",
+            "18",
+            "--where",
+            "x = 'a b'",
+        ]
+    )
     again = build_parser().parse_args(_child_argv(args))
     for option in MOUNT_OPTIONS:
         if option.name != "foreground":

@@ -38,6 +38,7 @@ def _current(tag, collection, patient, study, modality, series, revised, license
         "series_size_MB": 1.0,
         "StudyDate": date,
         "SeriesNumber": "1",
+        "SeriesDescription": f"{modality} / axial" if modality != "SEG" else None,
     }
 
 
@@ -228,6 +229,14 @@ def test_unknown_manifest_ids_refuse_the_mount_unless_allowed(files, tmp_path):
     tree = mounted(files, manifest=manifest, allow_missing=True)
     assert tags(tree) == {"a1"}
     assert "7.7.7" in tree.catalog.info["warnings"][0]
+
+
+def test_any_index_column_in_a_template(files):
+    tree = mounted(files, layout="%collection_id/%StudyDate/%SeriesNumber-%SeriesDescription_%crdc_series_uuid")
+    assert list(tree.children(tree.lookup(["c1"]))) == ["2001-01-01", "2010-05-05"]
+    leaves = list(tree.children(tree.lookup(["c1", "2001-01-01"])))
+    assert leaves == [f"1-CT %2F axial_{_uuid('a1')}", f"1-_{_uuid('b1')}"]  # '/' escaped, NULL empty
+    assert tree.catalog.template.columns[-1] == "crdc_series_uuid"
 
 
 def test_snapshot_is_reused_and_keyed_by_selection(files, tmp_path):

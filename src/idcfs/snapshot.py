@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Bump when the files' layout or meaning changes: old snapshots are then rebuilt, not misread.
 FORMAT = 2
 #: Snapshots kept per cache folder (least recently used go first).
-KEEP = 8
+KEEP = 4
 
 
 @dataclass
