@@ -4,6 +4,12 @@
 Speed is measured here, never asserted in tests. Each figure is the median of ``--runs`` runs.
 
 Sections:
+  reads    the read workloads of issue 3, for idcfs, s5cmd (the limit), s3fs-fuse, rclone mount and
+           local disk, through one local S3 server (rclone serve s3) behind a proxy adding
+           --latency per request: (a) cold series read with cat, file by file; (b) the same with 8
+           parallel readers; (c) warm re-read after remount; (d) a 500 MB object read with dd
+           bs=1M; (e) 2000 random 64 KiB reads in a 1 GB object, cold and warm; (f) ls -lR of 50
+           series. Requests and bytes are counted at the proxy. Peers not installed are skipped.
   catalog  time from `idcfs mount` to a listable root (first start, and warm with the catalog
            snapshot), daemon RSS after listing 1,000 random study folders, readdir times of the
            root / the largest collection / a patient / a study; next to IDCClient()'s load time
@@ -159,7 +165,23 @@ def bench_idcclient(runs: int) -> list[tuple[str, str, str]]:
     ]
 
 
-SECTIONS = {"catalog": bench_catalog}
+CATALOG_HEADER = ("measure", "result", "note")
+READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "requests", "fetched")
+
+
+def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_io import bench_reads
+
+    workdir = REPO / ".bench"
+    workdir.mkdir(exist_ok=True)
+    return bench_reads(args.runs, args.latency, args.bandwidth, workdir)
+
+
+SECTIONS = {
+    "reads": (READS_HEADER, bench_reads_section),
+    "catalog": (CATALOG_HEADER, lambda args: bench_catalog(args.runs)),
+}
 
 
 def machine() -> str:
@@ -173,20 +195,26 @@ def main() -> int:
     parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument("--latency", type=float, default=0.020, help="seconds the proxy adds per request")
+    parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s cap per response (default none)")
     args = parser.parse_args()
     lines = [
         "# idcfs benchmark results",
         "",
         f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; "
-        f"median of {args.runs} runs; `python scripts/bench.py {' '.join(args.sections)}`.",
+        f"median of {args.runs} runs; `python scripts/bench.py {' '.join(args.sections)}`; "
+        f"{args.latency * 1e3:.0f} ms added per request"
+        + (f", {args.bandwidth / 1e6:.0f} MB/s per response" if args.bandwidth else "")
+        + ".",
     ]
     for section in args.sections:
         print(f"== {section}", flush=True)
-        rows = SECTIONS[section](args.runs)
-        lines += ["", f"## {section}", "", "| measure | result | note |", "| --- | --- | --- |"]
-        for measure, value, note in rows:
-            print(f"  {measure:70} {value:>10}  {note}")
-            lines.append(f"| {measure} | {value} | {note} |")
+        header, run = SECTIONS[section]
+        rows = run(args)
+        lines += ["", f"## {section}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for row in rows:
+            print("  " + "  ".join(f"{cell:>12}" if i else f"{cell:45}" for i, cell in enumerate(row)))
+            lines.append("| " + " | ".join(row) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

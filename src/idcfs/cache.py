@@ -1,21 +1,36 @@
-"""Blocks and series listings kept in memory, with one fetch per key however many readers wait.
+"""Blocks and series listings kept in memory and on disk, with one fetch per key however many
+readers wait.
 
 IDC objects are immutable (a new version of a series gets a new UUID), so nothing here is ever
-revalidated: an entry is good until evicted. The memory tier is a byte-capped LRU; the disk tier
-(diskcache) comes with the persistent-cache issue and plugs in behind :class:`BlockCache`'s
-``get_or_fetch``.
+revalidated: an entry is good until evicted, and the disk tier survives remounts. Blocks live in
+a byte-capped memory LRU in front of a size-capped diskcache (LRU eviction); listings are small
+and kept on disk forever. Every disk block carries a CRC32 and its length is checked on the way
+in and out, so a torn write (a crash, a full disk) reads as a miss, never as wrong bytes. A disk
+tier that fails (full, read-only, removed) is switched off with one warning: reads go on over the
+network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
+log = logging.getLogger(__name__)
+
 V = TypeVar("V")
+
+_CRC = struct.Struct("<I")
 
 
 class SingleFlight(Generic[V]):
@@ -24,6 +39,10 @@ class SingleFlight(Generic[V]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Hashable, Future[V]] = {}
+
+    def pending(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._pending
 
     def run(self, key: Hashable, fetch: Callable[[], V]) -> V:
         with self._lock:
@@ -48,37 +67,206 @@ class SingleFlight(Generic[V]):
                 del self._pending[key]
 
 
-class BlockCache:
-    """Byte-capped LRU of object blocks, keyed by ``(object key, block index)``."""
+@dataclass
+class CacheStats:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    disk_errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def __init__(self, max_bytes: int) -> None:
-        self._lru: LRUCache[Hashable, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
+    def count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+
+class DiskTier:
+    """A diskcache folder of blocks, capped at ``size_limit`` bytes, least recently used out first.
+
+    Writes go through one writer thread, in batches of one SQLite transaction: fetch threads hand
+    a block over and move on (SQLite takes one writer at a time, and a fetch must not wait for
+    it). Blocks waiting to be written are still served by :meth:`get`. The queue is bounded by
+    bytes: background fetches wait for room, a demand read's block is dropped instead.
+    """
+
+    def __init__(self, directory: Path, size_limit: int, queue_bytes: int = 128 << 20) -> None:
+        import diskcache
+
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory = directory
+        self.size_limit = size_limit
+        # cull_limit: evict enough per write that the cap is never exceeded by more than a block.
+        self._cache = diskcache.Cache(
+            str(directory),
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=64,
+            statistics=False,
+        )
+        self._disabled = False
+        self._queue_bytes = queue_bytes
+        self._pending: dict[str, bytes] = {}  # insertion-ordered: the write queue
+        self._pending_bytes = 0
+        self._writing = 0
+        self._condition = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self.dropped = 0
+
+    @property
+    def enabled(self) -> bool:
+        return not self._disabled
+
+    def get(self, key: str, length: int) -> bytes | None:
+        """The block, if stored (or queued) whole and intact."""
+        if self._disabled:
+            return None
+        with self._condition:
+            queued = self._pending.get(key)
+        if queued is not None:
+            return queued
+        try:
+            # `in` is a plain SELECT; get() takes the write lock (to update the LRU access time)
+            # even for a miss, which would queue every cold fetch behind the writer.
+            if key not in self._cache:
+                return None
+            stored = self._cache.get(key)
+        except Exception as error:  # noqa: BLE001 - any disk trouble is a miss
+            log.debug("disk cache read of %s failed: %s", key, error)
+            return None
+        if not isinstance(stored, bytes) or len(stored) != length + _CRC.size:
+            return None
+        data, (crc,) = stored[:length], _CRC.unpack(stored[length:])
+        if zlib.crc32(data) != crc:
+            log.warning("disk cache block %s is damaged; fetching it again", key)
+            self.discard(key)
+            return None
+        return data
+
+    def put(self, key: str, data: bytes, wait: bool = True) -> None:
+        """Queue ``data`` for writing; with ``wait=False`` drop it rather than wait for room."""
+        with self._condition:
+            if self._disabled or key in self._pending:
+                return
+            while self._pending_bytes + len(data) > self._queue_bytes and self._pending:
+                if not wait:
+                    self.dropped += 1
+                    return
+                self._condition.wait()
+                if self._disabled:
+                    return
+            self._pending[key] = data
+            self._pending_bytes += len(data)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="idcfs-disk-writer", daemon=True)
+                self._writer.start()
+            self._condition.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending:
+                    self._condition.wait()
+                batch = list(self._pending.items())[:8]
+                self._writing = len(batch)
+            try:
+                with self._cache.transact():
+                    for key, data in batch:
+                        # read=True: diskcache then writes in 4 MiB chunks; given bytes, it would
+                        # iterate a BytesIO line by line (thousands of writes for a binary block).
+                        record = io.BytesIO(data + _CRC.pack(zlib.crc32(data)))
+                        self._cache.set(key, record, read=True)
+            except Exception as error:  # noqa: BLE001 - degrade, never fail a read
+                with self._condition:
+                    if not self._disabled:
+                        self._disabled = True
+                        log.warning(
+                            "disk cache %s cannot be written (%s); reading from the network only", self.directory, error
+                        )
+            with self._condition:
+                for key, data in batch:
+                    if self._pending.pop(key, None) is not None:
+                        self._pending_bytes -= len(data)
+                self._writing = 0
+                if self._disabled:
+                    self._pending.clear()
+                    self._pending_bytes = 0
+                self._condition.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued block is written (or the tier gave up); False on timeout."""
+        with self._condition:
+            return self._condition.wait_for(lambda: not self._pending, timeout)
+
+    def discard(self, key: str) -> None:
+        with contextlib.suppress(Exception):
+            self._cache.delete(key)
+
+    def volume(self) -> int:
+        return int(self._cache.volume())
+
+    def close(self) -> None:
+        self.flush(timeout=30)
+        self._cache.close()
+
+
+class BlockCache:
+    """Memory LRU in front of an optional :class:`DiskTier`, with single-flight fetches."""
+
+    def __init__(self, max_bytes: int, disk: DiskTier | None = None) -> None:
+        self._lru: LRUCache[str, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._flight: SingleFlight[bytes] = SingleFlight()
-        self.hits = 0
-        self.misses = 0
+        self.disk = disk
+        self.stats = CacheStats()
 
-    def get_or_fetch(self, key: Hashable, fetch: Callable[[], bytes]) -> bytes:
+    def _memory(self, key: str) -> bytes | None:
         with self._lock:
-            block = self._lru.get(key)
-            if block is not None:
-                self.hits += 1
-                return block
-            self.misses += 1
+            return self._lru.get(key)
 
-        def fetch_and_keep() -> bytes:
-            with self._lock:  # a fetch that finished since our miss
-                block = self._lru.get(key)
+    def _remember(self, key: str, data: bytes) -> None:
+        if len(data) <= self._max_bytes:
+            with self._lock:
+                self._lru[key] = data
+
+    def contains(self, key: str) -> bool:
+        """Held in memory (cheap check; the disk is consulted only by a fetch)."""
+        with self._lock:
+            return key in self._lru
+
+    def in_flight(self, key: str) -> bool:
+        return self._flight.pending(key)
+
+    def get_or_fetch(self, key: str, length: int, fetch: Callable[[], bytes], background: bool = False) -> bytes:
+        """The block ``key`` of ``length`` bytes: from memory, disk, or ``fetch`` (once).
+
+        ``background`` work may wait for room in the disk write queue; a demand read never does.
+        """
+        block = self._memory(key)
+        if block is not None:
+            self.stats.count("memory_hits")
+            return block
+
+        def load() -> bytes:
+            block = self._memory(key)  # a fetch that finished since our miss
             if block is not None:
                 return block
+            if self.disk is not None:
+                block = self.disk.get(key, length)
+                if block is not None:
+                    self.stats.count("disk_hits")
+                    self._remember(key, block)
+                    return block
+            self.stats.count("misses")
             data = fetch()
-            if len(data) <= self._max_bytes:
-                with self._lock:
-                    self._lru[key] = data
+            if len(data) != length:
+                raise ValueError(f"block {key} has {len(data)} bytes, expected {length}")
+            self._remember(key, data)
+            if self.disk is not None:
+                self.disk.put(key, data, wait=background)
             return data
 
-        return self._flight.run(key, fetch_and_keep)
+        return self._flight.run(key, load)
 
     @property
     def bytes_used(self) -> int:
@@ -87,29 +275,59 @@ class BlockCache:
 
 
 class ListingCache(Generic[V]):
-    """Series listings by series UUID, fetched once. Kept in memory for the mount's lifetime;
-    a listing is a few kB per series opened, and immutable."""
+    """Series listings by series UUID, fetched once, kept in memory and (optionally) on disk
+    forever: a listing is a few kB, and immutable."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None, persist: Callable[[V], bool] = bool) -> None:
+        self._persist = persist  # e.g. not an empty listing: the series may just not be there yet
         self._listings: dict[str, V] = {}
         self._lock = threading.Lock()
         self._flight: SingleFlight[V] = SingleFlight()
+        self._disk: Any = None
+        if directory is not None:
+            try:
+                import diskcache
+
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._disk = diskcache.Cache(str(directory), size_limit=2**40, eviction_policy="none")
+            except Exception as error:  # noqa: BLE001
+                log.warning("listing cache %s unusable (%s); listings are kept in memory only", directory, error)
 
     def get_or_fetch(self, series_uuid: str, fetch: Callable[[], V]) -> V:
         with self._lock:
             if series_uuid in self._listings:
                 return self._listings[series_uuid]
 
-        def fetch_and_keep() -> V:
+        def load() -> V:
             with self._lock:  # a fetch that finished since our miss
                 if series_uuid in self._listings:
                     return self._listings[series_uuid]
-            listing = fetch()
+            listing = self._from_disk(series_uuid)
+            if listing is None:
+                listing = fetch()
+                self._to_disk(series_uuid, listing)
             with self._lock:
                 self._listings[series_uuid] = listing
             return listing
 
-        return self._flight.run(series_uuid, fetch_and_keep)
+        return self._flight.run(series_uuid, load)
+
+    def _from_disk(self, series_uuid: str) -> V | None:
+        if self._disk is None:
+            return None
+        try:
+            return self._disk.get(series_uuid)
+        except Exception:  # noqa: BLE001 - a damaged entry is a miss
+            return None
+
+    def _to_disk(self, series_uuid: str, listing: V) -> None:
+        if self._disk is None or not self._persist(listing):
+            return
+        try:
+            self._disk.set(series_uuid, listing)
+        except Exception as error:  # noqa: BLE001
+            log.warning("listing cache cannot be written (%s); keeping listings in memory only", error)
+            self._disk = None
 
     def peek(self, series_uuid: str) -> V | None:
         with self._lock:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from idcfs import __version__
 from idcfs.mounting import MountError
-from idcfs.options import MOUNT_OPTIONS, add_options, default_cache_dir
+from idcfs.options import MOUNT_OPTIONS, add_options, default_cache_dir, default_cache_size
 
 log = logging.getLogger("idcfs")
 
@@ -61,6 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     versions.add_argument("--index-file", default=None, help="index parquet (default: the bundled one)")
 
+    prefetch = commands.add_parser(
+        "prefetch",
+        help="warm the cache for folders of a mount",
+        description="Read folders of a mount (a collection, patient, study or series) into the mount's "
+        "cache ahead of use, with a progress bar and a summary.",
+    )
+    prefetch.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="folders or files inside a mount")
+    prefetch.add_argument("--jobs", type=int, default=16, help="files read in parallel (default: 16)")
+    prefetch.add_argument("--force", action="store_true", help="even if it exceeds the disk cache's size")
+    prefetch.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    cache = commands.add_parser(
+        "cache", help="show or clear the cache folder", description="Show what the cache folder holds, or clear it."
+    )
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="the cache folder (default: $IDCFS_CACHE_DIR or $XDG_CACHE_HOME/idcfs)",
+    )
+
     umount = commands.add_parser(
         "umount",
         aliases=["unmount"],
@@ -80,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command == "versions":
             return _versions(args)
+        if args.command == "prefetch":
+            return _prefetch(args)
+        if args.command == "cache":
+            return _cache(args)
         return _umount(args)
     except MountError as error:
         print(f"idcfs: error: {error}", file=sys.stderr)
@@ -99,6 +125,26 @@ def _versions(args: argparse.Namespace) -> int:
     print(f"{'version':>7}  {'released':10}  {'series':>9}")
     for version, date, count in rows:
         print(f"{version:>7}  {date:10}  {count:>9,}")
+    return 0
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    from idcfs.warm import warm
+
+    result = warm(args.paths, jobs=args.jobs, force=args.force, quiet=args.quiet)
+    return 1 if result.failures else 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from idcfs.cache_admin import cache_clear, cache_info
+
+    folder = args.cache_dir or Path(os.environ.get("IDCFS_CACHE_DIR") or default_cache_dir())
+    if args.action == "clear":
+        cache_clear(folder)
+        print(f"cleared {folder}")
+        return 0
+    for name, value in cache_info(folder):
+        print(f"{name:18} {value}")
     return 0
 
 
@@ -155,6 +201,9 @@ def _serve(args: argparse.Namespace) -> int:
     from idcfs.mounting import check_fuse_available, check_mountpoint, prefer_libfuse3, report_ready
 
     _setup_logging(args)
+    # FUSE threads answer the kernel while prefetch threads parse responses; the default 5 ms
+    # GIL switch interval would make a cached read wait behind that work.
+    sys.setswitchinterval(0.0005)
     ready_fd = args.ready_fd
     try:
         if ready_fd is not None:
@@ -204,11 +253,12 @@ def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
 def _build_filesystem(args: argparse.Namespace, on_ready):
     import pyarrow
 
-    from idcfs.cache import BlockCache
+    from idcfs.cache import BlockCache, ListingCache
     from idcfs.catalog import CatalogError, IndexFiles, Selection
     from idcfs.fs import IdcFs
     from idcfs.layout import TemplateError
     from idcfs.manifest import ManifestError, read_manifest
+    from idcfs.reader import PrefetchPolicy, Reader
     from idcfs.snapshot import open_snapshot
     from idcfs.store import RetryPolicy, Store
 
@@ -247,7 +297,16 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
         args.endpoint_url,
         RetryPolicy(deadline=args.retry_deadline, attempt_timeout=min(args.request_timeout, args.retry_deadline)),
     )
-    cache = BlockCache(args.memory_cache_size)
+    disk = _disk_tier(args)
+    cache = BlockCache(args.memory_cache_size, disk)
+    policy = PrefetchPolicy(
+        mode=args.prefetch,
+        max_series_bytes=args.prefetch_max_series,
+        workers=args.prefetch_workers,
+        budget_bytes=min(256 << 20, max(args.memory_cache_size // 2, 4 * args.block_size)),
+    )
+    reader = Reader(store, cache, args.block_size, policy)
+    listings = ListingCache(args.cache_dir / "listings", persist=lambda listing: bool(listing.names))
     mount_info = {
         "idcfs": __version__,
         "idc_version": catalog.idc_version,
@@ -258,9 +317,31 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
         "series": catalog.num_series,
         "source": args.source,
         "endpoint_url": args.endpoint_url,
+        "cache_dir": str(args.cache_dir),
+        "cache_size": disk.size_limit if disk else 0,
+        "block_size": args.block_size,
+        "prefetch": args.prefetch,
         "warnings": catalog.info.get("warnings", []),
     }
-    return IdcFs(snapshot, store, cache, args.block_size, mount_info=mount_info, on_ready=on_ready)
+    return IdcFs(snapshot, reader, listings, mount_info=mount_info, on_ready=on_ready)
+
+
+def _disk_tier(args: argparse.Namespace):
+    """The disk block cache, sized from --cache-size or the free space; None when off or unusable."""
+    from idcfs.cache import DiskTier
+
+    folder = args.cache_dir / "blocks"
+    size = args.cache_size
+    if size is None:
+        size = default_cache_size(args.cache_dir)
+    if size <= 0:
+        log.info("disk cache off")
+        return None
+    try:
+        return DiskTier(folder, size)
+    except Exception as error:  # noqa: BLE001 - a cache is an optimisation, never a reason not to mount
+        log.warning("disk cache %s unusable (%s); reading from the network only", folder, error)
+        return None
 
 
 def _release_freed_memory() -> None:

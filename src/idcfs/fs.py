@@ -24,11 +24,11 @@ import mfusepy
 import pyarrow.compute as pc
 from cachetools import LRUCache
 
-from idcfs.cache import BlockCache, ListingCache
+from idcfs.cache import ListingCache
 from idcfs.layout import escape_name
-from idcfs.reader import ObjectRef, Reader
+from idcfs.reader import ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
-from idcfs.store import NotFoundError, ObjectInfo, Store, StoreError, object_url
+from idcfs.store import NotFoundError, ObjectInfo, StoreError, object_url
 from idcfs.tree import Node
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,16 @@ class SeriesListing:
 
     names: list[str]
     objects: dict[str, ObjectInfo]
+
+
+@dataclass
+class _Handle:
+    """An open file: the object, its readahead state, and its series (for series prefetch)."""
+
+    ref: ObjectRef
+    state: ReadState
+    series_row: int
+    series_queued: bool = False
 
 
 def _errors_to_errno(method: F) -> F:
@@ -107,9 +117,8 @@ class IdcFs(mfusepy.Operations):
     def __init__(
         self,
         snapshot: Snapshot,
-        store: Store,
-        cache: BlockCache,
-        block_size: int,
+        reader: Reader,
+        listings: ListingCache[SeriesListing] | None = None,
         mount_info: dict[str, Any] | None = None,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
@@ -120,13 +129,13 @@ class IdcFs(mfusepy.Operations):
             "version": (json.dumps(mount_info or {}, indent=1, default=str) + "\n").encode(),
             "manifest.txt": snapshot.manifest,
         }
-        self.store = store
-        self.reader = Reader(store, cache, block_size)
-        self.listings: ListingCache[SeriesListing] = ListingCache()
+        self.reader = reader
+        self.store = reader.store
+        self.listings: ListingCache[SeriesListing] = listings or ListingCache()
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._handles: dict[int, ObjectRef | str] = {}
+        self._handles: dict[int, _Handle | str] = {}
         self._handles_lock = threading.Lock()
         # Recent listings, ready to hand to the kernel again (everything is immutable).
         self._entries: LRUCache[Node, list[tuple[str, int, int]]] = LRUCache(maxsize=64)
@@ -364,10 +373,12 @@ class IdcFs(mfusepy.Operations):
         if not self.tree.is_series(node):
             raise mfusepy.FuseOSError(errno.ENOENT)
         info = self._file(node, name)
-        ref = ObjectRef(self._series_bucket(node.index), f"{self._series_uuid(node.index)}/{info.name}", info.size)
-        return self._new_handle(ref)
+        return self._new_handle(_Handle(self._object_ref(node.index, info), ReadState(), node.index))
 
-    def _new_handle(self, target: ObjectRef | str) -> int:
+    def _object_ref(self, row: int, info: ObjectInfo) -> ObjectRef:
+        return ObjectRef(self._series_bucket(row), f"{self._series_uuid(row)}/{info.name}", info.size)
+
+    def _new_handle(self, target: _Handle | str) -> int:
         with self._handles_lock:
             handle = self._next_handle
             self._next_handle += 1
@@ -381,7 +392,21 @@ class IdcFs(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.EBADF)
         if isinstance(target, str):  # a file of the control folder
             return bytes(self._control_files[target][offset : offset + size])
-        return self.reader.read(target, offset, size)
+        if not target.series_queued:  # the first read of an instance: queue the rest of its series
+            target.series_queued = True
+            self._prefetch_series(target)
+        return self.reader.read(target.ref, offset, size, target.state)
+
+    def _prefetch_series(self, handle: _Handle) -> None:
+        row = handle.series_row
+        if self.catalog.series.column("Modality")[row].as_py() == "SM":
+            return  # slide microscopy is read as random tiles, never whole
+        listing = self._listing(row)
+        objects = [self._object_ref(row, listing.objects[name]) for name in listing.names]
+        self.reader.prefetch_series(self._series_uuid(row), objects, handle.ref)
+
+    def destroy(self, path: str) -> None:
+        self.reader.close()
 
     @_errors_to_errno
     def release(self, path: str, fh: int) -> int:

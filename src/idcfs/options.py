@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,18 @@ def parse_seconds(text: str) -> float:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "idcfs"
+
+
+def default_cache_size(cache_dir: Path) -> int:
+    """A quarter of the free space where the cache lives, at most 50 GiB."""
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return 0
+    return min(50 << 30, free // 4)
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,37 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         None,
         "Folder for the cache and the daemon's log (default: $XDG_CACHE_HOME/idcfs, created with mode 0700).",
         metavar="DIR",
+    ),
+    Option(
+        "cache_size",
+        "size",
+        None,
+        "Cap of the disk cache of file blocks in CACHE_DIR/blocks (least recently used blocks go first; "
+        "it survives remounts). Default: a quarter of the free space there, at most 50G; 0 turns the disk "
+        "cache off.",
+        metavar="SIZE",
+    ),
+    Option(
+        "prefetch",
+        "choice",
+        "series",
+        "Work ahead of reads: off; file (readahead within a file read sequentially); series (also fetch "
+        "the rest of a series when one of its files is read).",
+        choices=("off", "file", "series"),
+    ),
+    Option(
+        "prefetch_max_series",
+        "size",
+        "2G",
+        "Series larger than this are not prefetched whole (readahead still applies).",
+        metavar="SIZE",
+    ),
+    Option(
+        "prefetch_workers",
+        "int",
+        "16",
+        "Parallel background fetches (readahead and series prefetch).",
+        metavar="N",
     ),
     Option("memory_cache_size", "size", "512M", "Bytes of file blocks kept in memory.", metavar="SIZE"),
     Option(

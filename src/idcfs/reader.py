@@ -1,20 +1,44 @@
-"""Turns ``read(offset, size)`` on an object into whole-block fetches through the cache.
+"""Turns ``read(offset, size)`` on an object into block fetches, with readahead and series prefetch.
 
 Blocks are aligned (``index * block_size``), so any two readers of a region share cache entries
 and in-flight fetches. An object no larger than one block is a single whole-object GET. Every
-block's length is checked against the object's size from the series listing before it is used:
-a short block is an error, never zero-filled bytes. Readahead and series prefetch come later,
-behind this same interface.
+block's length is checked against the object's size from the series listing before it is used.
+
+Behind real cloud latency (10-50 ms a request) a reader that fetches one block at a time is
+latency-bound, so two kinds of work run ahead of demand, in a pool of background threads:
+
+- **readahead** (per open file): a read that continues where the last one ended doubles a
+  window of blocks fetched ahead in parallel, up to ``max_window`` blocks (mountpoint-s3's
+  prefetcher is the model); any other read resets it, so a DICOM header read or a random tile
+  read of a slide costs about one block, not a stream.
+- **series prefetch**: people read a series whole (viewers, dcm2niix, SimpleITK), so opening one
+  instance queues the series' other objects, in listing order from the opened one, unless the
+  series is larger than ``max_series_bytes``.
+
+Demand reads never queue behind this work: they fetch inline, joining a background fetch of the
+same block only when it is already on the wire. Background fetches hold an in-flight byte
+budget, so prefetch cannot balloon memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from idcfs.cache import BlockCache
 from idcfs.store import Store, StoreError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BLOCK_SIZE = 1 << 20
+PREFETCH_MODES = ("off", "file", "series")
+
+#: Background priorities: readahead of the file being read first, then the rest of its series.
+READAHEAD, SERIES = 0, 1
 
 
 @dataclass(frozen=True)
@@ -26,15 +50,113 @@ class ObjectRef:
     size: int
 
 
+@dataclass(frozen=True)
+class PrefetchPolicy:
+    mode: str = "series"
+    max_series_bytes: int = 2 << 30
+    max_window: int = 16  # blocks of readahead, at most
+    workers: int = 16
+    budget_bytes: int = 256 << 20  # bytes in flight in the background, at most
+
+    def __post_init__(self) -> None:
+        if self.mode not in PREFETCH_MODES:
+            raise ValueError(f"prefetch mode {self.mode!r} is not one of {', '.join(PREFETCH_MODES)}")
+
+
+@dataclass
+class ReadState:
+    """Per open file: where the next sequential read would start, and the readahead window."""
+
+    next_offset: int = 0
+    window: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class BackgroundFetcher:
+    """A priority queue of block fetches served by a few threads, under an in-flight byte budget.
+
+    Threads start on first use (never before the FUSE daemon is running).
+    """
+
+    def __init__(self, workers: int, budget_bytes: int) -> None:
+        self._workers = max(1, workers)
+        self._budget = max(1, budget_bytes)
+        self._queue: list[tuple[int, int, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self._condition = threading.Condition()
+        self._in_flight = 0
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.completed = 0
+        self.failed = 0
+
+    def submit(self, priority: int, nbytes: int, task: Callable[[], None]) -> None:
+        with self._condition:
+            if self._closed:
+                return
+            heapq.heappush(self._queue, (priority, next(self._counter), nbytes, task))
+            if len(self._threads) < self._workers:
+                thread = threading.Thread(target=self._work, name=f"idcfs-prefetch-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._condition.notify()
+
+    def pending(self) -> int:
+        with self._condition:
+            return len(self._queue) + self._in_flight
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and (
+                    not self._queue or (self._in_flight and self._in_flight + self._queue[0][2] > self._budget)
+                ):
+                    self._condition.wait()
+                if self._closed:
+                    return
+                _, _, nbytes, task = heapq.heappop(self._queue)
+                self._in_flight += nbytes
+            try:
+                task()
+                self.completed += 1
+            except Exception as error:  # noqa: BLE001 - background work never takes the daemon down
+                self.failed += 1
+                log.debug("background fetch failed: %s", error)
+            finally:
+                with self._condition:
+                    self._in_flight -= nbytes
+                    self._condition.notify_all()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._queue.clear()
+            self._condition.notify_all()
+
+
 class Reader:
-    def __init__(self, store: Store, cache: BlockCache, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: BlockCache,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        prefetch: PrefetchPolicy | None = None,
+    ) -> None:
         if block_size <= 0:
             raise ValueError("block size must be positive")
         self.store = store
         self.cache = cache
         self.block_size = block_size
+        self.prefetch = prefetch or PrefetchPolicy(mode="off")
+        self.background = BackgroundFetcher(self.prefetch.workers, self.prefetch.budget_bytes)
+        self._series_scheduled: set[str] = set()
+        self._queued: set[str] = set()  # blocks waiting in the background queue or being fetched
+        self._queued_lock = threading.Lock()
+        self._series_lock = threading.Lock()
 
-    def read(self, obj: ObjectRef, offset: int, size: int) -> bytes:
+    # -- demand reads -------------------------------------------------------------------------
+
+    def read(self, obj: ObjectRef, offset: int, size: int, state: ReadState | None = None) -> bytes:
         """Bytes ``[offset, offset + size)`` clipped to the object's end."""
         if offset < 0 or size < 0:
             raise ValueError("negative offset or size")
@@ -42,14 +164,19 @@ class Reader:
         if offset >= end:
             return b""
         first, last = offset // self.block_size, (end - 1) // self.block_size
+        if state is not None and self.prefetch.mode != "off":
+            self._read_ahead(obj, offset, end, last, state)
         pieces = []
         for index in range(first, last + 1):
-            block = self._block(obj, index)
+            block = self.block(obj, index)
             block_start = index * self.block_size
             pieces.append(block[max(offset, block_start) - block_start : end - block_start])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _block(self, obj: ObjectRef, index: int) -> bytes:
+    def block_key(self, obj: ObjectRef, index: int) -> str:
+        return f"{obj.key}@{self.block_size}#{index}"
+
+    def block(self, obj: ObjectRef, index: int, background: bool = False) -> bytes:
         start = index * self.block_size
         stop = min(obj.size, start + self.block_size)
 
@@ -59,4 +186,65 @@ class Reader:
                 raise StoreError(f"{obj.key}: block {index} has {len(data)} bytes, expected {stop - start}")
             return data
 
-        return self.cache.get_or_fetch((obj.key, index), fetch)
+        return self.cache.get_or_fetch(self.block_key(obj, index), stop - start, fetch, background)
+
+    def num_blocks(self, obj: ObjectRef) -> int:
+        return max(1, -(-obj.size // self.block_size))
+
+    # -- work ahead of demand -----------------------------------------------------------------
+
+    def _read_ahead(self, obj: ObjectRef, offset: int, end: int, last_block: int, state: ReadState) -> None:
+        with state.lock:
+            # The kernel's own readahead arrives on several threads, slightly out of order:
+            # a read starting within a block of where the last one ended still counts.
+            sequential = abs(offset - state.next_offset) <= self.block_size
+            state.window = min(max(1, state.window * 2), self.prefetch.max_window) if sequential else 0
+            state.next_offset = max(end, state.next_offset) if sequential else end
+            window = state.window
+        for index in range(last_block + 1, min(last_block + 1 + window, self.num_blocks(obj))):
+            self._schedule(obj, index, READAHEAD)
+
+    def _schedule(self, obj: ObjectRef, index: int, priority: int) -> None:
+        key = self.block_key(obj, index)
+        with self._queued_lock:
+            if key in self._queued or self.cache.contains(key) or self.cache.in_flight(key):
+                return
+            self._queued.add(key)
+        length = min(obj.size, (index + 1) * self.block_size) - index * self.block_size
+
+        def task() -> None:
+            try:
+                if not self.cache.contains(key):
+                    self.block(obj, index, background=True)
+            finally:
+                with self._queued_lock:
+                    self._queued.discard(key)
+
+        self.background.submit(priority, length, task)
+
+    def prefetch_series(self, series_uuid: str, objects: list[ObjectRef], opened: ObjectRef) -> bool:
+        """Queue a series' objects, from the opened one on (wrapping), once per mount.
+
+        Returns whether the series was queued (not when off, too large, or queued before).
+        """
+        if self.prefetch.mode != "series":
+            return False
+        with self._series_lock:
+            if series_uuid in self._series_scheduled:
+                return False
+            self._series_scheduled.add(series_uuid)
+        total = sum(o.size for o in objects)
+        if total > self.prefetch.max_series_bytes:
+            log.debug("series %s (%d bytes) is larger than the prefetch limit; not prefetched", series_uuid, total)
+            return False
+        keys = [o.key for o in objects]
+        start = keys.index(opened.key) if opened.key in keys else 0
+        for obj in objects[start:] + objects[:start]:
+            for index in range(self.num_blocks(obj)):
+                self._schedule(obj, index, SERIES)
+        return True
+
+    def close(self) -> None:
+        self.background.close()
+        if self.cache.disk is not None:
+            self.cache.disk.close()

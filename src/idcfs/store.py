@@ -1,11 +1,12 @@
 """Where bytes live: the IDC buckets on S3 or GCS, anonymous, with retries and a deadline.
 
 This is the only module that imports s3fs or gcsfs. Everything else sees :class:`Store`:
-list one series prefix, get one byte range. Both libraries retry on their own in ways that are
-hard to bound, so their own retries are turned down (s3fs/botocore) or cut off by a per-attempt
-timeout (gcsfs), and this module owns the policy: jittered exponential backoff until a deadline,
-then :class:`StoreError` and one log line. Requests are never signed: no user credential is ever
-sent to a public bucket.
+list one series prefix, get one byte range. Listing goes through s3fs/gcsfs; a ranged GET of a
+public object needs no signature and is a plain HTTP request (urllib3), see :meth:`_http_get`.
+The libraries retry on their own in ways that are hard to bound, so their retries are turned
+off (s3fs/botocore, urllib3) or cut off by a per-attempt timeout (gcsfs), and this module owns
+the policy: jittered exponential backoff until a deadline, then :class:`StoreError` and one log
+line. Requests are never signed: no user credential is ever sent to a public bucket.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import random
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -92,6 +95,7 @@ class Store:
         self.endpoint_url = endpoint_url or None
         self.retry = retry or RetryPolicy()
         self._fs: Any = None
+        self._pool: Any = None
         self._fs_lock = threading.Lock()
         self.requests = 0
         self.retries = 0
@@ -115,13 +119,51 @@ class Store:
         bucket = bucket_for(self.source, aws_bucket)
         what = f"GET {object_url(self.source, aws_bucket, key)} bytes {start}-{end - 1}"
 
+        url = self.object_http_url(bucket, key)
+
         def attempt(timeout: float) -> bytes:
-            data = self._call(timeout, self._filesystem()._cat_file, f"{bucket}/{key}", start=start, end=end)
+            data = self._http_get(url, start, end, timeout)
             if len(data) != end - start:
                 raise _ShortRead(f"got {len(data)} bytes, expected {end - start}")
             return data
 
         return self._with_retries(what, attempt)
+
+    def object_http_url(self, bucket: str, key: str) -> str:
+        """The anonymous HTTP(S) URL of an object, for a plain ranged GET."""
+        quoted = urllib.parse.quote(key, safe="/")
+        if self.source == "aws":
+            if self.endpoint_url:
+                return f"{self.endpoint_url.rstrip('/')}/{bucket}/{quoted}"
+            return f"https://{bucket}.s3.amazonaws.com/{quoted}"
+        base = (self.endpoint_url or "https://storage.googleapis.com").rstrip("/")
+        return f"{base}/download/storage/v1/b/{bucket}/o/{urllib.parse.quote(key, safe='')}?alt=media"
+
+    def _http_get(self, url: str, start: int, end: int, timeout: float) -> bytes:
+        """One ranged GET. Anonymous reads need no signature, so this is plain HTTP through
+        urllib3: in the bench, a third of the CPU and half the wall time of the same GETs
+        through s3fs/aiobotocore, which matters when a series is 200 requests."""
+        import urllib3
+
+        self.requests += 1
+        response = self._http().request(
+            "GET",
+            url,
+            headers={"Range": f"bytes={start}-{end - 1}"},
+            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            retries=False,
+            redirect=False,
+            preload_content=True,
+        )
+        if response.status in (200, 206):
+            return response.data
+        raise HttpStatusError(response.status, f"HTTP {response.status}: {response.data[:200]!r}")
+
+    def _http(self) -> Any:
+        with self._fs_lock:
+            if self._pool is None:
+                self._pool = _pool_for(self.endpoint_url or "https://s3.amazonaws.com")
+            return self._pool
 
     # -- fsspec plumbing ----------------------------------------------------------------------
 
@@ -235,6 +277,25 @@ class Store:
                 log.debug("%s: attempt %d failed (%s); retrying in %.2fs", what, tries, _describe(error), sleep)
                 time.sleep(sleep)
                 backoff = min(backoff * 2, policy.max_backoff)
+
+
+class HttpStatusError(Exception):
+    """A response with an error status (``status`` drives the retry decision)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _pool_for(endpoint: str) -> Any:
+    """A connection pool, through the environment's HTTP(S) proxy when one applies."""
+    import urllib3
+
+    host = urllib.parse.urlsplit(endpoint).hostname or ""
+    proxy = urllib.request.getproxies().get(urllib.parse.urlsplit(endpoint).scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        return urllib3.ProxyManager(proxy, num_pools=8, maxsize=64)
+    return urllib3.PoolManager(num_pools=8, maxsize=64)
 
 
 class _ShortRead(Exception):

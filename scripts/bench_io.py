@@ -1,0 +1,424 @@
+"""The read workloads of scripts/bench.py: idcfs next to s5cmd, s3fs-fuse, rclone mount and local
+disk, all reading the same generated objects from one local S3 server behind one latency proxy.
+
+Every tool gets the same proxy (default 20 ms added per request, like in-region S3's time to first
+byte), and the proxy counts the requests and bytes each workload costs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+from idcfs.testbed.dicomgen import generate, index_rows
+from idcfs.testbed.proxy import CountingProxy
+from idcfs.testbed.servers import s3_server
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+IDCFS = str(BIN / "idcfs")
+
+CT_SERIES = "007ab41c-6379-4528-ac02-6681b1f360d6"  # nlst CT, 202 instances (~106 MB in IDC)
+SM_SERIES = "02149e90-c1f7-4cd0-91bc-925380b717b7"  # tcga_kirp SM, holds the large objects here
+LS_PATIENT = "ACRIN-6698-150547"  # 50 of its series for ls -lR
+BIG_SEQUENTIAL = "00000000-0000-4000-8000-000000000500.dcm"  # 500 MB, opaque bytes
+BIG_RANDOM = "00000000-0000-4000-8000-000000001000.dcm"  # 1 GB, opaque bytes
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def prepare_data(root: Path) -> dict:
+    """Generate (once) the bench objects under ``root/s3/<bucket>/``; return where they are."""
+    import duckdb
+
+    from idcfs.catalog import IndexFiles
+
+    ct = generate(root / "ct", [CT_SERIES], max_instances=200, image_size=512)[0]
+    index = IndexFiles.bundled().index
+    ls_uuids = [
+        row[0]
+        for row in duckdb.sql(
+            f"SELECT crdc_series_uuid FROM read_parquet('{index}') WHERE PatientID = '{LS_PATIENT}' "
+            "AND aws_bucket = 'idc-open-data' ORDER BY crdc_series_uuid LIMIT 50"
+        ).fetchall()
+    ]
+    small = generate(root / "ls", ls_uuids, max_instances=5, image_size=64)
+    data = root / "s3" / "idc-open-data"
+    data.mkdir(parents=True, exist_ok=True)
+    for series, source in [(ct, root / "ct"), *[(s, root / "ls") for s in small]]:
+        target = data / series.crdc_series_uuid
+        if not target.exists():
+            shutil.copytree(source / "s3" / "idc-open-data" / series.crdc_series_uuid, target, copy_function=os.link)
+    sm = data / SM_SERIES
+    sm.mkdir(exist_ok=True)
+    for name, size in ((BIG_SEQUENTIAL, 500 * 10**6), (BIG_RANDOM, 1000 * 10**6)):
+        path = sm / name
+        if not path.exists() or path.stat().st_size != size:
+            with open(path, "wb") as handle:
+                rng = random.Random(size)
+                block = rng.randbytes(8 << 20)
+                for start in range(0, size, len(block)):
+                    handle.write(block[: size - start] if size - start < len(block) else block)
+    sm_row = index_rows([SM_SERIES])[0]
+    sm_path = "/".join(
+        [sm_row["collection_id"], sm_row["PatientID"], sm_row["StudyInstanceUID"], f"SM_{sm_row['SeriesInstanceUID']}"]
+    )
+    return {"data": root / "s3", "ct": ct, "small": small, "sm_path": sm_path}
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+def _wait_mounted(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(path):
+            with suppress(OSError):
+                os.listdir(path)
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{path} did not mount")
+
+
+def _unmount(path: Path) -> None:
+    for command in (["fusermount3", "-u", str(path)], ["umount", str(path)], ["fusermount3", "-u", "-z", str(path)]):
+        if subprocess.run(command, capture_output=True, check=False).returncode == 0:
+            break
+    deadline = time.monotonic() + 20
+    while os.path.ismount(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+class Tool:
+    """A way to see the bucket as files: ``root`` is where ``<bucket-relative>`` paths start."""
+
+    name = ""
+    note = ""
+
+    def available(self) -> bool:
+        return True
+
+    def mount(self, endpoint: str, cache: Path | None) -> Path:
+        raise NotImplementedError
+
+    def unmount(self) -> None:
+        pass
+
+    def series_dir(self, info: dict, uuid: str, idcfs_path: str) -> Path:
+        return self.root / uuid
+
+
+class Idcfs(Tool):
+    name = "idcfs"
+
+    def mount(self, endpoint: str, cache: Path | None) -> Path:
+        self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-idcfs-"))
+        self.cache = cache or Path(tempfile.mkdtemp(prefix="bench-idcfs-cache-"))
+        # The catalog snapshot is shared by every run, so each mount starts in a fraction of a second.
+        result = subprocess.run(
+            [
+                IDCFS,
+                "mount",
+                str(self.root),
+                "--endpoint-url",
+                endpoint,
+                "--cache-dir",
+                str(self.cache),
+                "--cache-size",
+                "8G",
+                *os.environ.get("BENCH_IDCFS_OPTIONS", "").split(),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode:
+            raise RuntimeError(result.stderr)
+        return self.root
+
+    def unmount(self) -> None:
+        _unmount(self.root)
+
+    def series_dir(self, info: dict, uuid: str, idcfs_path: str) -> Path:
+        return self.root / idcfs_path
+
+
+class S3fsFuse(Tool):
+    name = "s3fs-fuse"
+
+    def available(self) -> bool:
+        return shutil.which("s3fs") is not None
+
+    def mount(self, endpoint: str, cache: Path | None) -> Path:
+        self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-s3fs-"))
+        options = f"ro,url={endpoint},use_path_request_style,public_bucket=1,endpoint=us-east-1"
+        if cache:
+            options += f",use_cache={cache}"
+        subprocess.run(["s3fs", "idc-open-data", str(self.root), "-o", options], check=True)
+        _wait_mounted(self.root)
+        return self.root
+
+    def unmount(self) -> None:
+        _unmount(self.root)
+
+
+class RcloneMount(Tool):
+    name = "rclone mount"
+
+    def available(self) -> bool:
+        return shutil.which("rclone", path="/usr/bin") is not None
+
+    def mount(self, endpoint: str, cache: Path | None) -> Path:
+        self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-rclone-"))
+        remote = f":s3,provider=Other,endpoint='{endpoint}',env_auth=false:idc-open-data"
+        command = [
+            "/usr/bin/rclone",
+            "mount",
+            remote,
+            str(self.root),
+            "--read-only",
+            "--daemon",
+            "--config",
+            "/dev/null",
+            "--use-server-modtime",
+        ]
+        if cache:
+            command += ["--vfs-cache-mode", "full", "--cache-dir", str(cache)]
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        subprocess.run(command, check=True, env=env)
+        _wait_mounted(self.root)
+        return self.root
+
+    def unmount(self) -> None:
+        _unmount(self.root)
+
+
+class LocalDisk(Tool):
+    name = "local disk"
+
+    def __init__(self, data: Path) -> None:
+        self.root = data / "idc-open-data"
+
+    def mount(self, endpoint: str, cache: Path | None) -> Path:
+        return self.root
+
+
+def drop_page_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# -- workloads --------------------------------------------------------------------------------
+
+
+def cat_one_by_one(folder: Path) -> None:
+    files = sorted(str(p) for p in folder.iterdir())
+    subprocess.run(["sh", "-c", 'for f in "$@"; do cat "$f"; done > /dev/null', "cat", *files], check=True)
+
+
+def cat_parallel(folder: Path, readers: int = 8) -> None:
+    files = sorted(str(p) for p in folder.iterdir())
+    listing = "\n".join(files).encode()
+    subprocess.run(
+        ["xargs", "-P", str(readers), "-n", str(max(1, len(files) // readers)), "cat"],
+        input=listing,
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+
+
+def dd(path: Path) -> None:
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, check=True)
+
+
+def random_reads(path: Path, count: int = 2000, size: int = 64 << 10, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    length = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(count):
+            offset = rng.randrange(0, length - size)
+            if len(os.pread(fd, size, offset)) != size:
+                raise RuntimeError("short read")
+    finally:
+        os.close(fd)
+
+
+def ls_recursive(folders: list[Path]) -> None:
+    subprocess.run(["ls", "-lR", *map(str, folders)], stdout=subprocess.DEVNULL, check=True)
+
+
+def s5cmd_copy(endpoint: str, source: str, target: Path) -> None:
+    s5cmd = str(BIN / "s5cmd") if (BIN / "s5cmd").exists() else "s5cmd"
+    subprocess.run(
+        [s5cmd, "--endpoint-url", endpoint, "--no-sign-request", "cp", source, f"{target}/"],
+        capture_output=True,
+        check=True,
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+class Measure:
+    """Median wall time of ``runs`` runs, plus the proxy's request and byte counts of the last run."""
+
+    def __init__(self, proxy: CountingProxy, runs: int) -> None:
+        self.proxy = proxy
+        self.runs = runs
+
+    def __call__(
+        self, before: Callable[[], None] | None, action: Callable[[], None], after: Callable[[], None] | None = None
+    ) -> tuple[float, int, int]:
+        times = []
+        requests = fetched = 0
+        for _ in range(self.runs):
+            if before:
+                before()
+            self.proxy.log.clear()
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+            requests, fetched = self.proxy.log.count(), self.proxy.log.body_bytes
+            if after:
+                after()
+        return statistics.median(times), requests, fetched
+
+
+def bench_reads(runs: int, latency: float, bandwidth: float | None, workdir: Path) -> list[tuple[str, ...]]:
+    info = prepare_data(workdir / "data")
+    rows: list[tuple[str, ...]] = []
+    with (
+        s3_server(info["data"], log_path=workdir / "rclone-serve.log") as server,
+        CountingProxy(server.url, latency=latency, bandwidth=bandwidth) as proxy,
+    ):
+        measure = Measure(proxy, runs)
+        endpoint = proxy.url
+        tools: list[Tool] = [Idcfs(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"])]
+        skipped = [t.name for t in tools if not t.available()]
+        tools = [t for t in tools if t.available()]
+        idcfs_cache = Path(tempfile.mkdtemp(prefix="bench-idcfs-catalog-"))
+        # Build the catalog snapshot once, outside any timing.
+        warm_up = Idcfs()
+        warm_up.mount(endpoint, idcfs_cache)
+        warm_up.unmount()
+        results: dict[str, dict[str, tuple[float, int, int]]] = {}
+
+        def add(workload: str, tool: str, value: tuple[float, int, int]) -> None:
+            results.setdefault(workload, {})[tool] = value
+            print(
+                f"  {workload:42} {tool:14} {value[0]:8.3f} s  {value[1]:6d} req  {value[2] / 1e6:9.1f} MB", flush=True
+            )
+
+        with tempfile.TemporaryDirectory(prefix="bench-s5cmd-") as target:
+
+            def clean() -> None:
+                for child in Path(target).iterdir():
+                    child.unlink()
+
+            add(
+                "a. cold series, cat file by file",
+                "s5cmd cp",
+                measure(clean, lambda: s5cmd_copy(endpoint, f"s3://idc-open-data/{CT_SERIES}/*", Path(target))),
+            )
+            add(
+                "d. 500 MB object, sequential",
+                "s5cmd cp",
+                measure(
+                    clean,
+                    lambda: s5cmd_copy(endpoint, f"s3://idc-open-data/{SM_SERIES}/{BIG_SEQUENTIAL}", Path(target)),
+                ),
+            )
+
+        for tool in tools:
+            _bench_tool(tool, add, measure, endpoint, info, idcfs_cache)
+
+        rows += _table(results, skipped)
+    return rows
+
+
+def _bench_tool(tool: Tool, add, measure: Measure, endpoint: str, info: dict, idcfs_cache: Path) -> None:
+    """Workloads a-f for one tool; each cold run on a fresh mount (and an empty idcfs cache)."""
+    ct, small = info["ct"], info["small"]
+
+    def fresh() -> None:
+        tool.unmount()
+        if isinstance(tool, Idcfs):
+            shutil.rmtree(idcfs_cache / "blocks", ignore_errors=True)
+            shutil.rmtree(idcfs_cache / "listings", ignore_errors=True)
+            tool.mount(endpoint, idcfs_cache)
+        elif isinstance(tool, LocalDisk):
+            drop_page_cache()
+        else:
+            tool.mount(endpoint, None)
+
+    tool.mount(endpoint, idcfs_cache if isinstance(tool, Idcfs) else None)
+    ct_dir = tool.series_dir(info, CT_SERIES, ct.path)
+    sm_dir = tool.series_dir(info, SM_SERIES, info["sm_path"])
+    folders = [tool.series_dir(info, s.crdc_series_uuid, s.path) for s in small]
+    try:
+        add("a. cold series, cat file by file", tool.name, measure(fresh, lambda: cat_one_by_one(ct_dir)))
+        add("b. cold series, 8 parallel readers", tool.name, measure(fresh, lambda: cat_parallel(ct_dir)))
+        add("d. 500 MB object, sequential", tool.name, measure(fresh, lambda: dd(sm_dir / BIG_SEQUENTIAL)))
+        add(
+            "e. 2000 random 64 KiB reads in 1 GB, cold",
+            tool.name,
+            measure(fresh, lambda: random_reads(sm_dir / BIG_RANDOM)),
+        )
+        add(
+            "e. 2000 random 64 KiB reads in 1 GB, warm",
+            tool.name,
+            measure(None, lambda: random_reads(sm_dir / BIG_RANDOM)),
+        )
+        add("f. ls -lR of 50 series", tool.name, measure(fresh, lambda: ls_recursive(folders)))
+    finally:
+        tool.unmount()
+
+    # c. warm re-read after remount, with each tool's persistent cache.
+    if isinstance(tool, LocalDisk):
+        add("c. warm series re-read after remount", tool.name, measure(None, lambda: cat_one_by_one(ct_dir)))
+        return
+    cache = idcfs_cache if isinstance(tool, Idcfs) else Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    tool.mount(endpoint, cache)
+    cat_one_by_one(tool.series_dir(info, CT_SERIES, ct.path))
+
+    def remount() -> None:
+        tool.unmount()
+        tool.mount(endpoint, cache)
+
+    add(
+        "c. warm series re-read after remount",
+        tool.name,
+        measure(remount, lambda: cat_one_by_one(tool.series_dir(info, CT_SERIES, ct.path))),
+    )
+    tool.unmount()
+
+
+def _table(results: dict[str, dict[str, tuple[float, int, int]]], skipped: list[str]) -> list[tuple[str, ...]]:
+    rows = []
+    for workload, by_tool in sorted(results.items()):
+        limit = by_tool.get("s5cmd cp")
+        local = by_tool.get("local disk")
+        for tool, (seconds, requests, fetched) in by_tool.items():
+            vs_s5cmd = f"{seconds / limit[0]:.2f}x" if limit and tool != "s5cmd cp" else ""
+            vs_local = f"{seconds / local[0]:.1f}x" if local and tool != "local disk" else ""
+            rows.append(
+                (workload, tool, f"{seconds:.3f} s", vs_s5cmd, vs_local, str(requests), f"{fetched / 1e6:.1f} MB")
+            )
+    for name in skipped:
+        rows.append(("(all)", name, "skipped: not installed", "", "", "", ""))
+    return rows
