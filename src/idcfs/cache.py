@@ -104,6 +104,10 @@ class DiskTier:
             statistics=False,
         )
         self._disabled = False
+        # SQLite lets one writer in at a time, and a hit under LRU is a write (its access time).
+        # Threads that find the lock taken would back off in SQLite's busy handler for up to
+        # 100 ms; queueing them on a Python lock instead costs microseconds.
+        self._db_lock = threading.Lock()
         self._queue_bytes = queue_bytes
         self._pending: dict[str, bytes] = {}  # insertion-ordered: the write queue
         self._pending_bytes = 0
@@ -129,7 +133,8 @@ class DiskTier:
             # even for a miss, which would queue every cold fetch behind the writer.
             if key not in self._cache:
                 return None
-            stored = self._cache.get(key)
+            with self._db_lock:
+                stored = self._cache.get(key)
         except Exception as error:  # noqa: BLE001 - any disk trouble is a miss
             log.debug("disk cache read of %s failed: %s", key, error)
             return None
@@ -169,7 +174,7 @@ class DiskTier:
                 batch = list(self._pending.items())[:8]
                 self._writing = len(batch)
             try:
-                with self._cache.transact():
+                with self._db_lock, self._cache.transact():
                     for key, data in batch:
                         # read=True: diskcache then writes in 4 MiB chunks; given bytes, it would
                         # iterate a BytesIO line by line (thousands of writes for a binary block).
