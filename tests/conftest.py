@@ -5,6 +5,7 @@ with the ``idcfs`` command. Everything listens on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from idcfs.mounting import daemon_pid, mounted_fuse_points
-from idcfs.testbed.dicomgen import GeneratedSeries, generate
+from idcfs.store import AWS_TO_GCS_BUCKET
+from idcfs.testbed.dicomgen import GeneratedSeries, generate, index_rows
 from idcfs.testbed.proxy import CountingProxy
 from idcfs.testbed.servers import gcs_server, s3_server
 
@@ -34,9 +36,53 @@ def _fuse_usable() -> bool:
 requires_fuse = pytest.mark.skipif(not _fuse_usable(), reason="needs /dev/fuse and fusermount3")
 
 
+#: A real slide-microscopy series of the index; the tests put one large opaque object in it.
+LARGE_SERIES = "02149e90-c1f7-4cd0-91bc-925380b717b7"
+LARGE_NAME = "00000000-0000-4000-8000-00000000000b.dcm"
+LARGE_SIZE = 8 << 20
+
+
+@dataclass
+class LargeObject:
+    series: GeneratedSeries
+    name: str
+    size: int
+
+
 @pytest.fixture(scope="session")
-def generated() -> list[GeneratedSeries]:
+def generated(large_object) -> list[GeneratedSeries]:
     return generate(TESTDATA / "data", max_instances=6, image_size=256)
+
+
+@pytest.fixture(scope="session")
+def large_object() -> LargeObject:
+    """8 MiB of opaque bytes as the one object of a real SM series (written before the servers
+    start: they load their folders at start)."""
+    row = index_rows([LARGE_SERIES])[0]
+    series = GeneratedSeries(
+        crdc_series_uuid=LARGE_SERIES,
+        aws_bucket=row["aws_bucket"],
+        gcs_bucket=AWS_TO_GCS_BUCKET[row["aws_bucket"]],
+        collection_id=row["collection_id"],
+        patient_id=row["PatientID"],
+        study_uid=row["StudyInstanceUID"],
+        series_uid=row["SeriesInstanceUID"],
+        modality=row["Modality"],
+        path="/".join(
+            [
+                row["collection_id"],
+                row["PatientID"],
+                row["StudyInstanceUID"],
+                f"{row['Modality']}_{row['SeriesInstanceUID']}",
+            ]
+        ),
+    )
+    for cloud, bucket in (("s3", series.aws_bucket), ("gcs", series.gcs_bucket)):
+        path = TESTDATA / "data" / cloud / bucket / LARGE_SERIES / LARGE_NAME
+        if not path.exists() or path.stat().st_size != LARGE_SIZE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(random.Random(LARGE_SIZE).randbytes(LARGE_SIZE))
+    return LargeObject(series, LARGE_NAME, LARGE_SIZE)
 
 
 @pytest.fixture(scope="session")

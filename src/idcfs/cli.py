@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -168,9 +169,14 @@ def _mount(args: argparse.Namespace) -> int:
         check_fuse_available()
     if args.foreground or args.ready_fd is not None:
         return _serve(args)
-    log_file = Path(args.log_file) if args.log_file else args.cache_dir / "idcfs.log"
+    usable = _make_private_dir(args.cache_dir)
+    if args.log_file:
+        log_file = Path(args.log_file)
+    elif usable:
+        log_file = args.cache_dir / "idcfs.log"
+    else:
+        log_file = Path(tempfile.gettempdir()) / f"idcfs-{os.getuid()}" / "idcfs.log"
     args.log_file = str(log_file)
-    _make_private_dir(args.cache_dir)
     start_daemon(_child_argv(args), log_file, args.ready_timeout)
     return 0
 
@@ -192,8 +198,17 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _make_private_dir(path: Path) -> bool:
+    """Create the cache folder; a folder that cannot be made only costs the cache (one warning)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return os.access(path, os.W_OK)
+    except OSError as error:
+        print(
+            f"idcfs: warning: cache folder {path} is unusable ({error.strerror}); mounting without a disk cache",
+            file=sys.stderr,
+        )
+        return False
 
 
 def _serve(args: argparse.Namespace) -> int:

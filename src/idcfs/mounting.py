@@ -182,9 +182,12 @@ def daemon_pid(mountpoint: Path) -> int | None:
     return None
 
 
-def unmount(mountpoint: Path, lazy: bool = False) -> None:
+def unmount(mountpoint: Path, lazy: bool = False, wait: float = 60.0) -> None:
+    """Unmount, then wait (up to ``wait`` seconds) for the daemon to finish writing its cache
+    and exit, so a remount right after finds everything the last one fetched."""
     if str(mountpoint) not in mounted_fuse_points():
         raise MountError(f"{mountpoint} is not a FUSE mount point")
+    pid = daemon_pid(mountpoint)
     tool = fusermount()
     if tool is None:
         raise MountError("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: sudo apt-get install fuse3)")
@@ -197,3 +200,13 @@ def unmount(mountpoint: Path, lazy: bool = False) -> None:
         if "busy" in detail.lower():
             detail += " (close files and shells using it, or use --lazy)"
         raise MountError(f"cannot unmount {mountpoint}: {detail or 'fusermount failed'}")
+    if pid is None or lazy:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return  # exited, not yet reaped by its parent
+        except OSError:
+            return
+        time.sleep(0.05)

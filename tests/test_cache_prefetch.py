@@ -1,0 +1,226 @@
+"""The persistent cache, readahead and series prefetch, on real mounts: counted at the server
+(requests and bytes through the proxy), never timed."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from idcfs.mounting import mounted_fuse_points
+
+from .conftest import TEST_BLOCK_SIZE, requires_fuse, run_idcfs, source_file, wait_until
+
+pytestmark = [pytest.mark.integration, requires_fuse]
+
+BLOCK = 64 * 1024
+assert TEST_BLOCK_SIZE == "64K"
+
+
+def object_gets(proxy, series, name) -> int:
+    return proxy.log.count("GET", f"{series.crdc_series_uuid}/{name}")
+
+
+def unmount(mount) -> None:
+    result = run_idcfs("umount", str(mount.path))
+    assert result.returncode == 0, result.stderr
+
+
+def read_series(mount, series) -> None:
+    for f in series.files:
+        assert (mount.series_dir(series) / f.name).read_bytes() == source_file(series, f.name).read_bytes()
+
+
+def test_reread_after_remount_makes_no_request(mount_factory, s3_proxy, generated, tmp_path):
+    cache = tmp_path / "cache"
+    series = generated[0]
+    first = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
+    read_series(first, series)
+    unmount(first)  # waits for the daemon to finish writing its cache
+    second = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
+    s3_proxy.log.clear()
+    read_series(second, series)
+    assert os.listdir(second.series_dir(series))
+    assert s3_proxy.log.count() == 0  # no GET and no LIST: blocks and listing came from disk
+
+
+def test_disk_cache_stays_under_its_cap(mount_factory, s3_proxy, generated, tmp_path):
+    cache = tmp_path / "cache"
+    cap = 512 * 1024
+    mount = mount_factory(s3_proxy.url, "--cache-dir", str(cache), "--cache-size", str(cap))
+    total = 0
+    for series in generated:
+        read_series(mount, series)
+        total += series.total_bytes
+    assert total > 4 * cap
+    unmount(mount)
+    with diskcache.Cache(str(cache / "blocks")) as blocks:
+        assert blocks.volume() <= cap + BLOCK + 64 * 1024  # a block, and SQLite's own pages
+        assert len(blocks) > 0
+
+
+def test_concurrent_readers_of_a_block_share_one_get(mount_factory, s3_proxy, generated):
+    mount = mount_factory(s3_proxy.url, "--prefetch", "off")
+    series = generated[2]
+    f = series.files[0]
+    os.listdir(mount.series_dir(series))
+    s3_proxy.log.clear()
+    barrier = threading.Barrier(8)
+    results = []
+
+    def read() -> None:
+        barrier.wait()
+        results.append((mount.series_dir(series) / f.name).read_bytes())
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r == source_file(series, f.name).read_bytes() for r in results)
+    assert object_gets(s3_proxy, series, f.name) == math.ceil(f.size / BLOCK)  # each block once
+
+
+def test_a_header_read_of_a_large_object_fetches_about_a_block(mount_factory, s3_proxy, large_object):
+    mount = mount_factory(s3_proxy.url)
+    path = mount.series_dir(large_object.series) / large_object.name
+    assert path.stat().st_size == large_object.size
+    s3_proxy.log.clear()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = os.pread(fd, 1024, 0)
+    finally:
+        os.close(fd)
+    assert header == source_file(large_object.series, large_object.name).read_bytes()[:1024]
+    # The kernel reads ahead a few hundred kB; idcfs adds at most a small window; no stream,
+    # and no series prefetch for slide microscopy.
+    assert s3_proxy.log.body_bytes <= 1 << 20
+    assert s3_proxy.log.body_bytes < large_object.size / 8
+
+
+def test_random_reads_do_not_stream_the_object(mount_factory, s3_proxy, large_object):
+    mount = mount_factory(s3_proxy.url)
+    path = mount.series_dir(large_object.series) / large_object.name
+    expected = source_file(large_object.series, large_object.name).read_bytes()
+    os.stat(path)
+    s3_proxy.log.clear()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in range(0, large_object.size - BLOCK, large_object.size // 10)[:10]:
+            assert os.pread(fd, 4096, offset + 12345) == expected[offset + 12345 : offset + 12345 + 4096]
+    finally:
+        os.close(fd)
+    assert s3_proxy.log.body_bytes <= 10 * 6 * BLOCK  # each jump: its blocks and the kernel's readahead
+
+
+def test_sequential_read_uses_readahead_and_is_exact(mount_factory, s3_proxy, large_object):
+    mount = mount_factory(s3_proxy.url)
+    path = mount.series_dir(large_object.series) / large_object.name
+    os.stat(path)
+    s3_proxy.log.clear()
+    data = path.read_bytes()
+    assert data == source_file(large_object.series, large_object.name).read_bytes()
+    assert s3_proxy.log.count("GET") == large_object.size // BLOCK  # every block exactly once
+
+
+def test_reading_one_instance_prefetches_its_series(mount_factory, s3_proxy, generated):
+    mount = mount_factory(s3_proxy.url)
+    series = generated[3]
+    names = sorted(os.listdir(mount.series_dir(series)))
+    blocks = sum(math.ceil(f.size / BLOCK) for f in series.files)
+    s3_proxy.log.clear()
+    (mount.series_dir(series) / names[0]).read_bytes()
+    assert wait_until(lambda: s3_proxy.log.count("GET") >= blocks)
+    before = s3_proxy.log.count()
+    read_series(mount, series)
+    assert s3_proxy.log.count() == before == blocks  # the rest came from the prefetch, nothing twice
+
+
+def test_prefetch_off_fetches_only_what_is_read(mount_factory, s3_proxy, generated):
+    mount = mount_factory(s3_proxy.url, "--prefetch", "off")
+    series = generated[3]
+    names = sorted(os.listdir(mount.series_dir(series)))
+    s3_proxy.log.clear()
+    (mount.series_dir(series) / names[0]).read_bytes()
+    size = (mount.series_dir(series) / names[0]).stat().st_size
+    assert s3_proxy.log.count("GET") == math.ceil(size / BLOCK)
+
+
+def test_series_larger_than_the_limit_is_not_prefetched(mount_factory, s3_proxy, generated):
+    mount = mount_factory(s3_proxy.url, "--prefetch-max-series", "100K")
+    series = generated[0]
+    names = sorted(os.listdir(mount.series_dir(series)))
+    s3_proxy.log.clear()
+    (mount.series_dir(series) / names[0]).read_bytes()
+    size = (mount.series_dir(series) / names[0]).stat().st_size
+    assert s3_proxy.log.count("GET") == math.ceil(size / BLOCK)
+
+
+def test_killed_daemon_then_remount_serves_correct_bytes(mount_factory, s3_proxy, large_object, tmp_path):
+    cache = tmp_path / "cache"
+    mount = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
+    path = mount.series_dir(large_object.series) / large_object.name
+    s3_proxy.latency = 0.05  # slow enough that the kill lands mid-read
+    try:
+        reader = subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(lambda: s3_proxy.log.count("GET", large_object.name) >= 8)
+        os.kill(mount.daemon_pid(), signal.SIGKILL)
+        reader.wait(timeout=60)
+    finally:
+        s3_proxy.latency = 0.0
+    subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
+    assert str(mount.path) not in mounted_fuse_points()
+    again = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
+    s3_proxy.log.clear()
+    data = (again.series_dir(large_object.series) / large_object.name).read_bytes()
+    assert data == source_file(large_object.series, large_object.name).read_bytes()
+    assert s3_proxy.log.count("GET") < large_object.size // BLOCK  # part came from the cache
+
+
+def test_prefetch_command_warms_the_cache(mount_factory, s3_proxy, generated, tmp_path):
+    cache = tmp_path / "cache"
+    series = generated[2]
+    mount = mount_factory(s3_proxy.url, "--cache-dir", str(cache), "--prefetch", "off")
+    study = mount.series_dir(series).parent
+    result = run_idcfs("prefetch", str(study))
+    assert result.returncode == 0, result.stderr
+    assert "prefetched" in result.stdout and f"{len(series.files)} files" in result.stdout
+    unmount(mount)
+    again = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
+    s3_proxy.log.clear()
+    read_series(again, series)
+    assert s3_proxy.log.count() == 0
+
+
+def test_prefetch_command_refuses_what_does_not_fit(mount_factory, s3_proxy, generated):
+    mount = mount_factory(s3_proxy.url, "--cache-size", "64K")
+    result = run_idcfs("prefetch", str(mount.path / generated[0].collection_id))
+    assert result.returncode != 0 and "would not fit" in result.stderr
+    outside = run_idcfs("prefetch", "/tmp")
+    assert outside.returncode != 0 and "not inside an idcfs mount" in outside.stderr
+
+
+def test_cache_info_and_clear(mount_factory, s3_proxy, generated, tmp_path):
+    cache = tmp_path / "cache"
+    mount = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
+    read_series(mount, generated[1])
+    unmount(mount)
+    info = run_idcfs("cache", "info", "--cache-dir", str(cache))
+    assert info.returncode == 0 and "blocks" in info.stdout and "catalog snapshots" in info.stdout
+    assert run_idcfs("cache", "clear", "--cache-dir", str(cache)).returncode == 0
+    with diskcache.Cache(str(cache / "blocks")) as blocks:
+        assert len(blocks) == 0
+
+
+def test_an_unwritable_cache_degrades_to_network_reads(mount_factory, s3_proxy, generated, tmp_path):
+    log_file = tmp_path / "elsewhere.log"
+    mount = mount_factory(s3_proxy.url, "--cache-dir", "/proc/idcfs-cannot-exist", "--log-file", str(log_file))
+    read_series(mount, generated[1])
+    text = Path(log_file).read_text()
+    assert "WARNING" in text and "Traceback" not in text
