@@ -248,6 +248,8 @@ def dd(path: Path) -> None:
 def random_reads(path: Path, count: int = 2000, size: int = 64 << 10, seed: int = 1) -> None:
     rng = random.Random(seed)
     length = path.stat().st_size
+    if length <= size:
+        raise RuntimeError(f"{path} has {length} bytes: the tool does not see the object")
     fd = os.open(path, os.O_RDONLY)
     try:
         for _ in range(count):

@@ -126,20 +126,24 @@ def test_sequential_read_uses_readahead_and_is_exact(mount_factory, s3_proxy, la
     s3_proxy.log.clear()
     data = path.read_bytes()
     assert data == source_file(large_object.series, large_object.name).read_bytes()
-    assert s3_proxy.log.count("GET") == large_object.size // BLOCK  # every block exactly once
+    assert s3_proxy.log.body_bytes == large_object.size  # every byte fetched once
+    # Readahead coalesces blocks into larger GETs (how many depends on how fast the reader
+    # catches up with it, so only "fewer than one a block" is certain).
+    assert s3_proxy.log.count("GET") < large_object.size // BLOCK
 
 
 def test_reading_one_instance_prefetches_its_series(mount_factory, s3_proxy, generated):
     mount = mount_factory(s3_proxy.url)
     series = generated[3]
     names = sorted(os.listdir(mount.series_dir(series)))
-    blocks = sum(math.ceil(f.size / BLOCK) for f in series.files)
     s3_proxy.log.clear()
     (mount.series_dir(series) / names[0]).read_bytes()
-    assert wait_until(lambda: s3_proxy.log.count("GET") >= blocks)
+    assert wait_until(lambda: s3_proxy.log.body_bytes >= series.total_bytes)
     before = s3_proxy.log.count()
     read_series(mount, series)
-    assert s3_proxy.log.count() == before == blocks  # the rest came from the prefetch, nothing twice
+    assert s3_proxy.log.count() == before  # the rest came from the prefetch
+    assert s3_proxy.log.body_bytes == series.total_bytes  # nothing twice
+    assert before <= len(series.files) + 2  # about a GET a file: each object's blocks coalesced
 
 
 def test_prefetch_off_fetches_only_what_is_read(mount_factory, s3_proxy, generated):

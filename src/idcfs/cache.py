@@ -44,6 +44,25 @@ class SingleFlight(Generic[V]):
         with self._lock:
             return key in self._pending
 
+    def claim(self, key: Hashable) -> bool:
+        """Take the lead for ``key`` outside :meth:`run` (for a fetch that serves several keys);
+        False when someone already leads it. The claimer must :meth:`resolve` or :meth:`reject`."""
+        with self._lock:
+            if key in self._pending:
+                return False
+            self._pending[key] = Future()
+            return True
+
+    def resolve(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            future = self._pending.pop(key)
+        future.set_result(value)
+
+    def reject(self, key: Hashable, error: BaseException) -> None:
+        with self._lock:
+            future = self._pending.pop(key)
+        future.set_exception(error)
+
     def run(self, key: Hashable, fetch: Callable[[], V]) -> V:
         with self._lock:
             future = self._pending.get(key)
@@ -272,6 +291,32 @@ class BlockCache:
             return data
 
         return self._flight.run(key, load)
+
+    def claim(self, keys: list[str]) -> list[str]:
+        """The keys, of ``keys``, that are neither in memory nor being fetched, now claimed by the
+        caller, who must :meth:`settle` or :meth:`abandon` each (one GET serving several blocks)."""
+        return [key for key in keys if not self.contains(key) and self._flight.claim(key)]
+
+    def settle(self, key: str, data: bytes) -> None:
+        """Hand a claimed block fetched from the network to memory, disk and any waiters."""
+        self.stats.count("misses")
+        self._remember(key, data)
+        if self.disk is not None:
+            self.disk.put(key, data, wait=True)
+        self._flight.resolve(key, data)
+
+    def settle_from_disk(self, key: str, length: int) -> bool:
+        """Settle a claimed block from the disk tier, if it holds it."""
+        block = self.disk.get(key, length) if self.disk is not None else None
+        if block is None:
+            return False
+        self.stats.count("disk_hits")
+        self._remember(key, block)
+        self._flight.resolve(key, block)
+        return True
+
+    def abandon(self, key: str, error: BaseException) -> None:
+        self._flight.reject(key, error)
 
     @property
     def bytes_used(self) -> int:

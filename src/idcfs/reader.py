@@ -55,6 +55,7 @@ class PrefetchPolicy:
     mode: str = "series"
     max_series_bytes: int = 2 << 30
     max_window: int = 16  # blocks of readahead, at most
+    coalesce: int = 8  # blocks fetched by one background GET, at most
     workers: int = 16
     budget_bytes: int = 256 << 20  # bytes in flight in the background, at most
 
@@ -69,6 +70,7 @@ class ReadState:
 
     next_offset: int = 0
     window: int = 0
+    ahead_until: int = 0  # the last block readahead has been scheduled for
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -188,6 +190,9 @@ class Reader:
 
         return self.cache.get_or_fetch(self.block_key(obj, index), stop - start, fetch, background)
 
+    def _block_length(self, obj: ObjectRef, index: int) -> int:
+        return min(obj.size, (index + 1) * self.block_size) - index * self.block_size
+
     def num_blocks(self, obj: ObjectRef) -> int:
         return max(1, -(-obj.size // self.block_size))
 
@@ -200,27 +205,78 @@ class Reader:
             sequential = abs(offset - state.next_offset) <= self.block_size
             state.window = min(max(1, state.window * 2), self.prefetch.max_window) if sequential else 0
             state.next_offset = max(end, state.next_offset) if sequential else end
-            window = state.window
-        for index in range(last_block + 1, min(last_block + 1 + window, self.num_blocks(obj))):
-            self._schedule(obj, index, READAHEAD)
-
-    def _schedule(self, obj: ObjectRef, index: int, priority: int) -> None:
-        key = self.block_key(obj, index)
-        with self._queued_lock:
-            if key in self._queued or self.cache.contains(key) or self.cache.in_flight(key):
+            if not sequential:
+                state.ahead_until = last_block
                 return
-            self._queued.add(key)
-        length = min(obj.size, (index + 1) * self.block_size) - index * self.block_size
+            # Top the window up in large steps once half of it is consumed, so each step is a
+            # few big GETs rather than one block per read.
+            if state.ahead_until - last_block > state.window // 2:
+                return
+            first = max(state.ahead_until, last_block) + 1
+            last = min(last_block + state.window, self.num_blocks(obj) - 1)
+            state.ahead_until = max(state.ahead_until, last)
+        if first <= last:
+            self._schedule(obj, first, last, READAHEAD)
+
+    def _schedule(self, obj: ObjectRef, first: int, last: int, priority: int) -> None:
+        """Queue blocks ``first..last`` of ``obj``, in runs of up to ``coalesce`` blocks a GET:
+        per-request costs (a round trip, a response to parse) dominate small blocks."""
+        run: list[int] = []
+        for index in range(first, last + 1):
+            key = self.block_key(obj, index)
+            with self._queued_lock:
+                wanted = key not in self._queued and not self.cache.contains(key) and not self.cache.in_flight(key)
+                if wanted:
+                    self._queued.add(key)
+            if wanted:
+                run.append(index)
+            if run and (not wanted or len(run) == self.prefetch.coalesce or index == last):
+                self._submit_run(obj, run, priority)
+                run = []
+
+    def _submit_run(self, obj: ObjectRef, indexes: list[int], priority: int) -> None:
+        keys = [self.block_key(obj, i) for i in indexes]
+        start = indexes[0] * self.block_size
+        stop = min(obj.size, (indexes[-1] + 1) * self.block_size)
 
         def task() -> None:
             try:
-                if not self.cache.contains(key):
-                    self.block(obj, index, background=True)
+                claimed = set(self.cache.claim(keys))
+                if claimed:
+                    self._fetch_run(obj, indexes, keys, claimed)
             finally:
                 with self._queued_lock:
-                    self._queued.discard(key)
+                    self._queued.difference_update(keys)
 
-        self.background.submit(priority, length, task)
+        self.background.submit(priority, stop - start, task)
+
+    def _fetch_run(self, obj: ObjectRef, indexes: list[int], keys: list[str], claimed: set[str]) -> None:
+        """The claimed blocks from disk where it has them, the rest in one GET per contiguous
+        stretch (a block someone else is fetching splits the stretch: no byte is fetched twice)."""
+        stretch: list[tuple[int, str]] = []
+        for index, key in zip(indexes, keys, strict=True):
+            if key in claimed and not self.cache.settle_from_disk(key, self._block_length(obj, index)):
+                if stretch and stretch[-1][0] != index - 1:
+                    self._fetch_stretch(obj, stretch)
+                    stretch = []
+                stretch.append((index, key))
+        if stretch:
+            self._fetch_stretch(obj, stretch)
+
+    def _fetch_stretch(self, obj: ObjectRef, stretch: list[tuple[int, str]]) -> None:
+        start = stretch[0][0] * self.block_size
+        stop = min(obj.size, (stretch[-1][0] + 1) * self.block_size)
+        try:
+            data = self.store.get_range(obj.aws_bucket, obj.key, start, stop)
+            if len(data) != stop - start:
+                raise StoreError(f"{obj.key}: bytes {start}-{stop - 1}: got {len(data)}")
+        except BaseException as error:
+            for _, key in stretch:
+                self.cache.abandon(key, error)
+            raise
+        for index, key in stretch:
+            offset = index * self.block_size - start
+            self.cache.settle(key, data[offset : offset + self.block_size])
 
     def prefetch_series(self, series_uuid: str, objects: list[ObjectRef], opened: ObjectRef) -> bool:
         """Queue a series' objects, from the opened one on (wrapping), once per mount.
@@ -240,8 +296,7 @@ class Reader:
         keys = [o.key for o in objects]
         start = keys.index(opened.key) if opened.key in keys else 0
         for obj in objects[start:] + objects[:start]:
-            for index in range(self.num_blocks(obj)):
-                self._schedule(obj, index, SERIES)
+            self._schedule(obj, 0, self.num_blocks(obj) - 1, SERIES)
         return True
 
     def close(self) -> None:
