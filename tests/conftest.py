@@ -144,32 +144,33 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
     return condition()
 
 
+def start_idcfs(base: Path, endpoint: str, *options: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """``idcfs mount`` on ``base/mnt`` with the test defaults (cache and log in ``base``, small
+    blocks); later options win over the defaults."""
+    mountpoint = base / "mnt"
+    mountpoint.mkdir()
+    log_file = base / "idcfs.log"
+    result = run_idcfs(
+        "mount", str(mountpoint), "--endpoint-url", endpoint, "--cache-dir", str(base / "cache"),
+        "--log-file", str(log_file), "--block-size", TEST_BLOCK_SIZE, *options,
+    )  # fmt: skip
+    return result, mountpoint, log_file
+
+
+def mount_idcfs(base: Path, endpoint: str, *options: str) -> Mount:
+    result, mountpoint, log_file = start_idcfs(base, endpoint, *options)
+    log_text = log_file.read_text() if log_file.exists() else ""
+    assert result.returncode == 0, f"mount failed: {result.stderr}\n{log_text}"
+    return Mount(mountpoint, log_file)
+
+
 @pytest.fixture
 def mount_factory(tmp_path_factory) -> Iterator:
     """Mount idcfs with the given options; every mount made is unmounted at teardown."""
     made: list[Mount] = []
 
     def make(endpoint: str, *options: str) -> Mount:
-        base = tmp_path_factory.mktemp("mount")
-        mountpoint = base / "mnt"
-        mountpoint.mkdir()
-        log_file = base / "idcfs.log"
-        result = run_idcfs(
-            "mount",
-            str(mountpoint),
-            "--endpoint-url",
-            endpoint,
-            "--cache-dir",
-            str(base / "cache"),
-            "--log-file",
-            str(log_file),
-            "--block-size",
-            TEST_BLOCK_SIZE,
-            *options,
-        )
-        log_text = log_file.read_text() if log_file.exists() else ""
-        assert result.returncode == 0, f"mount failed: {result.stderr}\n{log_text}"
-        mount = Mount(mountpoint, log_file)
+        mount = mount_idcfs(tmp_path_factory.mktemp("mount"), endpoint, *options)
         made.append(mount)
         return mount
 
@@ -194,26 +195,9 @@ def gcs_mount(gcs_proxy, tmp_path_factory) -> Iterator[Mount]:
 
 
 def _shared_mount(endpoint: str, tmp_path_factory, *options: str) -> Iterator[Mount]:
-    base = tmp_path_factory.mktemp("shared")
-    mountpoint = base / "mnt"
-    mountpoint.mkdir()
-    log_file = base / "idcfs.log"
-    result = run_idcfs(
-        "mount",
-        str(mountpoint),
-        "--endpoint-url",
-        endpoint,
-        "--cache-dir",
-        str(base / "cache"),
-        "--log-file",
-        str(log_file),
-        "--block-size",
-        TEST_BLOCK_SIZE,
-        *options,
-    )
-    assert result.returncode == 0, result.stderr
-    yield Mount(mountpoint, log_file)
-    subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    mount = mount_idcfs(tmp_path_factory.mktemp("shared"), endpoint, *options)
+    yield mount
+    subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
 
 
 def source_file(series: GeneratedSeries, name: str) -> Path:

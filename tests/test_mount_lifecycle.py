@@ -13,7 +13,7 @@ import pytest
 
 from idcfs.mounting import mounted_fuse_points
 
-from .conftest import requires_fuse, run_idcfs, source_file, wait_until
+from .conftest import requires_fuse, run_idcfs, source_file, start_idcfs, wait_until
 
 pytestmark = [pytest.mark.integration, requires_fuse]
 
@@ -63,18 +63,7 @@ def test_mount_refuses_bad_mountpoints(tmp_path, s3_proxy, mount_factory):
 
 
 def test_bad_layout_is_a_clear_error_before_mounting(tmp_path, s3_proxy):
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    result = run_idcfs(
-        "mount",
-        str(mountpoint),
-        "--endpoint-url",
-        s3_proxy.url,
-        "--layout",
-        "%collection_id/%NoSuchColumn",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    result, mountpoint, _ = start_idcfs(tmp_path, s3_proxy.url, "--layout", "%collection_id/%NoSuchColumn")
     assert result.returncode != 0
     assert "%NoSuchColumn" in result.stderr and "Traceback" not in result.stderr
     assert str(mountpoint) not in mounted_fuse_points()

@@ -9,7 +9,7 @@ import pytest
 
 from idcfs.mounting import mounted_fuse_points
 
-from .conftest import requires_fuse, run_idcfs, source_file
+from .conftest import requires_fuse, run_idcfs, source_file, start_idcfs
 
 pytestmark = [pytest.mark.integration, requires_fuse]
 
@@ -63,18 +63,7 @@ def test_manifest_with_unknown_ids_refuses_or_mounts_the_rest(mount_factory, s3_
 
 
 def test_bad_where_is_a_clear_error(tmp_path, s3_proxy):
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    result = run_idcfs(
-        "mount",
-        str(mountpoint),
-        "--endpoint-url",
-        s3_proxy.url,
-        "--where",
-        "Modality = ",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    result, mountpoint, _ = start_idcfs(tmp_path, s3_proxy.url, "--where", "Modality = ")
     assert result.returncode != 0 and "cannot apply --where" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -26,7 +26,7 @@ from cachetools import LRUCache
 
 from idcfs.cache import ListingCache
 from idcfs.layout import escape_name
-from idcfs.reader import ObjectRef, Reader, ReadState
+from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
 from idcfs.store import NotFoundError, ObjectInfo, StoreError, object_url
 from idcfs.tree import Node
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 KERNEL_CACHE_TIMEOUT = 24 * 3600.0
 
 XATTR_PREFIX = "user.idc."
+
+#: A folder with more series than this does not get their listings fetched ahead.
+MAX_LISTING_PREFETCH = 256
 
 #: The hidden folder describing the mount: ``version`` (what is mounted) and ``manifest.txt``
 #: (an s5cmd manifest of exactly the mounted series).
@@ -267,7 +270,20 @@ class IdcFs(mfusepy.Operations):
             entries = self._entries_of(node)
             with self._entries_lock:
                 self._entries[node] = entries
+            self._prefetch_listings(node)
         return iter(entries)
+
+    def _prefetch_listings(self, node: Node) -> None:
+        """Listing a folder of series (a study, in the default layout) is usually followed by
+        listing each series (ls -lR, a viewer's import): fetch their listings in parallel now."""
+        if node is CONTROL or node.depth != self.tree.depth - 1 or self.reader.prefetch.mode == "off":
+            return
+        rows = self.tree.rows(node)
+        if len(rows) > MAX_LISTING_PREFETCH:
+            return
+        for row in rows:
+            if self.listings.peek(self._series_uuid(row)) is None:
+                self.reader.background.submit(SERIES, 0, functools.partial(self._listing, row))
 
     def _entries_of(self, node: Node) -> list[tuple[str, int, int]]:
         if node is CONTROL:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -54,6 +55,14 @@ class RequestLog:
             self.body_bytes = 0
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-response (a cancelled read) is normal here, not a traceback."""
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class CountingProxy:
     """Forwards ``http://127.0.0.1:<port>/...`` to ``upstream``; see the module docstring."""
 
@@ -65,7 +74,7 @@ class CountingProxy:
         self.bandwidth = bandwidth  # bytes/s per response, None for unlimited
         self.log = RequestLog()
         self.fault: FaultRule | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="proxy", daemon=True)
 
@@ -123,30 +132,35 @@ class CountingProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                     connection.request(self.command, self.path, body=body, headers=headers)
                     response = connection.getresponse()
-                    data = response.read()
+                    self.send_response(response.status, response.reason)
+                    for key, value in response.getheaders():
+                        if key.lower() not in _HOP_BY_HOP:
+                            self.send_header(key, value)
+                    if response.getheader("Content-Length") is None and self.command != "HEAD":
+                        # A chunked upstream body (listings): pass it on whole, with its length.
+                        data = response.read()
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self._send(data)
+                        return
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self._stream(response)
                 finally:
-                    connection.close()
-                with proxy.log.lock:
-                    proxy.log.body_bytes += len(data)
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
-                    # A HEAD's Content-Length is the object's, not the (empty) body's.
-                    if key.lower() not in _HOP_BY_HOP and (key.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(key, value)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self._write_paced(data)
+                    connection.close()  # a client that hung up stops the upstream read too
 
-            def _write_paced(self, data: bytes) -> None:
-                if not proxy.bandwidth:
-                    self.wfile.write(data)
-                    return
-                chunk = 64 * 1024
-                for start in range(0, len(data), chunk):
-                    self.wfile.write(data[start : start + chunk])
-                    time.sleep(len(data[start : start + chunk]) / proxy.bandwidth)
+            def _stream(self, response: http.client.HTTPResponse) -> None:
+                """Copy the body as it arrives (a client may read a range of a large object and
+                hang up), counting what was passed on, paced to ``bandwidth`` when set."""
+                while chunk := response.read(256 * 1024):
+                    self._send(chunk)
+
+            def _send(self, chunk: bytes) -> None:
+                self.wfile.write(chunk)
+                with proxy.log.lock:
+                    proxy.log.body_bytes += len(chunk)
+                if proxy.bandwidth:
+                    time.sleep(len(chunk) / proxy.bandwidth)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _forward
 
