@@ -54,7 +54,7 @@ class ObjectRef:
 class PrefetchPolicy:
     mode: str = "series"
     max_series_bytes: int = 2 << 30
-    max_window: int = 16  # blocks of readahead, at most
+    max_window: int = 64  # blocks of readahead, at most
     coalesce: int = 8  # blocks fetched by one background GET, at most
     workers: int = 16
     budget_bytes: int = 256 << 20  # bytes in flight in the background, at most
