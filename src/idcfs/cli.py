@@ -232,15 +232,13 @@ def _serve(args: argparse.Namespace) -> int:
         report_ready(ready_fd, f"ERROR {error}")
         return 1
 
-    from idcfs.fs import KernelCachingFUSE
+    import mfusepy
 
     fuse_options = {"ro": True, "fsname": "idcfs", "subtype": "idcfs"}
     if args.allow_other:
         fuse_options["allow_other"] = True
     try:
-        KernelCachingFUSE(
-            operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options
-        )
+        mfusepy.FUSE(operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options)
     except RuntimeError as error:
         if not operations.ready:
             message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"

@@ -95,19 +95,6 @@ def _errors_to_errno(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class KernelCachingFUSE(mfusepy.FUSE):
-    """mfusepy's FUSE, also asking the kernel to keep directory listings (FOPEN_CACHE_DIR):
-    listings never change, so a 26k-entry folder need not come back to Python twice."""
-
-    def opendir(self, path: bytes, fip: Any) -> int:
-        result = super().opendir(path, fip)
-        info = fip.contents
-        if hasattr(info, "cache_readdir"):
-            info.cache_readdir = 1
-            info.keep_cache = 1
-        return result
-
-
 def _read_only(*_args: Any, **_kwargs: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
@@ -140,7 +127,8 @@ class IdcFs(mfusepy.Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
         self._handles: dict[int, _Handle | str] = {}
         self._handles_lock = threading.Lock()
-        # Recent listings, ready to hand to the kernel again (everything is immutable).
+        # Recent listings, ready to hand to the kernel again: libfuse 3.14's high-level API does
+        # not pass cache_readdir on, so the kernel asks again on every opendir.
         self._entries: LRUCache[Node, list[tuple[str, int, int]]] = LRUCache(maxsize=64)
         self._entries_lock = threading.Lock()
         self._next_handle = 1
