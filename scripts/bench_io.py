@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from idcfs.testbed.dicomgen import generate, index_rows
+from idcfs.testbed.dicomgen import generate, index_rows, series_from_row
 from idcfs.testbed.proxy import CountingProxy
 from idcfs.testbed.servers import s3_server
 
@@ -69,10 +69,7 @@ def prepare_data(root: Path) -> dict:
                 block = rng.randbytes(8 << 20)
                 for start in range(0, size, len(block)):
                     handle.write(block[: size - start] if size - start < len(block) else block)
-    sm_row = index_rows([SM_SERIES])[0]
-    sm_path = "/".join(
-        [sm_row["collection_id"], sm_row["PatientID"], sm_row["StudyInstanceUID"], f"SM_{sm_row['SeriesInstanceUID']}"]
-    )
+    sm_path = series_from_row(index_rows([SM_SERIES])[0]).path
     return {"data": root / "s3", "ct": ct, "small": small, "sm_path": sm_path}
 
 

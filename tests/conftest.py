@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from idcfs.mounting import daemon_pid, mounted_fuse_points
-from idcfs.store import AWS_TO_GCS_BUCKET
-from idcfs.testbed.dicomgen import GeneratedSeries, generate, index_rows
+from idcfs.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
 from idcfs.testbed.proxy import CountingProxy
 from idcfs.testbed.servers import gcs_server, s3_server
 
@@ -58,25 +57,7 @@ def generated(large_object) -> list[GeneratedSeries]:
 def large_object() -> LargeObject:
     """8 MiB of opaque bytes as the one object of a real SM series (written before the servers
     start: they load their folders at start)."""
-    row = index_rows([LARGE_SERIES])[0]
-    series = GeneratedSeries(
-        crdc_series_uuid=LARGE_SERIES,
-        aws_bucket=row["aws_bucket"],
-        gcs_bucket=AWS_TO_GCS_BUCKET[row["aws_bucket"]],
-        collection_id=row["collection_id"],
-        patient_id=row["PatientID"],
-        study_uid=row["StudyInstanceUID"],
-        series_uid=row["SeriesInstanceUID"],
-        modality=row["Modality"],
-        path="/".join(
-            [
-                row["collection_id"],
-                row["PatientID"],
-                row["StudyInstanceUID"],
-                f"{row['Modality']}_{row['SeriesInstanceUID']}",
-            ]
-        ),
-    )
+    series = series_from_row(index_rows([LARGE_SERIES])[0])
     for cloud, bucket in (("s3", series.aws_bucket), ("gcs", series.gcs_bucket)):
         path = TESTDATA / "data" / cloud / bucket / LARGE_SERIES / LARGE_NAME
         if not path.exists() or path.stat().st_size != LARGE_SIZE:
@@ -85,19 +66,21 @@ def large_object() -> LargeObject:
     return LargeObject(series, LARGE_NAME, LARGE_SIZE)
 
 
-@pytest.fixture(scope="session")
-def s3_upstream(generated):
+def _server_log(name: str) -> Path:
     logs = TESTDATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with s3_server(TESTDATA / "data" / "s3", log_path=logs / "rclone.log") as server:
+    return logs / name
+
+
+@pytest.fixture(scope="session")
+def s3_upstream(generated):
+    with s3_server(TESTDATA / "data" / "s3", log_path=_server_log("rclone.log")) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def gcs_upstream(generated):
-    logs = TESTDATA / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with gcs_server(TESTDATA / "data" / "gcs", log_path=logs / "fake-gcs.log") as server:
+    with gcs_server(TESTDATA / "data" / "gcs", log_path=_server_log("fake-gcs.log")) as server:
         yield server
 
 

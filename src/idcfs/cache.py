@@ -26,6 +26,8 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
+from idcfs.store import StoreError
+
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
@@ -130,14 +132,9 @@ class DiskTier:
         self._queue_bytes = queue_bytes
         self._pending: dict[str, bytes] = {}  # insertion-ordered: the write queue
         self._pending_bytes = 0
-        self._writing = 0
         self._condition = threading.Condition()
         self._writer: threading.Thread | None = None
         self.dropped = 0
-
-    @property
-    def enabled(self) -> bool:
-        return not self._disabled
 
     def get(self, key: str, length: int) -> bytes | None:
         """The block, if stored (or queued) whole and intact."""
@@ -191,7 +188,6 @@ class DiskTier:
                 while not self._pending:
                     self._condition.wait()
                 batch = list(self._pending.items())[:8]
-                self._writing = len(batch)
             try:
                 with self._db_lock, self._cache.transact():
                     for key, data in batch:
@@ -210,7 +206,6 @@ class DiskTier:
                 for key, data in batch:
                     if self._pending.pop(key, None) is not None:
                         self._pending_bytes -= len(data)
-                self._writing = 0
                 if self._disabled:
                     self._pending.clear()
                     self._pending_bytes = 0
@@ -224,9 +219,6 @@ class DiskTier:
     def discard(self, key: str) -> None:
         with contextlib.suppress(Exception):
             self._cache.delete(key)
-
-    def volume(self) -> int:
-        return int(self._cache.volume())
 
     def close(self) -> None:
         self.flush(timeout=30)
@@ -273,18 +265,14 @@ class BlockCache:
 
         def load() -> bytes:
             block = self._memory(key)  # a fetch that finished since our miss
+            if block is None:
+                block = self._from_disk(key, length)
             if block is not None:
                 return block
-            if self.disk is not None:
-                block = self.disk.get(key, length)
-                if block is not None:
-                    self.stats.count("disk_hits")
-                    self._remember(key, block)
-                    return block
             self.stats.count("misses")
             data = fetch()
-            if len(data) != length:
-                raise ValueError(f"block {key} has {len(data)} bytes, expected {length}")
+            if len(data) != length:  # a cache must never hold a short block
+                raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
             self._remember(key, data)
             if self.disk is not None:
                 self.disk.put(key, data, wait=background)
@@ -307,13 +295,19 @@ class BlockCache:
 
     def settle_from_disk(self, key: str, length: int) -> bool:
         """Settle a claimed block from the disk tier, if it holds it."""
-        block = self.disk.get(key, length) if self.disk is not None else None
+        block = self._from_disk(key, length)
         if block is None:
             return False
-        self.stats.count("disk_hits")
-        self._remember(key, block)
         self._flight.resolve(key, block)
         return True
+
+    def _from_disk(self, key: str, length: int) -> bytes | None:
+        """The block from the disk tier (then also kept in memory), or None."""
+        block = self.disk.get(key, length) if self.disk is not None else None
+        if block is not None:
+            self.stats.count("disk_hits")
+            self._remember(key, block)
+        return block
 
     def abandon(self, key: str, error: BaseException) -> None:
         self._flight.reject(key, error)

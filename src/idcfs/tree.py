@@ -129,10 +129,6 @@ class Tree:
         self._num_top = len(levels[0].names) if levels else 0
 
     @property
-    def levels(self) -> list[Level]:
-        return self._levels
-
-    @property
     def root(self) -> Node:
         return Node(0, 0)
 

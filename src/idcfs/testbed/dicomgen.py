@@ -121,33 +121,40 @@ def _series_from_json(data: dict) -> GeneratedSeries:
     return GeneratedSeries(**data, files=files)
 
 
-def _write_series(out: Path, row: dict, max_instances: int | None, image_size: int) -> GeneratedSeries:
-    aws_bucket = row["aws_bucket"]
-    gcs_bucket = AWS_TO_GCS_BUCKET[aws_bucket]
-    series_uuid = row["crdc_series_uuid"]
-    modality = row["Modality"]
-    count = int(row["instanceCount"] or 1)
-    if max_instances is not None:
-        count = min(count, max_instances)
-    series = GeneratedSeries(
-        crdc_series_uuid=series_uuid,
-        aws_bucket=aws_bucket,
-        gcs_bucket=gcs_bucket,
+def series_from_row(row: dict) -> GeneratedSeries:
+    """The series of an index row, with its path in the default layout (no files yet)."""
+    return GeneratedSeries(
+        crdc_series_uuid=row["crdc_series_uuid"],
+        aws_bucket=row["aws_bucket"],
+        gcs_bucket=AWS_TO_GCS_BUCKET[row["aws_bucket"]],
         collection_id=row["collection_id"],
         patient_id=row["PatientID"],
         study_uid=row["StudyInstanceUID"],
         series_uid=row["SeriesInstanceUID"],
-        modality=modality,
+        modality=row["Modality"],
         path="/".join(
-            [row["collection_id"], row["PatientID"], row["StudyInstanceUID"], f"{modality}_{row['SeriesInstanceUID']}"]
+            [
+                row["collection_id"],
+                row["PatientID"],
+                row["StudyInstanceUID"],
+                f"{row['Modality']}_{row['SeriesInstanceUID']}",
+            ]
         ),
     )
-    s3_dir = out / "s3" / aws_bucket / series_uuid
-    gcs_dir = out / "gcs" / gcs_bucket / series_uuid
+
+
+def _write_series(out: Path, row: dict, max_instances: int | None, image_size: int) -> GeneratedSeries:
+    series = series_from_row(row)
+    series_uuid = series.crdc_series_uuid
+    count = int(row["instanceCount"] or 1)
+    if max_instances is not None:
+        count = min(count, max_instances)
+    s3_dir = out / "s3" / series.aws_bucket / series_uuid
+    gcs_dir = out / "gcs" / series.gcs_bucket / series_uuid
     s3_dir.mkdir(parents=True, exist_ok=True)
     gcs_dir.mkdir(parents=True, exist_ok=True)
     for number in range(1, count + 1):
-        dataset = (_sr_dataset if modality == "SR" else _image_dataset)(row, number, count, image_size)
+        dataset = (_sr_dataset if series.modality == "SR" else _image_dataset)(row, number, count, image_size)
         name = _deterministic_uuid(series_uuid, number) + ".dcm"
         path = s3_dir / name
         dataset.save_as(path, enforce_file_format=True)
