@@ -187,7 +187,7 @@ class Reader:
         return min(obj.size, (index + 1) * self.block_size) - index * self.block_size
 
     def num_blocks(self, obj: ObjectRef) -> int:
-        return max(1, -(-obj.size // self.block_size))
+        return -(-obj.size // self.block_size)  # 0 for an empty object: nothing to fetch
 
     # -- work ahead of demand -----------------------------------------------------------------
 
