@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.cli import _child_argv, build_parser
+from idcfs.cli import _child_argv, _resolve_options, build_parser
+from idcfs.config import ConfigError
 from idcfs.options import MOUNT_OPTIONS, option_table_markdown, parse_bool, parse_size
 
 
@@ -31,54 +32,46 @@ def test_booleans():
         parse_bool("maybe")
 
 
+def _mount_args(*argv: str):
+    args = build_parser().parse_args(["mount", "/mnt", *argv])
+    _resolve_options(args)
+    return args
+
+
 def test_environment_gives_defaults_and_flags_win(monkeypatch):
     monkeypatch.setenv("IDCFS_SOURCE", "gcs")
     monkeypatch.setenv("IDCFS_MEMORY_CACHE_SIZE", "64M")
     monkeypatch.setenv("IDCFS_ALLOW_OTHER", "true")
-    args = build_parser().parse_args(["mount", "/mnt"])
+    args = _mount_args()
     assert (args.source, args.memory_cache_size, args.allow_other) == ("gcs", 64 << 20, True)
-    args = build_parser().parse_args(["mount", "/mnt", "--source", "aws", "--no-allow-other"])
+    args = _mount_args("--source", "aws", "--no-allow-other")
     assert (args.source, args.allow_other) == ("aws", False)
 
 
 def test_repeatable_options_from_environment_and_flags(monkeypatch):
     monkeypatch.setenv("IDCFS_COLLECTION", "nlst, lidc_idri")
-    assert build_parser().parse_args(["mount", "/mnt"]).collection == ["nlst", "lidc_idri"]
-    args = build_parser().parse_args(["mount", "/mnt", "--collection", "a", "--collection", "b"])
+    assert _mount_args().collection == ["nlst", "lidc_idri"]
+    args = _mount_args("--collection", "a", "--collection", "b")
     assert args.collection == ["a", "b"]  # the command line replaces the environment's list
 
 
-def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys):
+def test_bad_environment_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("IDCFS_SOURCE", "azure")
-    with pytest.raises(SystemExit):
-        build_parser()
-    assert "IDCFS_SOURCE" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="IDCFS_SOURCE"):
+        _mount_args()
 
 
 def test_daemon_sees_the_same_options():
-    args = build_parser().parse_args(
-        [
-            "mount",
-            "/mnt",
-            "--source",
-            "gcs",
-            "--block-size",
-            "64K",
-            "--allow-other",
-            "--modality",
-            "CT",
-            "--modality",
-            "MR",
-            "--idc-version",
-            "18",
-            "--where",
-            "x = 'a b'",
-        ]
-    )
+    args = _mount_args(
+        "--source", "gcs", "--block-size", "64K", "--allow-other", "--modality", "CT", "--modality", "MR",
+        "--idc-version", "18", "--where", "x = 'a b'", "-o", "nodev,cache_size=1G",
+    )  # fmt: skip
     again = build_parser().parse_args(_child_argv(args))
+    _resolve_options(again)
     for option in MOUNT_OPTIONS:
-        if option.name != "foreground":
+        if option.name not in ("foreground", "config"):
             assert getattr(again, option.name) == getattr(args, option.name), option.name
+    assert again.kernel_flags == "nodev"
 
 
 def test_readme_lists_every_option():

@@ -20,12 +20,12 @@ import threading
 import zlib
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
+from idcfs.stats import Counters
 from idcfs.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -88,17 +88,17 @@ class SingleFlight(Generic[V]):
                 del self._pending[key]
 
 
-@dataclass
-class CacheStats:
-    memory_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0
-    disk_errors: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+class _EvictionAwareLRU(LRUCache):  # type: ignore[type-arg]
+    """An LRU that tells ``on_evict`` what it pushes out (for prefetch bytes wasted)."""
 
-    def count(self, name: str) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + 1)
+    def __init__(self, maxsize: int, on_evict: Callable[[str, bytes], None]) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=len)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, bytes]:
+        key, value = super().popitem()
+        self._on_evict(key, value)
+        return key, value
 
 
 class DiskTier:
@@ -216,6 +216,14 @@ class DiskTier:
         with self._condition:
             return self._condition.wait_for(lambda: not self._pending, timeout)
 
+    @property
+    def bytes_used(self) -> int:
+        """Bytes stored (not counting blocks still queued for writing)."""
+        try:
+            return int(self._cache.volume())
+        except Exception:  # noqa: BLE001 - statistics never fail a read
+            return 0
+
     def discard(self, key: str) -> None:
         with contextlib.suppress(Exception):
             self._cache.delete(key)
@@ -229,16 +237,40 @@ class BlockCache:
     """Memory LRU in front of an optional :class:`DiskTier`, with single-flight fetches."""
 
     def __init__(self, max_bytes: int, disk: DiskTier | None = None) -> None:
-        self._lru: LRUCache[str, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
+        self._lru = _EvictionAwareLRU(max(1, max_bytes), self._evicted)
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._flight: SingleFlight[bytes] = SingleFlight()
         self.disk = disk
-        self.stats = CacheStats()
+        #: Blocks fetched ahead of demand (settled) and not read yet: key -> bytes. Bounded by
+        #: the memory tier, since eviction removes them.
+        self._unread: dict[str, int] = {}
+        #: Demand lookups per tier (``memory_hits``...), and prefetched bytes later read
+        #: (``prefetch_useful_bytes``) or evicted unread (``prefetch_wasted_bytes``).
+        self.counters = Counters(
+            "memory_hits", "memory_misses", "disk_hits", "disk_misses", "prefetch_useful_bytes", "prefetch_wasted_bytes"
+        )
+
+    def _evicted(self, key: str, value: bytes) -> None:  # called with self._lock held
+        size = self._unread.pop(key, None)
+        if size is not None:
+            self.counters.add("prefetch_wasted_bytes", size)
 
     def _memory(self, key: str) -> bytes | None:
         with self._lock:
             return self._lru.get(key)
+
+    def _mark_read(self, key: str) -> None:
+        """A demand read used ``key``: if it was fetched ahead, that prefetch was useful."""
+        with self._lock:
+            size = self._unread.pop(key, None)
+        if size is not None:
+            self.counters.add("prefetch_useful_bytes", size)
+
+    @property
+    def unread_prefetched_bytes(self) -> int:
+        with self._lock:
+            return sum(self._unread.values())
 
     def _remember(self, key: str, data: bytes) -> None:
         if len(data) <= self._max_bytes:
@@ -260,16 +292,20 @@ class BlockCache:
         """
         block = self._memory(key)
         if block is not None:
-            self.stats.count("memory_hits")
+            self.counters.add("memory_hits")
+            if self._unread:
+                self._mark_read(key)
             return block
+        self.counters.add("memory_misses")
 
         def load() -> bytes:
             block = self._memory(key)  # a fetch that finished since our miss
             if block is None:
                 block = self._from_disk(key, length)
+                if self.disk is not None:
+                    self.counters.add("disk_hits" if block is not None else "disk_misses")
             if block is not None:
                 return block
-            self.stats.count("misses")
             data = fetch()
             if len(data) != length:  # a cache must never hold a short block
                 raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
@@ -278,7 +314,10 @@ class BlockCache:
                 self.disk.put(key, data, wait=background)
             return data
 
-        return self._flight.run(key, load)
+        block = self._flight.run(key, load)
+        if self._unread:  # joined a prefetch that was on the wire
+            self._mark_read(key)
+        return block
 
     def claim(self, keys: list[str]) -> list[str]:
         """The keys, of ``keys``, that are neither in memory nor being fetched, now claimed by the
@@ -286,9 +325,12 @@ class BlockCache:
         return [key for key in keys if not self.contains(key) and self._flight.claim(key)]
 
     def settle(self, key: str, data: bytes) -> None:
-        """Hand a claimed block fetched from the network to memory, disk and any waiters."""
-        self.stats.count("misses")
-        self._remember(key, data)
+        """Hand a claimed block fetched from the network (ahead of demand) to memory, disk and
+        any waiters."""
+        if len(data) <= self._max_bytes:
+            with self._lock:
+                self._lru[key] = data
+                self._unread[key] = len(data)
         if self.disk is not None:
             self.disk.put(key, data, wait=True)
         self._flight.resolve(key, data)
@@ -305,7 +347,6 @@ class BlockCache:
         """The block from the disk tier (then also kept in memory), or None."""
         block = self.disk.get(key, length) if self.disk is not None else None
         if block is not None:
-            self.stats.count("disk_hits")
             self._remember(key, block)
         return block
 
@@ -316,6 +357,10 @@ class BlockCache:
     def bytes_used(self) -> int:
         with self._lock:
             return int(self._lru.currsize)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
 
 
 class ListingCache(Generic[V]):

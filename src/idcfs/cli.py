@@ -9,8 +9,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from idcfs import __version__
+from idcfs.config import ConfigError, as_flags, resolve
 from idcfs.mounting import MountError
 from idcfs.options import MOUNT_OPTIONS, add_options, default_cache_dir, default_cache_size
 
@@ -27,9 +29,12 @@ examples:
   idcfs mount ~/idc                         # the current IDC release, from AWS
   idcfs mount ~/idc --source gcs            # the same, from Google Cloud Storage
   idcfs mount ./mnt --endpoint-url http://127.0.0.1:9000   # a local S3-compatible server
+  idcfs mount /mnt/idc -o source=gcs,cache_size=20G,allow_other   # mount(8)-style options
+  idcfs mount /mnt/idc --config /etc/idcfs/mnt-idc.toml             # options from a TOML file
   idcfs umount ~/idc
 
-Every option can also be set with its IDCFS_* environment variable (the flag wins).
+Every option is also a -o key=value mount option, a key of the --config TOML file and an
+IDCFS_* environment variable. Precedence: flags > -o > environment > config file > defaults.
 The tree is %collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID,
 as an idc-index download lays it out; series folders hold <crdc_instance_uuid>.dcm files.
 """
@@ -51,8 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mount.add_argument("mountpoint", type=Path, help="an existing, empty directory")
+    mount.add_argument(
+        "-o",
+        dest="mount_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="options as mount(8) passes them from fstab: any option below by its key (cache_size=20G), "
+        "a bare key for true (allow_other); generic ones (_netdev, nofail, ro, x-systemd.*) are ignored, "
+        "nosuid/nodev/noexec/noatime go to the kernel. Repeatable.",
+    )
     add_options(mount)
     mount.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    mount.add_argument("--sloppy", action="store_true", help=argparse.SUPPRESS)
+    mount.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    mount.add_argument("--kernel-flags", default="", help=argparse.SUPPRESS)
+
+    stats = commands.add_parser(
+        "stats",
+        help="show a mount's live statistics",
+        description="Print a mount's live statistics (requests, bytes, cache hits, prefetch, "
+        "latency, errors) from MOUNTPOINT/.idcfs/stats.",
+    )
+    stats.add_argument("mountpoint", type=Path)
+    stats.add_argument("--json", action="store_true", help="print the raw JSON")
 
     versions = commands.add_parser(
         "versions",
@@ -95,10 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from idcfs.helper import helper_argv, is_helper_call
+
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if is_helper_call(argv, COMMANDS):  # mount.fuse3 running an fstab line's fuse.idcfs
+            argv = helper_argv(argv)
+        args = build_parser().parse_args(argv)
         if args.command == "mount":
             return _mount(args)
         if args.command == "versions":
@@ -107,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             return _prefetch(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "stats":
+            return _stats(args)
         return _umount(args)
-    except MountError as error:
+    except (MountError, ConfigError) as error:
         print(f"idcfs: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -149,6 +185,19 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from idcfs.stats import format_table, read_stats
+
+    stats = read_stats(args.mountpoint)
+    if args.json:
+        import json
+
+        print(json.dumps(stats, indent=1))
+    else:
+        print(format_table(stats))
+    return 0
+
+
 def _umount(args: argparse.Namespace) -> int:
     from idcfs.mounting import unmount
 
@@ -156,9 +205,22 @@ def _umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_options(args: argparse.Namespace) -> None:
+    """Fill ``args`` with every option's value from the flags, -o, environment, file, defaults."""
+    given = {option.name: getattr(args, option.name) for option in MOUNT_OPTIONS if hasattr(args, option.name)}
+    values, dash_o = resolve(given, args.mount_options, sloppy=args.sloppy)
+    for name, value in values.items():
+        setattr(args, name, value)
+    flags = [flag for flag in args.kernel_flags.split(",") if flag]
+    args.kernel_flags = ",".join(dict.fromkeys([*flags, *dash_o.kernel_flags]))
+    if args.debug:
+        args.log_level = "debug"
+
+
 def _mount(args: argparse.Namespace) -> int:
     from idcfs.mounting import check_fuse_available, check_mountpoint, start_daemon
 
+    _resolve_options(args)
     args.mountpoint = args.mountpoint.absolute()
     args.cache_dir = Path(args.cache_dir).absolute() if args.cache_dir else default_cache_dir()
     for name in ("log_file", "index_file", "manifest"):
@@ -167,6 +229,8 @@ def _mount(args: argparse.Namespace) -> int:
     if args.ready_fd is None:  # the command a user typed: check before anything slow
         check_mountpoint(args.mountpoint)
         check_fuse_available()
+    if args.dry_run:
+        return 0
     if args.foreground or args.ready_fd is not None:
         return _serve(args)
     usable = _make_private_dir(args.cache_dir)
@@ -182,19 +246,10 @@ def _mount(args: argparse.Namespace) -> int:
 
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
-    """The parsed options as flags again, so the daemon sees exactly what this command saw."""
-    argv = ["mount", str(args.mountpoint)]
-    for option in MOUNT_OPTIONS:
-        value = getattr(args, option.name)
-        if option.name == "foreground":
-            continue
-        if option.kind == "bool":
-            argv.append(option.flag if value else "--no-" + option.flag[2:])
-        elif option.kind == "list":
-            for item in value:
-                argv += [option.flag, item]
-        elif value is not None:
-            argv += [option.flag, str(value)]
+    """The resolved options as flags again, so the daemon sees exactly what this command saw."""
+    argv = ["mount", str(args.mountpoint), *as_flags(vars(args))]
+    if args.kernel_flags:
+        argv += ["--kernel-flags", args.kernel_flags]
     return argv
 
 
@@ -213,9 +268,11 @@ def _make_private_dir(path: Path) -> bool:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the file system in this process until it is unmounted."""
-    from idcfs.mounting import check_fuse_available, check_mountpoint, prefer_libfuse3, report_ready
+    from idcfs.logs import handle_sighup, setup_logging
+    from idcfs.mounting import check_fuse_available, check_mountpoint, prefer_libfuse3
 
-    _setup_logging(args)
+    setup_logging(args.log_level, args.log_file, args.debug)
+    handle_sighup()  # before any thread starts
     # FUSE threads answer the kernel while prefetch threads parse responses; the default 5 ms
     # GIL switch interval would make a cached read wait behind that work.
     sys.setswitchinterval(0.0005)
@@ -227,32 +284,56 @@ def _serve(args: argparse.Namespace) -> int:
             os.chdir("/")  # a daemon must not keep the caller's directory busy
         prefer_libfuse3()
         operations = _build_filesystem(args, on_ready=lambda: _announce_ready(args, ready_fd))
+        metrics = None
+        if args.metrics_port is not None:
+            from idcfs.stats import MetricsServer
+
+            metrics = MetricsServer(args.metrics_port, operations.collect_stats)
     except (MountError, ValueError, OSError) as error:
-        log.error("%s", error)
-        report_ready(ready_fd, f"ERROR {error}")
+        _startup_failed(str(error), ready_fd)
         return 1
 
-    import mfusepy
+    from idcfs.fs import DirectIoFUSE
+    from idcfs.notify import sd_notify
 
-    fuse_options = {"ro": True, "fsname": "idcfs", "subtype": "idcfs"}
+    if metrics is not None:
+        metrics.start()
+    fuse_options: dict[str, Any] = {"ro": True, "fsname": "idcfs", "subtype": "idcfs"}
     if args.allow_other:
         fuse_options["allow_other"] = True
+    for flag in filter(None, args.kernel_flags.split(",")):
+        fuse_options[flag] = True
     try:
-        mfusepy.FUSE(operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options)
+        DirectIoFUSE(operations, str(args.mountpoint), foreground=True, nothreads=False, debug=False, **fuse_options)
     except RuntimeError as error:
         if not operations.ready:
             message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"
-            log.error("%s", message)
-            report_ready(ready_fd, f"ERROR {message}")
+            _startup_failed(message, ready_fd)
             return 1
-        # libfuse answers SIGTERM/SIGINT/SIGHUP by unmounting and returning status 8.
+        # libfuse answers SIGTERM and SIGINT by unmounting and returning status 8.
         log.info("stopped by a signal")
+    finally:
+        if metrics is not None:
+            metrics.close()
+    sd_notify("STOPPING=1", f"STATUS=unmounted {args.mountpoint}")
     log.info("unmounted %s", args.mountpoint)
     return 0
 
 
-def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
+def _startup_failed(message: str, ready_fd: int | None) -> None:
+    """Tell whoever waits (``idcfs mount``, or systemd) why the mount did not come up."""
     from idcfs.mounting import report_ready
+    from idcfs.notify import sd_notify
+
+    log.error("%s", message)
+    report_ready(ready_fd, f"ERROR {message}")
+    sd_notify(f"STATUS=failed: {message.splitlines()[0] if message else ''}")
+
+
+def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
+    """The mount answers: release ``idcfs mount`` (the pipe) or systemd (``READY=1``)."""
+    from idcfs.mounting import report_ready
+    from idcfs.notify import sd_notify
 
     log.info(
         "mounted %s (source %s%s)",
@@ -261,6 +342,7 @@ def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
         f", endpoint {args.endpoint_url}" if args.endpoint_url else "",
     )
     report_ready(ready_fd)
+    sd_notify("READY=1", f"STATUS=mounted {args.mountpoint} (IDC from {args.source})", f"MAINPID={os.getpid()}")
 
 
 def _build_filesystem(args: argparse.Namespace, on_ready):
@@ -322,6 +404,7 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
     listings = ListingCache(args.cache_dir / "listings", persist=lambda listing: bool(listing.names))
     mount_info = {
         "idcfs": __version__,
+        "mountpoint": str(args.mountpoint),
         "idc_version": catalog.idc_version,
         "index": str(files.index),
         "index_latest_idc_version": catalog.info.get("latest_idc_version"),
@@ -365,21 +448,3 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.debug else logging.INFO
-    handler: logging.Handler
-    if args.log_file and not args.foreground:
-        Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(args.log_file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s idcfs[%(process)d] %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "urllib3", "asyncio", "google"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.debug else logging.WARNING)
-    # mfusepy logs every expected errno (ENOENT, EROFS) with a traceback at DEBUG.
-    logging.getLogger("mfusepy").setLevel(logging.INFO if not args.debug else logging.DEBUG)

@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from idcfs.cache import ListingCache
 from idcfs.layout import escape_name
 from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
+from idcfs.stats import Counters, LatencyWindow
 from idcfs.store import NotFoundError, ObjectInfo, StoreError, object_url
 from idcfs.tree import Node
 
@@ -41,9 +43,11 @@ XATTR_PREFIX = "user.idc."
 #: A folder with more series than this does not get their listings fetched ahead.
 MAX_LISTING_PREFETCH = 256
 
-#: The hidden folder describing the mount: ``version`` (what is mounted) and ``manifest.txt``
-#: (an s5cmd manifest of exactly the mounted series).
+#: The hidden folder describing the mount: ``version`` (what is mounted), ``manifest.txt``
+#: (an s5cmd manifest of exactly the mounted series) and ``stats`` (live statistics, JSON).
 CONTROL_DIR = ".idcfs"
+#: Control files whose contents change: rendered at open, read with direct I/O.
+LIVE_CONTROL_FILES = ("stats",)
 CONTROL = Node(-1, 0)
 
 
@@ -75,6 +79,19 @@ class _Handle:
     state: ReadState
     series_row: int
     series_queued: bool = False
+    reads: int = 0
+
+
+class DirectIoFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE, letting the operations ask for direct I/O per open file: the kernel must
+    neither cache nor cut to a cached size a file whose contents change (``/.idcfs/stats``)."""
+
+    def open(self, path: bytes, fip: Any) -> int:
+        result = super().open(path, fip)
+        if self.operations.wants_direct_io(fip.contents.fh):
+            fip.contents.direct_io = 1
+            fip.contents.keep_cache = 0
+        return result
 
 
 def _errors_to_errno(method: F) -> F:
@@ -89,6 +106,7 @@ def _errors_to_errno(method: F) -> F:
         except StoreError:  # already logged once, with the object and the reason
             raise mfusepy.FuseOSError(errno.EIO) from None
         except Exception:
+            self.counters.add("internal_errors")
             log.exception("internal error in %s%r", method.__name__, args[:1])
             raise mfusepy.FuseOSError(errno.EIO) from None
 
@@ -115,17 +133,24 @@ class IdcFs(mfusepy.Operations):
         tree = snapshot.tree
         self.tree = tree
         self.catalog = tree.catalog
+        self.mount_info = mount_info or {}
         self._control_files: dict[str, bytes | Any] = {
-            "version": (json.dumps(mount_info or {}, indent=1, default=str) + "\n").encode(),
+            "version": (json.dumps(self.mount_info, indent=1, default=str) + "\n").encode(),
             "manifest.txt": snapshot.manifest,
+            "stats": b"",  # rendered at each open
         }
+        self._started = time.monotonic()
+        #: FUSE reads that reached idcfs (the kernel's page cache could not answer them), their
+        #: bytes, files closed with no read reaching idcfs, unexpected exceptions.
+        self.counters = Counters("reads", "read_bytes", "files_without_reads", "internal_errors")
         self.reader = reader
         self.store = reader.store
         self.listings: ListingCache[SeriesListing] = listings or ListingCache()
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._handles: dict[int, _Handle | str] = {}
+        self._handles: dict[int, _Handle | bytes] = {}
+        self._direct_io: set[int] = set()
         self._handles_lock = threading.Lock()
         # Recent listings, ready to hand to the kernel again: libfuse 3.14's high-level API does
         # not pass cache_readdir on, so the kernel asks again on every opendir.
@@ -219,7 +244,7 @@ class IdcFs(mfusepy.Operations):
         if node is CONTROL:
             if name is None:
                 return self._stat(stat.S_IFDIR | 0o555, 0, self._release_ns, nlink=2)
-            return self._stat(stat.S_IFREG | 0o444, len(self._control_files[name]), self._release_ns, nlink=1)
+            return self._stat(stat.S_IFREG | 0o444, len(self._control_file(name)), self._release_ns, nlink=1)
         if name is None:
             when = self._series_time_ns(node.index) if self.tree.is_series(node) else self._release_ns
             return self._stat(stat.S_IFDIR | 0o555, 0, when, nlink=2 + self.tree.num_children(node))
@@ -363,6 +388,66 @@ class IdcFs(mfusepy.Operations):
             raise mfusepy.FuseOSError(mfusepy.ENOATTR)
         return value.encode()
 
+    # -- the control folder ---------------------------------------------------------------------
+
+    def _control_file(self, name: str) -> bytes:
+        if name == "stats":
+            return (json.dumps(self.collect_stats(), indent=1) + "\n").encode()
+        return self._control_files[name]
+
+    def wants_direct_io(self, fh: int) -> bool:
+        return fh in self._direct_io
+
+    def collect_stats(self) -> dict[str, Any]:
+        """The live statistics (``/.idcfs/stats``, ``idcfs stats``, ``--metrics-port``)."""
+        store, cache, background = self.store, self.reader.cache, self.reader.background
+        fetched, cached, served = store.counters.snapshot(), cache.counters.snapshot(), self.counters.snapshot()
+        disk = cache.disk
+        with self._handles_lock:
+            open_files = sum(isinstance(h, _Handle) for h in self._handles.values())
+        latency: LatencyWindow = store.get_latency
+        return {
+            "mountpoint": self.mount_info.get("mountpoint"),
+            "idc_version": self.catalog.idc_version,
+            "source": store.source,
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "requests": {"GET": fetched["GET"], "LIST": fetched["LIST"]},
+            "bytes_fetched": fetched["bytes_fetched"],
+            "retries": fetched["retries"],
+            "errors": fetched["errors"],
+            "not_found": fetched["not_found"],
+            "internal_errors": served["internal_errors"],
+            "get_latency": latency.snapshot(),
+            "cache": {
+                "memory": {
+                    "hits": cached["memory_hits"],
+                    "misses": cached["memory_misses"],
+                    "bytes": cache.bytes_used,
+                    "capacity": cache.max_bytes,
+                },
+                "disk": {
+                    "hits": cached["disk_hits"],
+                    "misses": cached["disk_misses"],
+                    "bytes": disk.bytes_used if disk is not None else 0,
+                    "capacity": disk.size_limit if disk is not None else 0,
+                },
+                "kernel": {
+                    "reads": served["reads"],
+                    "bytes": served["read_bytes"],
+                    "files_without_reads": served["files_without_reads"],
+                },
+            },
+            "prefetch": {
+                "mode": self.reader.prefetch.mode,
+                "useful_bytes": cached["prefetch_useful_bytes"],
+                "wasted_bytes": cached["prefetch_wasted_bytes"],
+                "unread_bytes": cache.unread_prefetched_bytes,
+                "completed": background.completed,
+                "failed": background.failed,
+            },
+            "open_files": open_files,
+        }
+
     # -- reading ------------------------------------------------------------------------------
 
     @_errors_to_errno
@@ -373,7 +458,10 @@ class IdcFs(mfusepy.Operations):
         if name is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
         if node is CONTROL:
-            return self._new_handle(name)
+            handle = self._new_handle(self._control_file(name))  # a snapshot, consistent while read
+            if name in LIVE_CONTROL_FILES:
+                self._direct_io.add(handle)
+            return handle
         if not self.tree.is_series(node):
             raise mfusepy.FuseOSError(errno.ENOENT)
         info = self._file(node, name)
@@ -382,7 +470,7 @@ class IdcFs(mfusepy.Operations):
     def _object_ref(self, row: int, info: ObjectInfo) -> ObjectRef:
         return ObjectRef(self._series_bucket(row), f"{self._series_uuid(row)}/{info.name}", info.size)
 
-    def _new_handle(self, target: _Handle | str) -> int:
+    def _new_handle(self, target: _Handle | bytes) -> int:
         with self._handles_lock:
             handle = self._next_handle
             self._next_handle += 1
@@ -394,12 +482,16 @@ class IdcFs(mfusepy.Operations):
         target = self._handles.get(fh)
         if target is None:
             raise mfusepy.FuseOSError(errno.EBADF)
-        if isinstance(target, str):  # a file of the control folder
-            return bytes(self._control_files[target][offset : offset + size])
+        if isinstance(target, bytes):  # a file of the control folder
+            return target[offset : offset + size]
         if not target.series_queued:  # the first read of an instance: queue the rest of its series
             target.series_queued = True
             self._prefetch_series(target)
-        return self.reader.read(target.ref, offset, size, target.state)
+        data = self.reader.read(target.ref, offset, size, target.state)
+        target.reads += 1
+        self.counters.add("reads")
+        self.counters.add("read_bytes", len(data))
+        return data
 
     def _prefetch_series(self, handle: _Handle) -> None:
         row = handle.series_row
@@ -415,7 +507,10 @@ class IdcFs(mfusepy.Operations):
     @_errors_to_errno
     def release(self, path: str, fh: int) -> int:
         with self._handles_lock:
-            self._handles.pop(fh, None)
+            target = self._handles.pop(fh, None)
+            self._direct_io.discard(fh)
+        if isinstance(target, _Handle) and target.reads == 0 and target.ref.size:
+            self.counters.add("files_without_reads")  # the kernel's page cache served it (or nothing was read)
         return 0
 
     @_errors_to_errno

@@ -106,6 +106,8 @@ def start_daemon(argv: list[str], log_file: Path, timeout: float) -> None:
             pass_fds=(write_fd,),
             start_new_session=True,
             close_fds=True,
+            # Every option is on the command line already; the daemon must not re-read a source.
+            env={name: value for name, value in os.environ.items() if not name.startswith("IDCFS_")},
         )
     os.close(write_fd)
     try:

@@ -1,5 +1,6 @@
-"""Every mount option in one declarative table: the CLI flags, ``IDCFS_*`` environment variables
-and README's option table are all derived from it, so they cannot disagree."""
+"""Every mount option in one declarative table: the CLI flags, ``-o key=value`` mount options,
+config-file keys, ``IDCFS_*`` environment variables and README's option table are all derived
+from it, so they cannot disagree. Where a value comes from is decided in :mod:`idcfs.config`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def parse_seconds(text: str) -> float:
 
 
 def default_cache_dir() -> Path:
+    """systemd's ``CacheDirectory=`` for a service, else the user's XDG cache folder."""
+    service_cache = os.environ.get("CACHE_DIRECTORY")
+    if service_cache:
+        return Path(service_cache.split(":")[0])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "idcfs"
 
@@ -72,6 +77,7 @@ class Option:
     help: str
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    in_file: bool = True  # may be set in a config file (not so ``config`` itself)
 
     @property
     def flag(self) -> str:
@@ -93,17 +99,16 @@ def parse_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-class _AppendOverEnvironment(argparse.Action):
-    """``append``, except that the first flag on the command line replaces the environment's list."""
-
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 - argparse's signature
-        current = getattr(namespace, self.dest)
-        if current is self.default:
-            current = []
-        setattr(namespace, self.dest, [*current, values])
-
-
 MOUNT_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "config",
+        "str",
+        None,
+        'TOML file of options (keys as in the config column, e.g. cache_size = "20G"). '
+        "Precedence: command line (flags and -o) > environment > this file > defaults.",
+        metavar="FILE",
+        in_file=False,
+    ),
     Option(
         "source",
         "choice",
@@ -187,19 +192,27 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "that match no series (default: refuse to mount).",
     ),
     Option("foreground", "bool", False, "Stay in the foreground instead of daemonizing (logs go to stderr)."),
-    Option("debug", "bool", False, "Verbose logs: every retry, and the storage libraries' own messages."),
+    Option(
+        "log_level",
+        "choice",
+        "info",
+        "Least severe messages logged: debug, info, warning or error.",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    Option("debug", "bool", False, "Log level debug, and the storage libraries' own messages too."),
     Option(
         "log_file",
         "str",
         None,
-        "Where the daemon logs (default: CACHE_DIR/idcfs.log; stderr with --foreground).",
+        "Where the daemon logs (default: CACHE_DIR/idcfs.log; stderr with --foreground). SIGHUP reopens it.",
         metavar="PATH",
     ),
     Option(
         "cache_dir",
         "str",
         None,
-        "Folder for the cache and the daemon's log (default: $XDG_CACHE_HOME/idcfs, created with mode 0700).",
+        "Folder for the cache and the daemon's log (default: $XDG_CACHE_HOME/idcfs, or under systemd "
+        "the unit's CacheDirectory=; created with mode 0700).",
         metavar="DIR",
     ),
     Option(
@@ -258,55 +271,47 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     Option(
         "ready_timeout", "seconds", "300", "How long `idcfs mount` waits for the daemon to be ready.", metavar="SECONDS"
     ),
+    Option(
+        "metrics_port",
+        "int",
+        None,
+        "Serve the live statistics as Prometheus text at http://127.0.0.1:PORT/metrics (loopback only).",
+        metavar="PORT",
+    ),
 )
+
+OPTIONS_BY_NAME = {option.name: option for option in MOUNT_OPTIONS}
 
 
 def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...] = MOUNT_OPTIONS) -> None:
-    """Add ``options`` as flags whose defaults come from ``IDCFS_*`` variables when set."""
+    """Add ``options`` as flags. A flag not given leaves no attribute at all, so
+    :func:`idcfs.config.resolve` can tell "not on the command line" from "given the default"."""
     for option in options:
-        raw_default = os.environ.get(option.env, option.default)
         help_text = f"{option.help} [env {option.env}]"
+        if option.default not in (None, False):
+            help_text += f" (default: {option.default})"
+        common: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS, "help": help_text}
         if option.kind == "bool":
-            default = parse_bool(raw_default) if isinstance(raw_default, str) else bool(raw_default)
+            parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, **common)
+        elif option.kind == "list":
+            parser.add_argument(option.flag, action="append", metavar=option.metavar, **common)
+        else:
             parser.add_argument(
-                option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+                option.flag, type=option.parse, choices=option.choices or None, metavar=option.metavar, **common
             )
-            continue
-        if option.kind == "list":
-            items = [v.strip() for v in raw_default.split(",") if v.strip()] if isinstance(raw_default, str) else []
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                action=_AppendOverEnvironment,
-                default=items,
-                metavar=option.metavar,
-                help=help_text,
-            )
-            continue
-        try:
-            default = option.parse(raw_default) if isinstance(raw_default, str) else raw_default
-        except argparse.ArgumentTypeError as error:
-            parser.error(f"{option.env}: {error}")
-        if option.kind == "choice" and default not in option.choices:
-            parser.error(f"{option.env}: {default!r} is not one of {', '.join(option.choices)}")
-        parser.add_argument(
-            option.flag,
-            dest=option.name,
-            type=option.parse,
-            default=default,
-            choices=option.choices or None,
-            metavar=option.metavar,
-            help=help_text + (f" (default: {option.default})" if option.default else ""),
-        )
 
 
 def option_table_markdown(options: tuple[Option, ...] = MOUNT_OPTIONS) -> str:
     """README's option table."""
-    lines = ["| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    lines = [
+        "| option | config key, `-o` key | environment | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for option in options:
         default = "off" if option.kind == "bool" and not option.default else (option.default or "")
         text = option.help.replace("%%", "%").replace("|", "\\|")
-        lines.append(f"| `{option.flag}` | `{option.env}` | {f'`{default}`' if default else ''} | {text} |")
+        key = f"`{option.name}`" + ("" if option.in_file else " (`-o` only)")
+        lines.append(f"| `{option.flag}` | {key} | `{option.env}` | {f'`{default}`' if default else ''} | {text} |")
     return "\n".join(lines)
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from idcfs.stats import Counters, LatencyWindow
+
 log = logging.getLogger(__name__)
 
 #: AWS bucket (the index's ``aws_bucket``) -> the GCS bucket holding the same objects.
@@ -97,8 +99,10 @@ class Store:
         self._fs: Any = None
         self._pool: Any = None
         self._fs_lock = threading.Lock()
-        self.requests = 0
-        self.retries = 0
+        #: ``GET``/``LIST`` requests sent, ``bytes_fetched``, ``retries``, ``errors`` (failed for
+        #: good), ``not_found``; and how long successful GETs took.
+        self.counters = Counters("GET", "LIST", "bytes_fetched", "retries", "errors", "not_found")
+        self.get_latency = LatencyWindow()
 
     # -- the two operations -------------------------------------------------------------------
 
@@ -145,7 +149,8 @@ class Store:
         through s3fs/aiobotocore, which matters when a series is 200 requests."""
         import urllib3
 
-        self.requests += 1
+        self.counters.add("GET")
+        started = time.monotonic()
         response = self._http().request(
             "GET",
             url,
@@ -156,6 +161,8 @@ class Store:
             preload_content=True,
         )
         if response.status in (200, 206):
+            self.get_latency.observe(time.monotonic() - started)
+            self.counters.add("bytes_fetched", len(response.data))
             return response.data
         raise HttpStatusError(response.status, f"HTTP {response.status}: {response.data[:200]!r}")
 
@@ -213,7 +220,7 @@ class Store:
         from fsspec.asyn import sync
 
         fs = self._filesystem()
-        self.requests += 1
+        self.counters.add("LIST")
         return sync(fs.loop, coroutine_function, *args, timeout=timeout, **kwargs)
 
     def _list_s3(self, bucket: str, prefix: str, timeout: float) -> list[ObjectInfo]:
@@ -266,14 +273,17 @@ class Store:
                 return attempt(max(0.1, min(policy.attempt_timeout, deadline - time.monotonic())))
             except Exception as error:  # noqa: BLE001 - classified just below
                 if _is_not_found(error):
+                    self.counters.add("not_found")
                     raise NotFoundError(f"{what}: not found") from error
                 retryable = _is_retryable(error)
                 sleep = random.uniform(0, backoff)
                 if not retryable or time.monotonic() + sleep >= deadline:
-                    reason = "not retryable" if not retryable else f"gave up after {tries} attempts"
-                    log.error("%s failed (%s): %s", what, reason, _describe(error))
+                    # The one line a failed request gets: the object, the error, the retries.
+                    self.counters.add("errors")
+                    reason = "not retryable" if not retryable else f"deadline {policy.deadline:g}s reached"
+                    log.error("%s failed after %d retries (%s): %s", what, tries - 1, reason, _describe(error))
                     raise StoreError(f"{what} failed: {_describe(error)}") from error
-                self.retries += 1
+                self.counters.add("retries")
                 log.debug("%s: attempt %d failed (%s); retrying in %.2fs", what, tries, _describe(error), sleep)
                 time.sleep(sleep)
                 backoff = min(backoff * 2, policy.max_backoff)
