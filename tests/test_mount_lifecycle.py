@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -101,7 +103,16 @@ def test_server_errors_give_eio_after_retries_then_recover(mount_factory, s3_pro
         s3_proxy.fault = None
     # A failure is not cached: the same file reads correctly once the server recovers.
     assert (folder / names[0]).read_bytes() == source_file(series, names[0]).read_bytes()
-    assert "failed" in mount.log() and "Traceback" not in mount.log()
+    assert "Traceback" not in mount.log()
+    # One log line per failed request, naming the object, the error and the retries; the
+    # statistics count the same failures and the retries before them.
+    stats = json.loads((mount.path / ".idcfs" / "stats").read_bytes())
+    errors = [line for line in mount.log().splitlines() if " ERROR " in line]
+    assert len(errors) == stats["errors"] >= 1
+    for line in errors:
+        assert f"s3://{series.aws_bucket}/{series.crdc_series_uuid}/" in line and "HTTP 503" in line
+        assert re.search(r"failed after [1-9]\d* retries", line), line
+    assert stats["retries"] >= stats["errors"]
 
 
 def test_listing_errors_give_eio_and_are_not_cached(mount_factory, s3_proxy, generated):

@@ -149,7 +149,7 @@ class IdcFs(mfusepy.Operations):
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._handles: dict[int, _Handle | bytes] = {}
+        self._handles: dict[int, _Handle | Any] = {}
         self._direct_io: set[int] = set()
         self._handles_lock = threading.Lock()
         # Recent listings, ready to hand to the kernel again: libfuse 3.14's high-level API does
@@ -390,7 +390,8 @@ class IdcFs(mfusepy.Operations):
 
     # -- the control folder ---------------------------------------------------------------------
 
-    def _control_file(self, name: str) -> bytes:
+    def _control_file(self, name: str) -> Any:
+        """The contents: bytes, or a memory-mapped buffer (the manifest of a large mount)."""
         if name == "stats":
             return (json.dumps(self.collect_stats(), indent=1) + "\n").encode()
         return self._control_files[name]
@@ -470,7 +471,7 @@ class IdcFs(mfusepy.Operations):
     def _object_ref(self, row: int, info: ObjectInfo) -> ObjectRef:
         return ObjectRef(self._series_bucket(row), f"{self._series_uuid(row)}/{info.name}", info.size)
 
-    def _new_handle(self, target: _Handle | bytes) -> int:
+    def _new_handle(self, target: _Handle | Any) -> int:
         with self._handles_lock:
             handle = self._next_handle
             self._next_handle += 1
@@ -482,8 +483,8 @@ class IdcFs(mfusepy.Operations):
         target = self._handles.get(fh)
         if target is None:
             raise mfusepy.FuseOSError(errno.EBADF)
-        if isinstance(target, bytes):  # a file of the control folder
-            return target[offset : offset + size]
+        if not isinstance(target, _Handle):  # a file of the control folder (bytes, or mapped)
+            return bytes(target[offset : offset + size])
         if not target.series_queued:  # the first read of an instance: queue the rest of its series
             target.series_queued = True
             self._prefetch_series(target)

@@ -46,7 +46,7 @@ def helper_argv(argv: list[str]) -> list[str]:
     args = _parser().parse_args(argv)
     if args.namespace is not None:
         raise ConfigError("mount.idcfs: -N (mount namespaces) is not supported")
-    device = args.device.strip().lower()
+    device = args.device.strip().lower().rsplit("#", 1)[-1]  # "idcfs#none": the legacy fuse form
     if device not in DEVICES:
         raise ConfigError(f"mount.idcfs: device {args.device!r} should be aws, gcs or none")
     command = ["mount", args.mountpoint]
