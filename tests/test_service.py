@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -214,3 +215,43 @@ def test_prefetch_statistics_count_useful_bytes(tmp_path, s3_proxy, generated):
         assert stats["prefetch"]["useful_bytes"] >= rest and stats["prefetch"]["wasted_bytes"] == 0
     finally:
         run_idcfs("umount", str(mount.path))
+
+
+def _unit_setting(name: str) -> str:
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "idcfs@.service").read_text(encoding="utf-8")
+    return next(line.split("=", 1)[1].strip() for line in unit.splitlines() if line.startswith(name + "="))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_the_units_hardening_still_allows_fuse(tmp_path, s3_proxy, generated):
+    """The unit's NoNewPrivileges= and CapabilityBoundingSet=, applied with setpriv (short of
+    running systemd here): the daemon mounts, reads, and ExecStop's ``idcfs umount`` works."""
+    assert _unit_setting("NoNewPrivileges") == "yes"
+    capabilities = _unit_setting("CapabilityBoundingSet").split()
+    keep = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in capabilities)
+    sandbox = ["setpriv", "--no-new-privs", "--bounding-set", f"-all,{keep}", "--inh-caps", "-all"]
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(120)
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "CACHE_DIRECTORY": str(tmp_path / "cache")}
+        command = [IDCFS, "mount", "--foreground", str(mountpoint), "--endpoint-url", s3_proxy.url, "--allow-other"]
+        daemon = subprocess.Popen(
+            [*sandbox, *command],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert "READY=1" in notify.recv(4096).decode()
+            status = Path(f"/proc/{daemon.pid}/status").read_text()
+            assert re.search(r"^NoNewPrivs:\s+1$", status, re.M) and re.search(r"^CapEff:\s+0+200000$", status, re.M)
+            series = generated[0]
+            name = series.files[0].name
+            assert (mountpoint / series.path / name).read_bytes() == source_file(series, name).read_bytes()
+            stop = subprocess.run([*sandbox, IDCFS, "umount", str(mountpoint)], capture_output=True, text=True)
+            assert stop.returncode == 0, stop.stderr
+            assert daemon.wait(60) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+    assert str(mountpoint) not in mounted_fuse_points()

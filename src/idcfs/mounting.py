@@ -117,7 +117,7 @@ def start_daemon(argv: list[str], log_file: Path, timeout: float) -> None:
     if line == "READY":
         return
     if line.startswith("ERROR "):
-        raise MountError(line[len("ERROR ") :])
+        raise MountError(_decoded(line[len("ERROR ") :]))
     if process.poll() is None:
         process.kill()
         raise MountError(f"the idcfs daemon did not become ready within {timeout:.0f}s (see {log_file})")
@@ -125,6 +125,15 @@ def start_daemon(argv: list[str], log_file: Path, timeout: float) -> None:
         f"the idcfs daemon exited with status {process.returncode} before the mount was ready "
         f"(see {log_file}): {_last_line(log_file)}"
     )
+
+
+def _decoded(message: str) -> str:
+    """The daemon's error message (JSON-encoded on the pipe, see :func:`report_ready`)."""
+    try:
+        decoded = json.loads(message)
+    except ValueError:
+        return message
+    return decoded if isinstance(decoded, str) else message
 
 
 def _read_line(fd: int, process: subprocess.Popen[bytes], timeout: float) -> str:

@@ -208,6 +208,8 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - no log line per scrape
                 pass
 
+        if not 0 < port < 65536:
+            raise OSError(f"--metrics-port {port} is not a TCP port (1-65535)")
         try:
             self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         except OSError as error:
