@@ -249,3 +249,32 @@ def test_stats_table_and_prometheus_text():
     for line in text.splitlines():  # every sample line is "name{labels} number"
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+def test_journal_lines_carry_priorities_when_stderr_is_the_journal(monkeypatch, capfd):
+    """Under systemd, stderr is journald's stream (JOURNAL_STREAM names it): each line then
+    starts with its syslog priority, and journald adds the time and pid itself."""
+    import logging
+
+    from idcfs.logs import setup_logging, stderr_is_journal
+
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    assert stderr_is_journal()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info")
+        logging.getLogger("idcfs.store").error("GET s3://b/k failed after 3 retries")
+        logging.getLogger("idcfs.fs").warning("careful")
+        logging.getLogger("idcfs.fs").debug("not shown")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == ["<3>ERROR idcfs.store: GET s3://b/k failed after 3 retries", "<4>WARNING idcfs.fs: careful"]
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    assert not stderr_is_journal()
