@@ -98,6 +98,8 @@ def test_fstab_line_mounts_reads_counts_and_unmounts(tmp_path, s3_proxy, generat
         )
         served_whole = after["cache"]["kernel"]["files_without_reads"] + 1
         assert wait_until(lambda: _stats(mountpoint)["cache"]["kernel"]["files_without_reads"] == served_whole)
+        log_text = (tmp_path / "idcfs.log").read_text()
+        assert name not in log_text and len(log_text.splitlines()) < 10  # no line per read or request
         table = run_idcfs("stats", str(mountpoint))
         assert table.returncode == 0 and "GET" in table.stdout and "p50" in table.stdout, table.stderr
     finally:
