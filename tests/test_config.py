@@ -100,6 +100,16 @@ def test_file_values_are_typed_and_checked(tmp_path):
             read_config_file(_write(tmp_path / "bad.toml", text))
 
 
+def test_paths_in_a_config_file_are_relative_to_it_and_tilde_expands(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "etc").mkdir()
+    config = _write(tmp_path / "etc" / "idc.toml", 'manifest = "ids.txt"\n')
+    values, _ = resolve({"config": str(config)}, ["log_file=~/idcfs.log"], {"IDCFS_CACHE_DIR": "~/cache"})
+    assert values["manifest"] == str(tmp_path / "etc" / "ids.txt")
+    assert values["log_file"] == str(tmp_path / "home" / "idcfs.log")
+    assert values["cache_dir"] == str(tmp_path / "home" / "cache")
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         resolve({"config": str(tmp_path / "nope.toml")}, [], {})

@@ -222,10 +222,7 @@ def _mount(args: argparse.Namespace) -> int:
 
     _resolve_options(args)
     args.mountpoint = args.mountpoint.absolute()
-    args.cache_dir = Path(args.cache_dir).absolute() if args.cache_dir else default_cache_dir()
-    for name in ("log_file", "index_file", "manifest"):
-        if getattr(args, name):
-            setattr(args, name, str(Path(getattr(args, name)).absolute()))
+    args.cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()  # paths: absolute already
     if args.ready_fd is None:  # the command a user typed: check before anything slow
         check_mountpoint(args.mountpoint)
         check_fuse_available()

@@ -178,6 +178,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(value, dict):
             raise ConfigError(f"{origin}: {raw_key}: expected a value, not a table")
         values[key] = convert(option, value, origin)
+        if option.is_path:  # /etc/idcfs/x.toml saying manifest = "ids.txt" means /etc/idcfs/ids.txt
+            values[key] = str(Path(path).parent / Path(values[key]).expanduser())
     return values
 
 
@@ -206,10 +208,11 @@ def resolve(
     given = {**dash_o.values, **command_line}
     environment = from_environment(environ)
     config_path = given.get("config") or environment.get("config")
-    from_file = read_config_file(config_path) if config_path else {}
+    from_file = read_config_file(Path(config_path).expanduser()) if config_path else {}
     values = {**defaults(), **from_file, **environment, **given}
-    if config_path:
-        values["config"] = str(Path(config_path).absolute())
+    for option in MOUNT_OPTIONS:  # -o and environment values get no shell's ~ expansion
+        if option.is_path and values[option.name]:
+            values[option.name] = str(Path(values[option.name]).expanduser().absolute())
     return values, dash_o
 
 

@@ -78,6 +78,7 @@ class Option:
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     in_file: bool = True  # may be set in a config file (not so ``config`` itself)
+    is_path: bool = False  # a file or folder: ``~`` expands; relative in a config file = beside it
 
     @property
     def flag(self) -> str:
@@ -108,6 +109,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "Precedence: command line (flags and -o) > environment > this file > defaults.",
         metavar="FILE",
         in_file=False,
+        is_path=True,
     ),
     Option(
         "source",
@@ -138,6 +140,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         None,
         "Series index parquet to mount (default: the one bundled with idc-index-data, i.e. the current IDC release).",
         metavar="PARQUET",
+        is_path=True,
     ),
     Option(
         "collection",
@@ -183,6 +186,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "'cp s3://bucket/<uuid>/* .' lines, crdc_series_uuids or SeriesInstanceUIDs one a line, or JSON "
         "with crdc_series_uuids.",
         metavar="FILE",
+        is_path=True,
     ),
     Option(
         "allow_missing",
@@ -206,6 +210,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         None,
         "Where the daemon logs (default: CACHE_DIR/idcfs.log; stderr with --foreground). SIGHUP reopens it.",
         metavar="PATH",
+        is_path=True,
     ),
     Option(
         "cache_dir",
@@ -214,6 +219,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "Folder for the cache and the daemon's log (default: $XDG_CACHE_HOME/idcfs, or under systemd "
         "the unit's CacheDirectory=; created with mode 0700).",
         metavar="DIR",
+        is_path=True,
     ),
     Option(
         "cache_size",
