@@ -15,7 +15,7 @@ import pytest
 from idcfs.config import ConfigError, parse_mount_options, read_config_file, resolve
 from idcfs.helper import helper_argv
 from idcfs.notify import sd_notify
-from idcfs.stats import LatencyWindow, format_table, prometheus_text
+from idcfs.stats import LatencyWindow, format_rates, format_table, prometheus_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -251,6 +251,11 @@ def test_latency_percentiles():
 def test_stats_table_and_prometheus_text():
     table = format_table(_stats())
     assert "GET 10" in table and "p50 51.0 ms" in table and "90.0% hits" in table and "up 1h02m" in table
+    later = _stats()
+    later["uptime_seconds"] += 2
+    later["requests"]["GET"] += 10
+    later["bytes_fetched"] += 4 << 20
+    assert "GET 5.0/s" in format_rates(_stats(), later) and "fetched 2.0 MiB/s" in format_rates(_stats(), later)
     text = prometheus_text(_stats())
     assert 'idcfs_requests_total{kind="GET"} 10' in text
     assert 'idcfs_cache_hits_total{tier="disk"} 9' in text

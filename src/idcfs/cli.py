@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("mountpoint", type=Path)
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
+    stats.add_argument(
+        "--watch",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="print again every SECONDS, with rates since the last print (Ctrl-C to stop)",
+    )
 
     versions = commands.add_parser(
         "versions",
@@ -193,9 +200,16 @@ def _stats(args: argparse.Namespace) -> int:
         import json
 
         print(json.dumps(stats, indent=1))
-    else:
-        print(format_table(stats))
-    return 0
+        return 0
+    print(format_table(stats))
+    if args.watch is None:
+        return 0
+    from idcfs.stats import format_rates
+
+    while True:
+        time.sleep(max(0.1, args.watch))
+        previous, stats = stats, read_stats(args.mountpoint)
+        print("\n" + format_table(stats) + "\n" + format_rates(previous, stats), flush=True)
 
 
 def _umount(args: argparse.Namespace) -> int:

@@ -120,6 +120,21 @@ def format_table(stats: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def format_rates(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What happened between two snapshots, per second (``idcfs stats --watch``)."""
+    seconds = max(1e-3, after["uptime_seconds"] - before["uptime_seconds"])
+
+    def rate(get: Callable[[dict[str, Any]], int]) -> float:
+        return (get(after) - get(before)) / seconds
+
+    return (
+        f"{'rates':<12}  GET {rate(lambda s: s['requests']['GET']):.1f}/s   "
+        f"fetched {_bytes(rate(lambda s: s['bytes_fetched']))}/s   "
+        f"read by apps {_bytes(rate(lambda s: s['cache']['kernel']['bytes']))}/s   "
+        f"errors {rate(lambda s: s['errors']):.1f}/s"
+    )
+
+
 def read_stats(mountpoint: Path) -> dict[str, Any]:
     """The statistics of the idcfs mount at ``mountpoint``."""
     from idcfs.mounting import MountError
