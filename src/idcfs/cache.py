@@ -272,10 +272,12 @@ class BlockCache:
         with self._lock:
             return sum(self._unread.values())
 
-    def _remember(self, key: str, data: bytes) -> None:
+    def _remember(self, key: str, data: bytes, ahead_of_demand: bool = False) -> None:
         if len(data) <= self._max_bytes:
             with self._lock:
                 self._lru[key] = data
+                if ahead_of_demand:
+                    self._unread[key] = len(data)
 
     def contains(self, key: str) -> bool:
         """Held in memory (cheap check; the disk is consulted only by a fetch)."""
@@ -327,10 +329,7 @@ class BlockCache:
     def settle(self, key: str, data: bytes) -> None:
         """Hand a claimed block fetched from the network (ahead of demand) to memory, disk and
         any waiters."""
-        if len(data) <= self._max_bytes:
-            with self._lock:
-                self._lru[key] = data
-                self._unread[key] = len(data)
+        self._remember(key, data, ahead_of_demand=True)
         if self.disk is not None:
             self.disk.put(key, data, wait=True)
         self._flight.resolve(key, data)

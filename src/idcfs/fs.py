@@ -29,7 +29,7 @@ from idcfs.cache import ListingCache
 from idcfs.layout import escape_name
 from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
-from idcfs.stats import Counters, LatencyWindow
+from idcfs.stats import Counters
 from idcfs.store import NotFoundError, ObjectInfo, StoreError, object_url
 from idcfs.tree import Node
 
@@ -406,7 +406,6 @@ class IdcFs(mfusepy.Operations):
         disk = cache.disk
         with self._handles_lock:
             open_files = sum(isinstance(h, _Handle) for h in self._handles.values())
-        latency: LatencyWindow = store.get_latency
         return {
             "mountpoint": self.mount_info.get("mountpoint"),
             "idc_version": self.catalog.idc_version,
@@ -418,7 +417,7 @@ class IdcFs(mfusepy.Operations):
             "errors": fetched["errors"],
             "not_found": fetched["not_found"],
             "internal_errors": served["internal_errors"],
-            "get_latency": latency.snapshot(),
+            "get_latency": store.get_latency.snapshot(),
             "cache": {
                 "memory": {
                     "hits": cached["memory_hits"],
