@@ -22,6 +22,8 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 #: Libraries whose own messages are noise unless debugging.
 _NOISY = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "urllib3", "asyncio", "google")
+#: Whether fd 2 is the log file (the detached daemon's): then a reopen moves fd 2 along.
+_redirected_stderr = False
 
 
 class JournalFormatter(logging.Formatter):
@@ -43,8 +45,6 @@ class ReopenableFileHandler(logging.FileHandler):
             if _redirected_stderr:
                 os.dup2(self.stream.fileno(), 2)
 
-
-_redirected_stderr = False
 
 
 def stderr_is_journal() -> bool:
