@@ -46,7 +46,6 @@ class ReopenableFileHandler(logging.FileHandler):
                 os.dup2(self.stream.fileno(), 2)
 
 
-
 def stderr_is_journal() -> bool:
     """Whether stderr is connected to journald (systemd sets ``JOURNAL_STREAM=dev:inode``)."""
     stream = os.environ.get("JOURNAL_STREAM", "")
