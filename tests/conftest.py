@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from idcfs.mounting import daemon_pid, mounted_fuse_points
+from idcfs.testbed.bulk import PAGED_SERIES, TinySeries, tiny_series
 from idcfs.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
 from idcfs.testbed.proxy import CountingProxy
 from idcfs.testbed.servers import gcs_server, s3_server
@@ -49,8 +50,15 @@ class LargeObject:
 
 
 @pytest.fixture(scope="session")
-def generated(large_object) -> list[GeneratedSeries]:
+def generated(large_object, many_objects) -> list[GeneratedSeries]:
     return generate(TESTDATA / "data", max_instances=6, image_size=256)
+
+
+@pytest.fixture(scope="session")
+def many_objects() -> TinySeries:
+    """A real 1,503-instance series as 1,500 tiny objects and five awkward names: two listing
+    pages on S3 and GCS (written before the servers start: they load their folders then)."""
+    return tiny_series(TESTDATA / "data", PAGED_SERIES, 1500, awkward=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,17 +17,18 @@ from idcfs.store import StoreError
 
 
 class BytesStore:
-    def __init__(self, objects: dict[str, bytes], short: bool = False, delay: float = 0.0) -> None:
+    def __init__(self, objects: dict[str, bytes], short: bool = False) -> None:
         self.objects = objects
         self.short = short
-        self.delay = delay
+        self.gate: threading.Event | None = None  # set: GETs wait for it
         self.gets: list[tuple[str, int, int]] = []
         self.lock = threading.Lock()
 
     def get_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
         with self.lock:
             self.gets.append((key, start, end))
-        time.sleep(self.delay)
+        if self.gate is not None:
+            self.gate.wait(10)
         data = self.objects[key][start:end]
         return data[:-1] if self.short else data
 
@@ -78,12 +79,25 @@ def test_memory_cache_stays_under_its_cap():
     assert reader.cache.bytes_used <= 5000
 
 
+def _wait_for(condition, timeout=10.0):
+    """Wait for a state another thread reaches (the timeout only bounds a broken run)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "state not reached"
+        time.sleep(0.001)
+
+
 def test_concurrent_readers_of_one_block_share_one_get():
-    store, reader = make(delay=0.2)
+    gate = threading.Event()
+    store, reader = make()
+    store.gate = gate
     ref = ObjectRef("b", "k", len(DATA))
+    flight = reader.cache._flight
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: reader.read(ref, 10, 100), range(8)))
-    assert all(r == DATA[10:110] for r in results)
+        futures = [pool.submit(reader.read, ref, 10, 100) for _ in range(8)]
+        _wait_for(lambda: flight.joined == 7)  # seven joined the one fetch under way
+        gate.set()
+        assert all(f.result() == DATA[10:110] for f in futures)
     assert len(store.gets) == 1
 
 
@@ -94,7 +108,7 @@ def test_single_flight_shares_errors():
 
     def failing():
         calls.append(1)
-        gate.wait(1)
+        gate.wait(10)
         raise StoreError("boom")
 
     def run():
@@ -105,7 +119,85 @@ def test_single_flight_shares_errors():
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(run) for _ in range(4)]
-        time.sleep(0.1)
+        _wait_for(lambda: flight.joined == 3)
         gate.set()
         assert [f.result() for f in futures] == ["error"] * 4
     assert len(calls) == 1
+    assert not flight.pending("k")
+
+
+def test_a_waiter_gives_up_on_a_fetch_that_never_ends():
+    flight: SingleFlight[int] = SingleFlight(wait_timeout=0.2)
+    assert flight.claim("k")  # an owner that never settles (the bug this bound guards against)
+    with pytest.raises(StoreError, match="gave up waiting"):
+        flight.run("k", lambda: 1)
+
+
+def _blocks(reader, ref, indexes):
+    return [(reader.block_key(ref, i), reader._block_length(ref, i)) for i in indexes]
+
+
+def test_a_failed_stretch_releases_every_claim_and_later_readers_fetch_again():
+    """The hang of issue 9: a run with a gap (a block someone else fetches) whose first stretch
+    fails must leave no claimed block behind; a reader of a later block then fetches it."""
+    store, reader = make()
+    ref = ObjectRef("b", "k", len(DATA))
+    cache = reader.cache
+    blocks = _blocks(reader, ref, range(5))
+    assert cache._flight.claim(blocks[2][0])  # the gap: another fetch owns block 2
+    calls = []
+
+    def fetch(first, last):
+        calls.append((first, last))
+        raise StoreError("injected failure of the first stretch")
+
+    with pytest.raises(StoreError):
+        cache.fill(blocks, fetch)
+    assert calls == [(0, 1)]  # the second stretch (3, 4) was never attempted
+    assert [cache.in_flight(key) for key, _ in blocks] == [False, False, True, False, False]
+    cache._flight.reject(blocks[2][0], StoreError("the other owner failed too"))
+    assert reader.read(ref, 3 * 1000, 10) == DATA[3000:3010]  # fetched by the reader itself
+    assert not any(cache.in_flight(key) for key, _ in blocks)
+
+
+def test_a_waiter_on_an_abandoned_block_fetches_it_itself():
+    store, reader = make()
+    ref = ObjectRef("b", "k", len(DATA))
+    cache = reader.cache
+    blocks = _blocks(reader, ref, range(4))
+    entered, release = threading.Event(), threading.Event()
+
+    def fetch(first, last):
+        if first == 0:
+            entered.set()
+            release.wait(10)
+            raise StoreError("first stretch fails")
+        raise AssertionError("not reached")
+
+    assert cache._flight.claim(blocks[1][0])  # a gap, so blocks 2-3 are a second stretch
+    with ThreadPoolExecutor(2) as pool:
+        filling = pool.submit(cache.fill, blocks, fetch)
+        entered.wait(10)
+        reading = pool.submit(reader.read, ref, 2 * 1000, 10)  # joins block 2's claim
+        _wait_for(lambda: cache._flight.joined == 1)
+        release.set()
+        with pytest.raises(StoreError):
+            filling.result()
+        assert reading.result() == DATA[2000:2010]
+    cache._flight.reject(blocks[1][0], StoreError("gap owner"))
+    assert ("k", 2000, 3000) in store.gets
+
+
+def test_fill_takes_blocks_from_one_get_per_stretch():
+    store, reader = make()
+    ref = ObjectRef("b", "k", len(DATA))
+    blocks = _blocks(reader, ref, range(3, 7))
+
+    def fetch(first, last):
+        start = 3000 + first * 1000
+        return store.get_range("b", "k", start, 3000 + (last + 1) * 1000)
+
+    reader.cache.fill(blocks, fetch)
+    assert store.gets == [("k", 3000, 7000)]
+    assert reader.read(ref, 3500, 3000) == DATA[3500:6500]
+    assert len(store.gets) == 1

@@ -6,41 +6,58 @@ revalidated: an entry is good until evicted, and the disk tier survives remounts
 a byte-capped memory LRU in front of a size-capped diskcache (LRU eviction); listings are small
 and kept on disk forever. Every disk block carries a CRC32 and its length is checked on the way
 in and out, so a torn write (a crash, a full disk) reads as a miss, never as wrong bytes. A disk
-tier that fails (full, read-only, removed) is switched off with one warning: reads go on over the
-network.
+tier that fails (full, read-only, removed) pauses its writes with one warning and tries again
+later: reads go on meanwhile, and a disk with room again is used again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
 from idcfs.stats import Counters
-from idcfs.store import StoreError
+from idcfs.store import ObjectInfo, StoreError
 
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
 _CRC = struct.Struct("<I")
+#: A background fetch waits this long at most for room in the disk write queue, then drops.
+PUT_WAIT_TIMEOUT = 10.0
+
+
+class Abandoned(StoreError):
+    """A block claimed for a run was never fetched (an earlier stretch of the run failed): a
+    waiter fetches it itself rather than inherit an error from bytes it never asked for."""
 
 
 class SingleFlight(Generic[V]):
-    """Concurrent calls for one key share one call of ``fetch``; its error reaches every waiter."""
+    """Concurrent calls for one key share one call of ``fetch``; its error reaches every waiter.
 
-    def __init__(self) -> None:
+    A waiter never waits without a bound: after ``wait_timeout`` seconds (longer than any one
+    fetch may take, retries included) it gives up with a :class:`StoreError`.
+    """
+
+    def __init__(self, wait_timeout: float = 90.0) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Hashable, Future[V]] = {}
+        self.wait_timeout = wait_timeout
+        #: Calls that joined a fetch already under way (read by the statistics and the tests).
+        self.joined = 0
 
     def pending(self, key: Hashable) -> bool:
         with self._lock:
@@ -48,7 +65,8 @@ class SingleFlight(Generic[V]):
 
     def claim(self, key: Hashable) -> bool:
         """Take the lead for ``key`` outside :meth:`run` (for a fetch that serves several keys);
-        False when someone already leads it. The claimer must :meth:`resolve` or :meth:`reject`."""
+        False when someone already leads it. The claimer must :meth:`resolve` or :meth:`reject`
+        (the one caller, :meth:`BlockCache.fill`, does so in a ``finally``)."""
         with self._lock:
             if key in self._pending:
                 return False
@@ -66,15 +84,26 @@ class SingleFlight(Generic[V]):
         future.set_exception(error)
 
     def run(self, key: Hashable, fetch: Callable[[], V]) -> V:
-        with self._lock:
-            future = self._pending.get(key)
-            leader = future is None
+        for _ in range(3):  # joined, found abandoned, then led: at most a couple of turns
+            with self._lock:
+                future = self._pending.get(key)
+                leader = future is None
+                if leader:
+                    future = Future()
+                    self._pending[key] = future
+            assert future is not None
             if leader:
-                future = Future()
-                self._pending[key] = future
-        assert future is not None
-        if not leader:
-            return future.result()
+                return self._lead(key, future, fetch)
+            self.joined += 1
+            try:
+                return future.result(timeout=self.wait_timeout)
+            except FutureTimeout:
+                raise StoreError(f"{key}: gave up waiting {self.wait_timeout:g}s for another thread's fetch") from None
+            except Abandoned:
+                continue  # nobody fetched it: take the lead
+        raise StoreError(f"{key}: fetch abandoned repeatedly")
+
+    def _lead(self, key: Hashable, future: Future[V], fetch: Callable[[], V]) -> V:
         try:
             value = fetch()
         except BaseException as error:
@@ -110,7 +139,9 @@ class DiskTier:
     bytes: background fetches wait for room, a demand read's block is dropped instead.
     """
 
-    def __init__(self, directory: Path, size_limit: int, queue_bytes: int = 128 << 20) -> None:
+    def __init__(
+        self, directory: Path, size_limit: int, queue_bytes: int = 128 << 20, retry_interval: float = 30.0
+    ) -> None:
         import diskcache
 
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -124,7 +155,12 @@ class DiskTier:
             cull_limit=64,
             statistics=False,
         )
-        self._disabled = False
+        #: After a failed write (a full disk, a removed folder) writes pause until this
+        #: ``time.monotonic()`` value, then are tried again: a full disk is not remembered
+        #: past the moment space is back. Reads go on meanwhile.
+        self._paused_until = 0.0
+        self._retry_interval = retry_interval
+        self.write_failures = 0
         # SQLite lets one writer in at a time, and a hit under LRU is a write (its access time).
         # Threads that find the lock taken would back off in SQLite's busy handler for up to
         # 100 ms; queueing them on a Python lock instead costs microseconds.
@@ -138,8 +174,6 @@ class DiskTier:
 
     def get(self, key: str, length: int) -> bytes | None:
         """The block, if stored (or queued) whole and intact."""
-        if self._disabled:
-            return None
         with self._condition:
             queued = self._pending.get(key)
         if queued is not None:
@@ -166,14 +200,16 @@ class DiskTier:
     def put(self, key: str, data: bytes, wait: bool = True) -> None:
         """Queue ``data`` for writing; with ``wait=False`` drop it rather than wait for room."""
         with self._condition:
-            if self._disabled or key in self._pending:
+            if self.paused or key in self._pending:
                 return
+            give_up = time.monotonic() + PUT_WAIT_TIMEOUT
             while self._pending_bytes + len(data) > self._queue_bytes and self._pending:
-                if not wait:
+                left = give_up - time.monotonic()
+                if not wait or left <= 0:
                     self.dropped += 1
                     return
-                self._condition.wait()
-                if self._disabled:
+                self._condition.wait(left)
+                if self.paused:
                     return
             self._pending[key] = data
             self._pending_bytes += len(data)
@@ -186,7 +222,7 @@ class DiskTier:
         while True:
             with self._condition:
                 while not self._pending:
-                    self._condition.wait()
+                    self._condition.wait(1.0)
                 batch = list(self._pending.items())[:8]
             try:
                 with self._db_lock, self._cache.transact():
@@ -196,20 +232,35 @@ class DiskTier:
                         record = io.BytesIO(data + _CRC.pack(zlib.crc32(data)))
                         self._cache.set(key, record, read=True)
             except Exception as error:  # noqa: BLE001 - degrade, never fail a read
+                failed = True
                 with self._condition:
-                    if not self._disabled:
-                        self._disabled = True
+                    self.write_failures += 1
+                    if not self.paused:
                         log.warning(
-                            "disk cache %s cannot be written (%s); reading from the network only", self.directory, error
+                            "disk cache %s cannot be written (%s); not caching on disk for %gs, then trying again",
+                            self.directory,
+                            error,
+                            self._retry_interval,
                         )
+                    self._paused_until = time.monotonic() + self._retry_interval
+            else:
+                failed = False
+                if self._paused_until:
+                    self._paused_until = 0.0
+                    log.warning("disk cache %s is writable again", self.directory)
             with self._condition:
                 for key, data in batch:
                     if self._pending.pop(key, None) is not None:
                         self._pending_bytes -= len(data)
-                if self._disabled:
+                if failed:
                     self._pending.clear()
                     self._pending_bytes = 0
                 self._condition.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        """Writes are off for now, after a failure."""
+        return time.monotonic() < self._paused_until
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued block is written (or the tier gave up); False on timeout."""
@@ -236,14 +287,14 @@ class DiskTier:
 class BlockCache:
     """Memory LRU in front of an optional :class:`DiskTier`, with single-flight fetches."""
 
-    def __init__(self, max_bytes: int, disk: DiskTier | None = None) -> None:
+    def __init__(self, max_bytes: int, disk: DiskTier | None = None, wait_timeout: float = 90.0) -> None:
         self._lru = _EvictionAwareLRU(max(1, max_bytes), self._evicted)
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._flight: SingleFlight[bytes] = SingleFlight()
+        self._flight: SingleFlight[bytes] = SingleFlight(wait_timeout)
         self.disk = disk
-        #: Blocks fetched ahead of demand (settled) and not read yet: key -> bytes. Bounded by
-        #: the memory tier, since eviction removes them.
+        #: Blocks fetched ahead of demand (settled) and not read yet: key -> its length. Bounded
+        #: by the memory tier, since eviction removes them.
         self._unread: dict[str, int] = {}
         #: Demand lookups per tier (``memory_hits``...), and prefetched bytes later read
         #: (``prefetch_useful_bytes``) or evicted unread (``prefetch_wasted_bytes``).
@@ -321,26 +372,70 @@ class BlockCache:
             self._mark_read(key)
         return block
 
-    def claim(self, keys: list[str]) -> list[str]:
-        """The keys, of ``keys``, that are neither in memory nor being fetched, now claimed by the
-        caller, who must :meth:`settle` or :meth:`abandon` each (one GET serving several blocks)."""
-        return [key for key in keys if not self.contains(key) and self._flight.claim(key)]
+    def fill(self, blocks: list[tuple[str, int]], fetch: Callable[[int, int], bytes], background: bool = True) -> None:
+        """Fetch ahead of demand the blocks of ``blocks`` (key, length) that are neither in memory
+        nor on the wire: from disk where it has them, the rest with one ``fetch(first, last)``
+        per contiguous stretch (positions in ``blocks``; it returns the stretch's bytes).
 
-    def settle(self, key: str, data: bytes) -> None:
-        """Hand a claimed block fetched from the network (ahead of demand) to memory, disk and
-        any waiters."""
-        self._remember(key, data, ahead_of_demand=True)
-        if self.disk is not None:
-            self.disk.put(key, data, wait=True)
-        self._flight.resolve(key, data)
+        Claim, fetch and settle happen here and only here: every block claimed is settled or
+        released on every path (``finally``), so no reader can wait on a block nobody fetches.
+        A failed stretch passes its error to its waiters; blocks after it that were never
+        attempted are released as :class:`Abandoned`, and a waiter then fetches them itself.
+        """
+        claimed = [i for i, (key, _) in enumerate(blocks) if not self.contains(key) and self._flight.claim(key)]
+        unsettled = set(claimed)
+        attempted: list[int] = []
+        failure: BaseException | None = None
+        try:
+            stretch: list[int] = []
+            for i in claimed:
+                key, length = blocks[i]
+                block = self._from_disk(key, length)
+                if block is not None:
+                    unsettled.discard(i)
+                    self._flight.resolve(key, block)
+                    continue
+                if stretch and stretch[-1] != i - 1:
+                    attempted = stretch
+                    self._fetch_stretch(blocks, stretch, fetch, unsettled, background)
+                    stretch = []
+                stretch.append(i)
+            if stretch:
+                attempted = stretch
+                self._fetch_stretch(blocks, stretch, fetch, unsettled, background)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            for i in unsettled:
+                key = blocks[i][0]
+                if failure is not None and i in attempted:
+                    self._flight.reject(key, failure)
+                else:
+                    self._flight.reject(key, Abandoned(f"block {key} was not fetched"))
 
-    def settle_from_disk(self, key: str, length: int) -> bool:
-        """Settle a claimed block from the disk tier, if it holds it."""
-        block = self._from_disk(key, length)
-        if block is None:
-            return False
-        self._flight.resolve(key, block)
-        return True
+    def _fetch_stretch(
+        self,
+        blocks: list[tuple[str, int]],
+        stretch: list[int],
+        fetch: Callable[[int, int], bytes],
+        unsettled: set[int],
+        background: bool,
+    ) -> None:
+        data = fetch(stretch[0], stretch[-1])
+        expected = sum(blocks[i][1] for i in stretch)
+        if len(data) != expected:  # a cache must never hold a short block
+            raise StoreError(f"run of {len(stretch)} blocks has {len(data)} bytes, expected {expected}")
+        offset = 0
+        for i in stretch:
+            key, length = blocks[i]
+            block = data[offset : offset + length]
+            offset += length
+            self._remember(key, block, ahead_of_demand=True)
+            unsettled.discard(i)
+            self._flight.resolve(key, block)
+            if self.disk is not None:
+                self.disk.put(key, block, wait=background)
 
     def _from_disk(self, key: str, length: int) -> bytes | None:
         """The block from the disk tier (then also kept in memory), or None."""
@@ -348,9 +443,6 @@ class BlockCache:
         if block is not None:
             self._remember(key, block)
         return block
-
-    def abandon(self, key: str, error: BaseException) -> None:
-        self._flight.reject(key, error)
 
     @property
     def bytes_used(self) -> int:
@@ -363,15 +455,30 @@ class BlockCache:
 
 
 class ListingCache(Generic[V]):
-    """Series listings by series UUID, fetched once, kept in memory and (optionally) on disk
-    forever: a listing is a few kB, and immutable."""
+    """Series listings by series UUID: fetched once, kept on disk forever (they are immutable)
+    and in a memory LRU capped at ``max_bytes`` (a ``find`` over millions of objects must not
+    grow the daemon).
 
-    def __init__(self, directory: Path | None = None, persist: Callable[[V], bool] = bool) -> None:
-        self._persist = persist  # e.g. not an empty listing: the series may just not be there yet
-        self._listings: dict[str, V] = {}
+    The disk holds the store's plain answer, ``[[name, size, etag], ...]`` as JSON, never a
+    pickled class of this program (renaming a class must not turn every cached listing into
+    garbage); the memory tier holds ``build(objects)``, whose size ``sizeof`` estimates.
+    An empty listing is never kept, in memory or on disk: the series may just not be there yet.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[list[ObjectInfo]], V],
+        sizeof: Callable[[V], int],
+        directory: Path | None = None,
+        max_bytes: int = 64 << 20,
+        wait_timeout: float = 90.0,
+    ) -> None:
+        self._build = build
+        self._memory: LRUCache[str, V] = LRUCache(maxsize=max(1, max_bytes), getsizeof=sizeof)
         self._lock = threading.Lock()
-        self._flight: SingleFlight[V] = SingleFlight()
+        self._flight: SingleFlight[V] = SingleFlight(wait_timeout)
         self._disk: Any = None
+        self._disk_paused_until = 0.0
         if directory is not None:
             try:
                 import diskcache
@@ -381,42 +488,57 @@ class ListingCache(Generic[V]):
             except Exception as error:  # noqa: BLE001
                 log.warning("listing cache %s unusable (%s); listings are kept in memory only", directory, error)
 
-    def get_or_fetch(self, series_uuid: str, fetch: Callable[[], V]) -> V:
-        with self._lock:
-            if series_uuid in self._listings:
-                return self._listings[series_uuid]
+    def get_or_fetch(self, series_uuid: str, fetch: Callable[[], list[ObjectInfo]]) -> V:
+        listing = self.peek(series_uuid)
+        if listing is not None:
+            return listing
 
         def load() -> V:
-            with self._lock:  # a fetch that finished since our miss
-                if series_uuid in self._listings:
-                    return self._listings[series_uuid]
-            listing = self._from_disk(series_uuid)
-            if listing is None:
-                listing = fetch()
-                self._to_disk(series_uuid, listing)
-            with self._lock:
-                self._listings[series_uuid] = listing
+            listing = self.peek(series_uuid)  # a fetch that finished since our miss
+            if listing is not None:
+                return listing
+            objects = self._from_disk(series_uuid)
+            if objects is None:
+                objects = fetch()
+                if objects:
+                    self._to_disk(series_uuid, objects)
+            listing = self._build(objects)
+            if objects:
+                with self._lock, contextlib.suppress(ValueError):  # larger than the cap: not kept
+                    self._memory[series_uuid] = listing
             return listing
 
         return self._flight.run(series_uuid, load)
 
-    def _from_disk(self, series_uuid: str) -> V | None:
+    def _from_disk(self, series_uuid: str) -> list[ObjectInfo] | None:
         if self._disk is None:
             return None
         try:
-            return self._disk.get(series_uuid)
+            stored = self._disk.get(series_uuid)
+            if not isinstance(stored, bytes):
+                return None  # absent, or an entry of an older format
+            return [ObjectInfo(name, int(size), etag) for name, size, etag in json.loads(stored)]
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
             return None
 
-    def _to_disk(self, series_uuid: str, listing: V) -> None:
-        if self._disk is None or not self._persist(listing):
+    def _to_disk(self, series_uuid: str, objects: list[ObjectInfo]) -> None:
+        if self._disk is None or time.monotonic() < self._disk_paused_until:
             return
         try:
-            self._disk.set(series_uuid, listing)
+            self._disk.set(series_uuid, json.dumps([[o.name, o.size, o.etag] for o in objects]).encode())
         except Exception as error:  # noqa: BLE001
-            log.warning("listing cache cannot be written (%s); keeping listings in memory only", error)
-            self._disk = None
+            log.warning("listing cache cannot be written (%s); trying again in a minute", error)
+            self._disk_paused_until = time.monotonic() + 60
 
     def peek(self, series_uuid: str) -> V | None:
         with self._lock:
-            return self._listings.get(series_uuid)
+            return self._memory.get(series_uuid)
+
+    @property
+    def bytes_used(self) -> int:
+        with self._lock:
+            return int(self._memory.currsize)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._memory.maxsize)

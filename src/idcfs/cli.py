@@ -295,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.chdir("/")  # a daemon must not keep the caller's directory busy
         prefer_libfuse3()
         operations = _build_filesystem(args, on_ready=lambda: _announce_ready(args, ready_fd))
+        args.offline_warning = _probe_store(operations.store)
         metrics = None
         if args.metrics_port is not None:
             from idcfs.stats import MetricsServer
@@ -352,16 +353,31 @@ def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
         args.source,
         f", endpoint {args.endpoint_url}" if args.endpoint_url else "",
     )
-    report_ready(ready_fd)
+    warning = getattr(args, "offline_warning", None)
+    report_ready(ready_fd, f"READY {warning}" if warning else "READY")
     sd_notify("READY=1", f"STATUS=mounted {args.mountpoint} (IDC from {args.source})", f"MAINPID={os.getpid()}")
+
+
+def _probe_store(store) -> str | None:
+    """A quick look whether the store answers: a mount without a network still comes up (the
+    cache may hold what the user needs), but says so, and starts in offline mode."""
+    reason = store.probe()
+    if reason is None:
+        return None
+    store.breaker.trip(reason)
+    where = store.endpoint_url or ("S3" if store.source == "aws" else "Google Cloud Storage")
+    return (
+        f"{where} cannot be reached ({reason}); mounted offline: cached series can be read, "
+        "anything else fails at once until the store answers again"
+    )
 
 
 def _build_filesystem(args: argparse.Namespace, on_ready):
     import pyarrow
 
-    from idcfs.cache import BlockCache, ListingCache
+    from idcfs.cache import BlockCache
     from idcfs.catalog import CatalogError, IndexFiles, Selection
-    from idcfs.fs import IdcFs
+    from idcfs.fs import IdcFs, listing_cache
     from idcfs.layout import TemplateError
     from idcfs.manifest import ManifestError, read_manifest
     from idcfs.reader import PrefetchPolicy, Reader
@@ -404,7 +420,7 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
         RetryPolicy(deadline=args.retry_deadline, attempt_timeout=min(args.request_timeout, args.retry_deadline)),
     )
     disk = _disk_tier(args)
-    cache = BlockCache(args.memory_cache_size, disk)
+    cache = BlockCache(args.memory_cache_size, disk, wait_timeout=store.retry.longest_operation)
     policy = PrefetchPolicy(
         mode=args.prefetch,
         max_series_bytes=args.prefetch_max_series,
@@ -412,7 +428,9 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
         budget_bytes=min(256 << 20, max(args.memory_cache_size // 2, 4 * args.block_size)),
     )
     reader = Reader(store, cache, args.block_size, policy)
-    listings = ListingCache(args.cache_dir / "listings", persist=lambda listing: bool(listing.names))
+    listings = listing_cache(
+        args.cache_dir / "listings", args.listing_cache_size * 2 // 3, wait_timeout=store.retry.longest_operation
+    )
     mount_info = {
         "idcfs": __version__,
         "mountpoint": str(args.mountpoint),
@@ -430,7 +448,9 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
         "prefetch": args.prefetch,
         "warnings": catalog.info.get("warnings", []),
     }
-    return IdcFs(snapshot, reader, listings, mount_info=mount_info, on_ready=on_ready)
+    return IdcFs(
+        snapshot, reader, listings, mount_info=mount_info, on_ready=on_ready, entries_bytes=args.listing_cache_size // 3
+    )
 
 
 def _disk_tier(args: argparse.Namespace):

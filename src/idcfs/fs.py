@@ -8,6 +8,7 @@ retries -> EIO with one log line, never a traceback at the caller.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -30,7 +31,7 @@ from idcfs.layout import escape_name
 from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
 from idcfs.stats import Counters
-from idcfs.store import NotFoundError, ObjectInfo, StoreError, object_url
+from idcfs.store import ObjectInfo, StoreError, object_url
 from idcfs.tree import Node
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,27 @@ class SeriesListing:
 
     names: list[str]
     objects: dict[str, ObjectInfo]
+
+    @classmethod
+    def of(cls, objects: list[ObjectInfo]) -> SeriesListing:
+        by_name = {escape_name(o.name): o for o in objects}
+        return cls(names=sorted(by_name), objects=by_name)
+
+    def approximate_bytes(self) -> int:
+        """Memory held, roughly (two references to each name, an ObjectInfo, a dict slot)."""
+        return 256 + sum(2 * len(name) for name in self.names) + _BYTES_PER_OBJECT * len(self.names)
+
+
+#: Python's overhead per listed object in a :class:`SeriesListing`, measured (sys.getsizeof of
+#: an ObjectInfo and its fields, the dict and list slots): the LRU caps listings by this.
+_BYTES_PER_OBJECT = 400
+#: Per entry of a folder listing kept for the kernel (a 3-tuple and its name).
+_BYTES_PER_ENTRY = 150
+
+
+def listing_cache(directory: Any = None, max_bytes: int = 64 << 20, wait_timeout: float = 90.0) -> ListingCache:
+    """The cache of series listings as the file system uses them."""
+    return ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, directory, max_bytes, wait_timeout)
 
 
 @dataclass
@@ -129,6 +151,7 @@ class IdcFs(mfusepy.Operations):
         listings: ListingCache[SeriesListing] | None = None,
         mount_info: dict[str, Any] | None = None,
         on_ready: Callable[[], None] | None = None,
+        entries_bytes: int = 32 << 20,
     ) -> None:
         tree = snapshot.tree
         self.tree = tree
@@ -145,7 +168,7 @@ class IdcFs(mfusepy.Operations):
         self.counters = Counters("reads", "read_bytes", "files_without_reads", "internal_errors")
         self.reader = reader
         self.store = reader.store
-        self.listings: ListingCache[SeriesListing] = listings or ListingCache()
+        self.listings: ListingCache[SeriesListing] = listings or listing_cache()
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -153,8 +176,11 @@ class IdcFs(mfusepy.Operations):
         self._direct_io: set[int] = set()
         self._handles_lock = threading.Lock()
         # Recent listings, ready to hand to the kernel again: libfuse 3.14's high-level API does
-        # not pass cache_readdir on, so the kernel asks again on every opendir.
-        self._entries: LRUCache[Node, list[tuple[str, int, int]]] = LRUCache(maxsize=64)
+        # not pass cache_readdir on, so the kernel asks again on every opendir. Capped in
+        # (estimated) bytes: the root of a flat layout alone is a million entries.
+        self._entries: LRUCache[Node, list[tuple[str, int, int]]] = LRUCache(
+            maxsize=max(1, entries_bytes // _BYTES_PER_ENTRY), getsizeof=len
+        )
         self._entries_lock = threading.Lock()
         self._next_handle = 1
         series = self.catalog.series
@@ -169,7 +195,10 @@ class IdcFs(mfusepy.Operations):
         if config_3 is not None:
             config_3.entry_timeout = KERNEL_CACHE_TIMEOUT
             config_3.attr_timeout = KERNEL_CACHE_TIMEOUT
-            config_3.negative_timeout = KERNEL_CACHE_TIMEOUT
+            # No negative entries: libfuse's high-level API has one timeout for every miss, and
+            # a miss in a series whose listing was empty (not there yet, or a failed fetch)
+            # must be asked again. Misses never need the network, so this costs little.
+            config_3.negative_timeout = 0
             config_3.kernel_cache = 1
         self.ready = True
         if self._on_ready is not None:
@@ -210,19 +239,15 @@ class IdcFs(mfusepy.Operations):
     def _listing(self, row: int) -> SeriesListing:
         uuid = self._series_uuid(row)
 
-        def fetch() -> SeriesListing:
-            try:
-                objects = self.store.list_series(self._series_bucket(row), uuid)
-            except NotFoundError:
-                objects = []
+        def fetch() -> list[ObjectInfo]:
+            objects = self.store.list_series(self._series_bucket(row), uuid)
             if not objects:
                 log.warning(
-                    "series %s has no objects in %s",
+                    "series %s has no objects in %s (asked again at the next lookup)",
                     uuid,
                     object_url(self.store.source, self._series_bucket(row), uuid + "/"),
                 )
-            by_name = {escape_name(o.name): o for o in objects}
-            return SeriesListing(names=sorted(by_name), objects=by_name)
+            return objects
 
         return self.listings.get_or_fetch(uuid, fetch)
 
@@ -281,8 +306,9 @@ class IdcFs(mfusepy.Operations):
             entries = self._entries.get(node)
         if entries is None:
             entries = self._entries_of(node)
-            with self._entries_lock:
-                self._entries[node] = entries
+            if len(entries) > 2 or not self.tree.is_series(node):  # an empty series: ask again
+                with self._entries_lock, contextlib.suppress(ValueError):  # over the cap: not kept
+                    self._entries[node] = entries
             self._prefetch_listings(node)
         return iter(entries)
 
@@ -411,6 +437,7 @@ class IdcFs(mfusepy.Operations):
             "idc_version": self.catalog.idc_version,
             "source": store.source,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "store": store.breaker.state(),
             "requests": {"GET": fetched["GET"], "LIST": fetched["LIST"]},
             "bytes_fetched": fetched["bytes_fetched"],
             "retries": fetched["retries"],
@@ -430,7 +457,9 @@ class IdcFs(mfusepy.Operations):
                     "misses": cached["disk_misses"],
                     "bytes": disk.bytes_used if disk is not None else 0,
                     "capacity": disk.size_limit if disk is not None else 0,
+                    "paused": disk.paused if disk is not None else False,
                 },
+                "listings": {"bytes": self.listings.bytes_used, "capacity": self.listings.max_bytes},
                 "kernel": {
                     "reads": served["reads"],
                     "bytes": served["read_bytes"],
@@ -494,15 +523,24 @@ class IdcFs(mfusepy.Operations):
         return data
 
     def _prefetch_series(self, handle: _Handle) -> None:
+        """Queue the rest of the series, the first time one of its files is read. Everything
+        per-object happens inside ``objects``, which the reader calls once per series."""
         row = handle.series_row
+        uuid = self._series_uuid(row)
+        if not self.reader.wants_series(uuid):
+            return
         if self.catalog.series.column("Modality")[row].as_py() == "SM":
             return  # slide microscopy is read as random tiles, never whole
-        listing = self._listing(row)
-        objects = [self._object_ref(row, listing.objects[name]) for name in listing.names]
-        self.reader.prefetch_series(self._series_uuid(row), objects, handle.ref)
+
+        def objects() -> list[ObjectRef]:
+            listing = self._listing(row)
+            return [self._object_ref(row, listing.objects[name]) for name in listing.names]
+
+        self.reader.prefetch_series(uuid, objects, handle.ref)
 
     def destroy(self, path: str) -> None:
         self.reader.close()
+        self.store.close()
 
     @_errors_to_errno
     def release(self, path: str, fh: int) -> int:

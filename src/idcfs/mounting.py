@@ -83,8 +83,9 @@ def report_ready(fd: int | None, message: str = "READY") -> None:
     """Tell the waiting ``idcfs mount`` how startup went (the pipe carries one line)."""
     if fd is None:
         return
-    if message.startswith("ERROR "):  # JSON keeps a multi-line message on the one line
-        message = "ERROR " + json.dumps(message[len("ERROR ") :])
+    for kind in ("ERROR ", "READY "):  # JSON keeps a multi-line message on the one line
+        if message.startswith(kind):
+            message = kind + json.dumps(message[len(kind) :])
     try:
         os.write(fd, (message + "\n").encode())
         os.close(fd)
@@ -115,6 +116,9 @@ def start_daemon(argv: list[str], log_file: Path, timeout: float) -> None:
     finally:
         os.close(read_fd)
     if line == "READY":
+        return
+    if line.startswith("READY "):  # up, with a warning the user must see (the store is offline)
+        print(f"idcfs: warning: {_decoded(line[len('READY ') :])}", file=sys.stderr)
         return
     if line.startswith("ERROR "):
         raise MountError(_decoded(line[len("ERROR ") :]))

@@ -254,6 +254,13 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     ),
     Option("memory_cache_size", "size", "512M", "Bytes of file blocks kept in memory.", metavar="SIZE"),
     Option(
+        "listing_cache_size",
+        "size",
+        "64M",
+        "Memory for series listings and folder entries kept for reuse (every listing also stays on disk).",
+        metavar="SIZE",
+    ),
+    Option(
         "block_size",
         "size",
         "1M",

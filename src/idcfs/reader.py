@@ -29,6 +29,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
+
 from idcfs.cache import BlockCache
 from idcfs.store import Store
 
@@ -147,7 +149,8 @@ class Reader:
         self.block_size = block_size
         self.prefetch = prefetch or PrefetchPolicy(mode="off")
         self.background = BackgroundFetcher(self.prefetch.workers, self.prefetch.budget_bytes)
-        self._series_scheduled: set[str] = set()
+        # Series queued once already (bounded: forgetting one only means queuing it again).
+        self._series_scheduled: LRUCache[str, bool] = LRUCache(maxsize=1 << 16)
         self._queued: set[str] = set()  # blocks waiting in the background queue or being fetched
         self._queued_lock = threading.Lock()
         self._series_lock = threading.Lock()
@@ -228,65 +231,55 @@ class Reader:
                 run = []
 
     def _submit_run(self, obj: ObjectRef, indexes: list[int], priority: int) -> None:
-        keys = [self.block_key(obj, i) for i in indexes]
+        """Queue one background task for a run of blocks; the cache claims, fetches (one GET per
+        contiguous stretch it does not already hold) and settles or releases every block."""
+        blocks = [(self.block_key(obj, i), self._block_length(obj, i)) for i in indexes]
         start = indexes[0] * self.block_size
         stop = min(obj.size, (indexes[-1] + 1) * self.block_size)
 
+        def fetch(first: int, last: int) -> bytes:
+            begin = indexes[first] * self.block_size
+            return self.store.get_range(
+                obj.aws_bucket, obj.key, begin, begin + sum(n for _, n in blocks[first : last + 1])
+            )
+
         def task() -> None:
             try:
-                claimed = set(self.cache.claim(keys))
-                if claimed:
-                    self._fetch_run(obj, indexes, keys, claimed)
+                self.cache.fill(blocks, fetch)
             finally:
                 with self._queued_lock:
-                    self._queued.difference_update(keys)
+                    self._queued.difference_update(key for key, _ in blocks)
 
         self.background.submit(priority, stop - start, task)
 
-    def _fetch_run(self, obj: ObjectRef, indexes: list[int], keys: list[str], claimed: set[str]) -> None:
-        """The claimed blocks from disk where it has them, the rest in one GET per contiguous
-        stretch (a block someone else is fetching splits the stretch: no byte is fetched twice)."""
-        stretch: list[tuple[int, str]] = []
-        for index, key in zip(indexes, keys, strict=True):
-            if key in claimed and not self.cache.settle_from_disk(key, self._block_length(obj, index)):
-                if stretch and stretch[-1][0] != index - 1:
-                    self._fetch_stretch(obj, stretch)
-                    stretch = []
-                stretch.append((index, key))
-        if stretch:
-            self._fetch_stretch(obj, stretch)
+    def wants_series(self, series_uuid: str) -> bool:
+        """Whether opening an instance of this series should queue the series (cheap: called on
+        every first read, before any per-object work)."""
+        if self.prefetch.mode != "series":
+            return False
+        with self._series_lock:
+            return series_uuid not in self._series_scheduled
 
-    def _fetch_stretch(self, obj: ObjectRef, stretch: list[tuple[int, str]]) -> None:
-        start = stretch[0][0] * self.block_size
-        stop = min(obj.size, (stretch[-1][0] + 1) * self.block_size)
-        try:
-            data = self.store.get_range(obj.aws_bucket, obj.key, start, stop)  # exactly stop - start bytes
-        except BaseException as error:
-            for _, key in stretch:
-                self.cache.abandon(key, error)
-            raise
-        for index, key in stretch:
-            offset = index * self.block_size - start
-            self.cache.settle(key, data[offset : offset + self.block_size])
-
-    def prefetch_series(self, series_uuid: str, objects: list[ObjectRef], opened: ObjectRef) -> bool:
+    def prefetch_series(self, series_uuid: str, objects: Callable[[], list[ObjectRef]], opened: ObjectRef) -> bool:
         """Queue a series' objects, from the opened one on (wrapping), once per mount.
 
-        Returns whether the series was queued (not when off, too large, or queued before).
+        ``objects`` is called only when the series is queued: planning a series is done once per
+        series, never per opened file. Returns whether the series was queued (not when off, too
+        large, or queued before).
         """
         if self.prefetch.mode != "series":
             return False
         with self._series_lock:
             if series_uuid in self._series_scheduled:
                 return False
-            self._series_scheduled.add(series_uuid)
-        total = sum(o.size for o in objects)
+            self._series_scheduled[series_uuid] = True
+        refs = objects()
+        total = sum(o.size for o in refs)
         if total > self.prefetch.max_series_bytes:
             log.debug("series %s (%d bytes) is larger than the prefetch limit; not prefetched", series_uuid, total)
             return False
-        keys = [o.key for o in objects]
-        start = keys.index(opened.key) if opened.key in keys else 0
-        for obj in objects[start:] + objects[:start]:
+        start = next((k for k, o in enumerate(refs) if o.key == opened.key), 0)
+        for obj in refs[start:] + refs[:start]:
             self._schedule(obj, 0, self.num_blocks(obj) - 1, SERIES)
         return True
 

@@ -97,6 +97,15 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _store_state(store: dict[str, Any]) -> str:
+    if store.get("state") != "offline":
+        return "online"
+    return (
+        f"OFFLINE for {_duration(store.get('offline_seconds', 0))} ({store.get('reason', '')}): "
+        "uncached reads fail at once; probing in the background"
+    )
+
+
 def format_table(stats: dict[str, Any]) -> str:
     """The compact view ``idcfs stats`` prints."""
     requests, cache, prefetch, latency = stats["requests"], stats["cache"], stats["prefetch"], stats["get_latency"]
@@ -104,12 +113,16 @@ def format_table(stats: dict[str, Any]) -> str:
     rows = [
         ("mount", f"{stats['mountpoint']}  up {_duration(stats['uptime_seconds'])}, IDC v{stats['idc_version']}, "
                   f"source {stats['source']}"),
+        ("store", _store_state(stats.get("store", {}))),
         ("requests", f"GET {requests['GET']:,}   LIST {requests['LIST']:,}   retries {stats['retries']:,}   "
                      f"errors {stats['errors']:,}   not found {stats['not_found']:,}"),
         ("fetched", _bytes(stats["bytes_fetched"])),
         ("GET latency", f"p50 {_ms(latency['p50'])}   p99 {_ms(latency['p99'])}   (last {latency['window']:,} GETs)"),
         ("memory cache", _hits(memory)),
-        ("disk cache", _hits(disk) if disk["capacity"] else "off"),
+        ("disk cache", (_hits(disk) if disk["capacity"] else "off")
+                       + ("   (writes paused)" if disk.get("paused") else "")),
+        ("listings", f"{_bytes(cache.get('listings', {}).get('bytes'))} of "
+                     f"{_bytes(cache.get('listings', {}).get('capacity'))} in memory"),
         ("kernel cache", f"{kernel['reads']:,} reads reached idcfs ({_bytes(kernel['bytes'])}); "
                          f"{kernel['files_without_reads']:,} opened files needed none"),
         ("prefetch", f"useful {_bytes(prefetch['useful_bytes'])}   wasted {_bytes(prefetch['wasted_bytes'])}   "
@@ -178,6 +191,8 @@ PROMETHEUS_METRICS: tuple[_Metric, ...] = (
      lambda s: iter([({}, s["prefetch"]["unread_bytes"])])),
     ("idcfs_get_latency_seconds", "summary", "Duration of a ranged GET (recent window for quantiles).",
      lambda s: iter([({"quantile": "0.5"}, s["get_latency"]["p50"]), ({"quantile": "0.99"}, s["get_latency"]["p99"])])),
+    ("idcfs_store_offline", "gauge", "1 while the object store cannot be reached (uncached reads fail at once).",
+     lambda s: iter([({}, int(s.get("store", {}).get("state") == "offline"))])),
     ("idcfs_open_files", "gauge", "Files open in the mount.", lambda s: iter([({}, s["open_files"])])),
     ("idcfs_uptime_seconds", "gauge", "Seconds since the mount started.", lambda s: iter([({}, s["uptime_seconds"])])),
 )  # fmt: skip

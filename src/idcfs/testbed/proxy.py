@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import struct
 import sys
 import threading
 import time
@@ -18,8 +19,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-#: (method, path) -> an HTTP status to answer instead of forwarding, or None to forward.
-FaultRule = Callable[[str, str], "int | None"]
+#: (method, path) -> a fault to inject instead of forwarding, or None to forward. A fault is an
+#: HTTP status (``503``), or one of :data:`FAULT_KINDS` (``"stall:3"``: hold 3 s, then answer).
+FaultRule = Callable[[str, str], "int | str | None"]
+
+#: What the proxy can do to a request besides an error status:
+#: ``reset`` (RST before any answer), ``truncate`` (half the body, then close), ``stall:S``
+#: (S seconds of silence, then the answer), ``slow:BPS`` (the answer at BPS bytes/s),
+#: ``badstatus`` (a garbage status line), ``retry-after:S`` (429 with Retry-After: S),
+#: ``redirect`` (307 to the upstream), ``moved`` (S3's 301 PermanentRedirect naming the upstream
+#: in ``<Endpoint>``, no Location), ``drop`` (close without a word).
+FAULT_KINDS = ("reset", "truncate", "stall", "slow", "badstatus", "retry-after", "redirect", "moved", "drop")
 
 _HOP_BY_HOP = {
     "connection",
@@ -74,6 +84,8 @@ class CountingProxy:
         self.bandwidth = bandwidth  # bytes/s per response, None for unlimited
         self.log = RequestLog()
         self.fault: FaultRule | None = None
+        #: Faults injected, by kind (``503``, ``reset``, ``stall``...).
+        self.faults: Counter[str] = Counter()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="proxy", daemon=True)
@@ -119,14 +131,18 @@ class CountingProxy:
                 if proxy.latency:
                     time.sleep(proxy.latency)
                 fault = proxy.fault(self.command, self.path) if proxy.fault else None
+                pace = None
                 if fault is not None:
-                    payload = b"<Error><Code>InternalError</Code><Message>injected by test proxy</Message></Error>"
-                    self.send_response(fault)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
+                    with proxy.log.lock:
+                        proxy.faults[str(fault).split(":")[0]] += 1
+                    if isinstance(fault, str) and fault.startswith("stall:"):
+                        time.sleep(float(fault.split(":")[1]))
+                    elif isinstance(fault, str) and fault.startswith("slow:"):
+                        pace = float(fault.split(":")[1])
+                    elif fault == "truncate":
+                        self._truncated = True
+                    elif self._inject(fault):
+                        return
                 connection = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -145,23 +161,154 @@ class CountingProxy:
                         return
                     self.end_headers()
                     if self.command != "HEAD":
-                        self._stream(response)
+                        if getattr(self, "_truncated", False):
+                            self._truncated = False
+                            length = int(response.getheader("Content-Length") or 0)
+                            self._send(response.read(max(0, length // 2)))
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        self._stream(response, pace)
                 finally:
                     connection.close()  # a client that hung up stops the upstream read too
 
-            def _stream(self, response: http.client.HTTPResponse) -> None:
+            def _stream(self, response: http.client.HTTPResponse, pace: float | None = None) -> None:
                 """Copy the body as it arrives (a client may read a range of a large object and
                 hang up), counting what was passed on, paced to ``bandwidth`` when set."""
-                while chunk := response.read(256 * 1024):
-                    self._send(chunk)
+                while chunk := response.read(16 * 1024 if pace else 256 * 1024):
+                    self._send(chunk, pace)
 
-            def _send(self, chunk: bytes) -> None:
+            def _send(self, chunk: bytes, pace: float | None = None) -> None:
                 self.wfile.write(chunk)
                 with proxy.log.lock:
                     proxy.log.body_bytes += len(chunk)
-                if proxy.bandwidth:
-                    time.sleep(len(chunk) / proxy.bandwidth)
+                rate = pace or proxy.bandwidth
+                if rate:
+                    time.sleep(len(chunk) / rate)
+
+            def _inject(self, fault: int | str) -> bool:
+                """Answer (or fail) the request as ``fault`` says; False to forward it after all."""
+                if fault in ("reset", "drop"):
+                    if fault == "reset":  # SO_LINGER 0: close() sends RST
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return True
+                if fault == "badstatus":
+                    self.wfile.write(b"HTTX/9.9 what\r\n\r\n")
+                    self.close_connection = True
+                    return True
+                headers = {"Content-Type": "application/xml"}
+                status, payload = 500, b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+                if isinstance(fault, int):
+                    status = fault
+                    if fault == 503:
+                        payload = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                elif fault.startswith("retry-after:"):
+                    status, headers["Retry-After"] = 429, fault.split(":")[1]
+                elif fault == "redirect":
+                    status, headers["Location"] = 307, f"http://{proxy.upstream_host}:{proxy.upstream_port}{self.path}"
+                elif fault == "moved":
+                    status = 301
+                    payload = (
+                        b"<Error><Code>PermanentRedirect</Code><Message>use this endpoint</Message>"
+                        + f"<Endpoint>{proxy.upstream_host}:{proxy.upstream_port}</Endpoint></Error>".encode()
+                    )
+                else:
+                    return False
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return True
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _forward
 
         return Handler
+
+
+class ConnectProxy:
+    """A forward proxy on 127.0.0.1, as ``HTTPS_PROXY``/``HTTP_PROXY`` point to: ``CONNECT``
+    tunnels (TLS passes through untouched) and absolute-form ``GET http://...`` requests. It
+    counts what it carried (``tunnels``, ``requests``: lists of ``host:port``)."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.tunnels: list[str] = []
+        self.requests: list[str] = []
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(65536).decode("latin-1")
+                headers = []
+                while (header := self.rfile.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    headers.append(header)
+                method, target, _ = (line.split() + ["", "", ""])[:3]
+                if method == "CONNECT":
+                    host, _, port = target.rpartition(":")
+                    proxy.tunnels.append(target)
+                    upstream = socket.create_connection((host, int(port)), timeout=30)
+                    self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    self.wfile.flush()
+                    _pipe(self.connection, upstream)
+                    return
+                parts = urlsplit(target)
+                if not parts.hostname:
+                    self.wfile.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    return
+                proxy.requests.append(f"{parts.hostname}:{parts.port or 80}")
+                upstream = socket.create_connection((parts.hostname, parts.port or 80), timeout=30)
+                path = parts.path + (f"?{parts.query}" if parts.query else "")
+                kept = [h for h in headers if not h.lower().startswith((b"proxy-", b"connection"))]
+                upstream.sendall(
+                    f"{method} {path} HTTP/1.1\r\n".encode() + b"".join(kept) + b"Connection: close\r\n\r\n"
+                )
+                _pipe(self.connection, upstream, client_sends_more=False)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+                if not isinstance(sys.exc_info()[1], OSError):
+                    super().handle_error(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="connect-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> ConnectProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _pipe(client: socket.socket, upstream: socket.socket, client_sends_more: bool = True) -> None:
+    """Copy bytes both ways until either side closes."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(client, selectors.EVENT_READ, upstream)
+    selector.register(upstream, selectors.EVENT_READ, client)
+    try:
+        while True:
+            for key, _ in selector.select(timeout=60):
+                data = key.fileobj.recv(256 * 1024)  # type: ignore[union-attr]
+                if not data:
+                    return
+                key.data.sendall(data)
+    except OSError:
+        return
+    finally:
+        selector.close()
+        upstream.close()

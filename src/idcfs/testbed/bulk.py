@@ -1,0 +1,68 @@
+"""Series of many tiny objects at real UUID paths of the index: what a listing, a ``find`` or the
+cost of one file is measured on, without gigabytes of pixels. IDC's largest series has 91,980
+instances; the tests use a 1,500-object one, the benchmarks the real count.
+
+A tiny object's bytes are its own key (so a read proves which object it got); a few names carry
+spaces, ``+``, ``%`` and non-ASCII letters, which URLs and listing XML must carry intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from idcfs.testbed.dicomgen import GeneratedSeries, _deterministic_uuid, index_rows, series_from_row
+
+#: A real 1,503-instance CT series (eay131) and IDC's largest, 91,980 instances (ldct_and_projection_data).
+PAGED_SERIES = "39c370b4-ff5f-46d9-81f9-4b9911f6f9a7"
+LARGEST_SERIES = "da034841-bcae-49df-94c3-c2d0aac183ad"
+#: Keys a URL or an XML listing could mangle.
+AWKWARD_NAMES = ("with space.dcm", "plus+sign.dcm", "percent%20.dcm", "ünïcødé-画像.dcm", "amp&lt;.dcm")
+
+
+@dataclass
+class TinySeries:
+    series: GeneratedSeries
+    names: list[str]  # sorted, as a listing returns them
+
+    @property
+    def crdc_series_uuid(self) -> str:
+        return self.series.crdc_series_uuid
+
+    @property
+    def aws_bucket(self) -> str:
+        return self.series.aws_bucket
+
+    def payload(self, name: str) -> bytes:
+        return f"{self.crdc_series_uuid}/{name}\n".encode()
+
+
+def tiny_series(
+    out_dir: Path, series_uuid: str, count: int, awkward: bool = False, clouds: tuple[str, ...] = ("s3", "gcs")
+) -> TinySeries:
+    """``count`` tiny objects (plus :data:`AWKWARD_NAMES` when asked) in the series' S3 and GCS
+    buckets under ``out_dir``; reused when already written."""
+    series = series_from_row(index_rows([series_uuid])[0])
+    names = [f"{_deterministic_uuid(series_uuid, k)}.dcm" for k in range(count)]
+    if awkward:
+        names += AWKWARD_NAMES
+    names.sort()
+    made = TinySeries(series, names)
+    stamp = json.dumps({"count": count, "awkward": awkward, "v": 1})
+    for cloud in clouds:
+        bucket = series.aws_bucket if cloud == "s3" else series.gcs_bucket
+        folder = out_dir / cloud / bucket / series_uuid
+        record = out_dir / f".{cloud}-{series_uuid}.json"
+        if record.exists() and record.read_text() == stamp:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            path = folder / name
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, made.payload(name))
+                os.close(fd)
+        record.write_text(stamp)
+    return made

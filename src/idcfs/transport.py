@@ -1,0 +1,181 @@
+"""One HTTP stack for every request idcfs sends: LISTs and GETs, S3 and GCS.
+
+Listing used to go through botocore (S3) and aiohttp (gcsfs) while reads went through urllib3:
+three trust stores, three proxy rules, three retry behaviours, so on a network with TLS
+inspection or a proxy, reads could work while listings failed, or the reverse. Every request now
+goes through this one urllib3 stack:
+
+- **proxy** chosen per request URL, the way curl and requests do: ``HTTPS_PROXY`` /
+  ``HTTP_PROXY`` / ``ALL_PROXY`` unless ``NO_PROXY`` matches the host (an S3 proxy is not used
+  for Google's hosts just because it was chosen first);
+- **CA bundle** from ``AWS_CA_BUNDLE``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE`` or
+  ``CURL_CA_BUNDLE`` (the first set), ``SSL_CERT_DIR``, else the system's store;
+- **no retries and no redirects inside urllib3**: :mod:`idcfs.retry` owns the policy, and
+  redirects are followed here, a few hops at most (an S3 region redirect has no ``Location``:
+  the caller rewrites it, see :mod:`idcfs.store`).
+
+Pools are created lazily: a thread-free object until the first request, so it survives the
+daemon's fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+#: Environment variables naming a CA bundle, in the order they are honoured.
+CA_BUNDLE_VARIABLES = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+#: Connections kept per host: the reader's background pool and the FUSE threads share them.
+POOL_SIZE = 64
+
+
+class HttpStatusError(Exception):
+    """A response with an error status; ``status`` and ``retry_after`` drive the retry decision."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Any  # urllib3's HTTPHeaderDict: case-insensitive
+    data: bytes
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle file the environment names, if any."""
+    for variable in CA_BUNDLE_VARIABLES:
+        value = os.environ.get(variable)
+        if value:
+            return value
+    return None
+
+
+class Http:
+    """Requests with the environment's proxy and CA rules, connection reuse, no hidden retries."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        self._proxies = _proxies_from(environ if environ is not None else dict(os.environ))
+        self._ca_file = ca_bundle()
+        self._ca_dir = os.environ.get("SSL_CERT_DIR") or None
+        self._managers: dict[str | None, Any] = {}
+        self._lock = threading.Lock()
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy a request to ``url`` goes through, or None (direct)."""
+        parts = urllib.parse.urlsplit(url)
+        proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
+        if not proxy or _bypassed(parts.hostname or "", parts.port, self._proxies.get("no", "")):
+            return None
+        return proxy
+
+    def request(self, method: str, url: str, timeout: float, headers: dict[str, str] | None = None) -> Response:
+        """One request, following ``Location`` redirects; the body read whole and length-checked.
+
+        Errors are urllib3's and the standard library's own exceptions (see :mod:`idcfs.retry`);
+        an error status is an :class:`HttpStatusError`.
+        """
+        import urllib3
+
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._manager(self.proxy_for(url)).request(
+                method,
+                url,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+                retries=False,
+                redirect=False,
+                preload_content=True,
+                enforce_content_length=True,
+            )
+            location = response.headers.get("Location")
+            if response.status in REDIRECT_STATUSES and location:
+                url = urllib.parse.urljoin(url, location)
+                continue
+            return Response(response.status, response.headers, response.data)
+        raise HttpStatusError(310, f"more than {MAX_REDIRECTS} redirects for {url}")
+
+    def _manager(self, proxy: str | None) -> Any:
+        with self._lock:
+            manager = self._managers.get(proxy)
+            if manager is None:
+                manager = self._managers[proxy] = self._new_manager(proxy)
+            return manager
+
+    def _new_manager(self, proxy: str | None) -> Any:
+        import urllib3
+
+        tls: dict[str, Any] = {}
+        if self._ca_file:
+            tls["ca_certs"] = self._ca_file
+        if self._ca_dir:
+            tls["ca_cert_dir"] = self._ca_dir
+        if proxy:
+            return urllib3.ProxyManager(proxy, num_pools=8, maxsize=POOL_SIZE, **tls)
+        return urllib3.PoolManager(num_pools=8, maxsize=POOL_SIZE, **tls)
+
+
+def error_for(response: Response) -> HttpStatusError:
+    """The exception for an error response: its status, the start of its body, Retry-After."""
+    body = " ".join(response.data[:200].decode("utf-8", "replace").split())
+    return HttpStatusError(
+        response.status, f"HTTP {response.status}: {body}", _retry_after(response.headers.get("Retry-After"))
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait, from ``Retry-After: 3`` or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils
+    import time
+
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - time.time())
+
+
+def _proxies_from(environ: dict[str, str]) -> dict[str, str]:
+    """``{"https": ..., "http": ..., "all": ..., "no": ...}`` from the environment, lower case
+    winning as in curl (``HTTP_PROXY`` is ignored under CGI, as urllib does)."""
+    proxies: dict[str, str] = {}
+    for scheme in ("http", "https", "all", "no"):
+        for name in (f"{scheme.upper()}_PROXY", f"{scheme}_proxy"):
+            value = environ.get(name)
+            if value:
+                proxies[scheme] = value
+    if "REQUEST_METHOD" in environ:
+        proxies.pop("http", None)
+    return proxies
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` covers ``host`` (``*``, exact names, domain suffixes, ``host:port``)."""
+    host = host.lower().strip("[]")
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and port is not None and entry_port != str(port):
+            continue
+        name = name.lstrip(".").strip("[]")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
