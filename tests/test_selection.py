@@ -167,6 +167,11 @@ def test_empty_folders_never_appear(files):
         ({"collections": ("C1",)}, "did you mean 'c1'"),
         ({"modalities": ("XX",)}, "--modality 'XX' is not in the index"),
         ({"where": "Modality = 'PT'"}, "matches no series"),
+        # --where sees the index only: no file of the machine, no writes, no extensions.
+        ({"where": "EXISTS (SELECT 1 FROM read_text('/etc/hostname'))"}, "refused: it may use the index's columns"),
+        ({"where": "EXISTS (SELECT 1 FROM read_csv('/etc/passwd'))"}, "refused"),
+        ({"where": "EXISTS (SELECT 1 FROM glob('/etc/*'))"}, "refused"),
+        ({"where": "TRUE) AND (SELECT 1 FROM read_blob('/etc/hostname')) = 1 AND (TRUE"}, "refused"),
     ],
 )
 def test_bad_selections_are_clear_errors(files, selection, message):

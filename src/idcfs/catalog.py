@@ -191,7 +191,7 @@ def load_catalog(
     if (selection.idc_version is not None or selection.manifest is not None) and files.prior is None:
         raise CatalogError(f"no prior_versions_index.parquet beside {files.index}: versions and manifests need it")
 
-    connection = duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))})
+    connection = index_connection(files)
     try:
         release_dates = _release_dates(connection, files)
         _check_version(selection, release_dates)
@@ -231,6 +231,23 @@ def load_catalog(
         "warnings": warnings,
     }
     return Catalog(template=template, series=series, info=info), level_names
+
+
+def index_connection(files: IndexFiles):
+    """A DuckDB connection that can read the index's own files and nothing else.
+
+    ``--where`` is SQL from the user (or from an fstab line someone else wrote): with external
+    access off and the configuration locked, ``read_text('/etc/shadow')``, ``COPY ... TO``,
+    ``ATTACH`` and ``INSTALL`` are refused, whatever the expression says.
+    """
+    import duckdb
+
+    connection = duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))})
+    allowed = [str(path) for path in (files.index, files.prior, files.version_metadata) if path is not None]
+    connection.execute("SET allowed_paths = $1", [allowed])
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    return connection
 
 
 def _needs_prior(selection: Selection) -> bool:
@@ -388,7 +405,7 @@ def release_versions(files: IndexFiles) -> list[tuple[int, str, int]]:
              + (SELECT count(DISTINCT crdc_series_uuid) FROM prior WHERE lo <= v.idc_version AND v.idc_version <= hi)
         FROM v ORDER BY v.idc_version
     """
-    connection = duckdb.connect()
+    connection = index_connection(files)
     try:
         return [(int(v), str(d)[:10], int(n)) for v, d, n in connection.execute(query).fetchall()]
     except duckdb.Error as error:
@@ -429,6 +446,8 @@ def _check_manifest(connection, rows_sql: str, selection: Selection) -> list[str
 
 def _explain_query_error(error: Exception, selection: Selection) -> str:
     text = " ".join(str(error).split())
+    if selection.where and "disabled by configuration" in text:
+        return f"--where {selection.where!r} is refused: it may use the index's columns only, not read files"
     if selection.where:
         return f"cannot apply --where {selection.where!r}: {text}"
     return f"cannot query the index: {text}"

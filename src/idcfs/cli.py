@@ -242,9 +242,9 @@ def _mount(args: argparse.Namespace) -> int:
         check_fuse_available()
     if args.dry_run:
         return 0
+    usable = _make_private_dir(args.cache_dir)
     if args.foreground or args.ready_fd is not None:
         return _serve(args)
-    usable = _make_private_dir(args.cache_dir)
     if args.log_file:
         log_file = Path(args.log_file)
     elif usable:
@@ -268,6 +268,8 @@ def _make_private_dir(path: Path) -> bool:
     """Create the cache folder; a folder that cannot be made only costs the cache (one warning)."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o700)  # blocks of what a user reads are nobody else's business
         return os.access(path, os.W_OK)
     except OSError as error:
         print(

@@ -33,6 +33,8 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 #: Connections kept per host: the reader's background pool and the FUSE threads share them.
 POOL_SIZE = 64
+#: Bytes read from a body at a time (between two checks of the attempt's time).
+BODY_CHUNK = 1 << 20
 
 
 class HttpStatusError(Exception):
@@ -79,29 +81,41 @@ class Http:
         return proxy
 
     def request(self, method: str, url: str, timeout: float, headers: dict[str, str] | None = None) -> Response:
-        """One request, following ``Location`` redirects; the body read whole and length-checked.
+        """One request, following ``Location`` redirects; the body read whole and length-checked,
+        all within ``timeout`` seconds (a body trickling in at a few bytes a second is cut off:
+        urllib3's read timeout bounds each wait for bytes, not the whole body).
 
         Errors are urllib3's and the standard library's own exceptions (see :mod:`idcfs.retry`);
         an error status is an :class:`HttpStatusError`.
         """
+        import time
+
         import urllib3
 
+        give_up = time.monotonic() + timeout
         for _ in range(MAX_REDIRECTS + 1):
+            left = max(0.05, give_up - time.monotonic())
             response = self._manager(self.proxy_for(url)).request(
                 method,
                 url,
                 headers=headers,
-                timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+                timeout=urllib3.Timeout(connect=min(left, 10.0), read=left),
                 retries=False,
                 redirect=False,
-                preload_content=True,
+                preload_content=False,
                 enforce_content_length=True,
             )
+            try:
+                data = _read_body(response, give_up)
+            except BaseException:
+                response.close()  # a connection in an unknown state never goes back to the pool
+                raise
+            response.release_conn()
             location = response.headers.get("Location")
             if response.status in REDIRECT_STATUSES and location:
                 url = urllib.parse.urljoin(url, location)
                 continue
-            return Response(response.status, response.headers, response.data)
+            return Response(response.status, response.headers, data)
         raise HttpStatusError(310, f"more than {MAX_REDIRECTS} redirects for {url}")
 
     def _manager(self, proxy: str | None) -> Any:
@@ -122,6 +136,24 @@ class Http:
         if proxy:
             return urllib3.ProxyManager(proxy, num_pools=8, maxsize=POOL_SIZE, **tls)
         return urllib3.PoolManager(num_pools=8, maxsize=POOL_SIZE, **tls)
+
+
+class BodyTimeoutError(TimeoutError):
+    """A response body that did not arrive whole within the attempt's time."""
+
+
+def _read_body(response: Any, give_up: float) -> bytes:
+    import time
+
+    chunks = []
+    while True:
+        chunk = response.read(BODY_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if time.monotonic() > give_up:
+            received = sum(len(c) for c in chunks)
+            raise BodyTimeoutError(f"response body too slow: {received} bytes in the time of one attempt")
 
 
 def error_for(response: Response) -> HttpStatusError:

@@ -7,6 +7,7 @@ simply gets the proxy's URL as its endpoint.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import struct
@@ -28,8 +29,9 @@ FaultRule = Callable[[str, str], "int | str | None"]
 #: (S seconds of silence, then the answer), ``slow:BPS`` (the answer at BPS bytes/s),
 #: ``badstatus`` (a garbage status line), ``retry-after:S`` (429 with Retry-After: S),
 #: ``redirect`` (307 to the upstream), ``moved`` (S3's 301 PermanentRedirect naming the upstream
-#: in ``<Endpoint>``, no Location), ``drop`` (close without a word).
-FAULT_KINDS = ("reset", "truncate", "stall", "slow", "badstatus", "retry-after", "redirect", "moved", "drop")
+#: in ``<Endpoint>``, no Location), ``drop`` (close without a word), ``empty`` (an S3 listing
+#: with no object: a series not there yet).
+FAULT_KINDS = ("reset", "truncate", "stall", "slow", "badstatus", "retry-after", "redirect", "moved", "drop", "empty")
 
 _HOP_BY_HOP = {
     "connection",
@@ -68,6 +70,8 @@ class RequestLog:
 class _QuietServer(ThreadingHTTPServer):
     """A client that hangs up mid-response (a cancelled read) is normal here, not a traceback."""
 
+    allow_reuse_address = True  # a proxy stopped and started again on its port (an outage)
+
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
@@ -76,7 +80,7 @@ class _QuietServer(ThreadingHTTPServer):
 class CountingProxy:
     """Forwards ``http://127.0.0.1:<port>/...`` to ``upstream``; see the module docstring."""
 
-    def __init__(self, upstream: str, latency: float = 0.0, bandwidth: float | None = None) -> None:
+    def __init__(self, upstream: str, latency: float = 0.0, bandwidth: float | None = None, port: int = 0) -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -84,9 +88,10 @@ class CountingProxy:
         self.bandwidth = bandwidth  # bytes/s per response, None for unlimited
         self.log = RequestLog()
         self.fault: FaultRule | None = None
+        self._connections: set[socket.socket] = set()
         #: Faults injected, by kind (``503``, ``reset``, ``stall``...).
         self.faults: Counter[str] = Counter()
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="proxy", daemon=True)
 
@@ -99,8 +104,14 @@ class CountingProxy:
         return self
 
     def stop(self) -> None:
+        """Stop answering, and cut the connections clients keep alive (an outage, for them)."""
         self._server.shutdown()
         self._server.server_close()
+        with self.log.lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> CountingProxy:
         return self.start()
@@ -122,6 +133,14 @@ class CountingProxy:
                 # Headers and body go out as separate writes: without TCP_NODELAY, Nagle's
                 # algorithm meets the client's delayed ACK and stalls keep-alive responses ~40 ms.
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with proxy.log.lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy.log.lock:
+                    proxy._connections.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
 
             def _forward(self) -> None:
                 with proxy.log.lock:
@@ -208,6 +227,13 @@ class CountingProxy:
                     status, headers["Retry-After"] = 429, fault.split(":")[1]
                 elif fault == "redirect":
                     status, headers["Location"] = 307, f"http://{proxy.upstream_host}:{proxy.upstream_port}{self.path}"
+                elif fault == "empty":
+                    status, headers["Content-Type"] = 200, "application/xml"
+                    payload = (
+                        b'<?xml version="1.0" encoding="UTF-8"?>'
+                        b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                        b"<KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>"
+                    )
                 elif fault == "moved":
                     status = 301
                     payload = (
@@ -267,7 +293,7 @@ class ConnectProxy:
                 upstream.sendall(
                     f"{method} {path} HTTP/1.1\r\n".encode() + b"".join(kept) + b"Connection: close\r\n\r\n"
                 )
-                _pipe(self.connection, upstream, client_sends_more=False)
+                _pipe(self.connection, upstream)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
@@ -293,7 +319,7 @@ class ConnectProxy:
         self._server.server_close()
 
 
-def _pipe(client: socket.socket, upstream: socket.socket, client_sends_more: bool = True) -> None:
+def _pipe(client: socket.socket, upstream: socket.socket) -> None:
     """Copy bytes both ways until either side closes."""
     import selectors
 
