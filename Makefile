@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-stop test lint bench clean
+.PHONY: install demo demo-stop test lint bench soak clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/bench.py
+
+# Reliability under injected faults (bench/RELIABILITY.md): MINUTES=30 by default. Needs root.
+MINUTES ?= 30
+soak: install
+	$(BIN)/python scripts/soak.py --minutes $(MINUTES) --report bench/RELIABILITY.md
 
 lint: install
 	$(BIN)/ruff check src tests scripts

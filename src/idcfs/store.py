@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from idcfs.retry import (
+    FATAL,
+    UNREACHABLE,
     Breaker,
     NotFoundError,
     OfflineError,
     RetryPolicy,
     ShortRead,
     StoreError,
+    classify,
     describe,
     with_retries,
 )
@@ -140,29 +143,45 @@ class Store:
         bucket = bucket_for(self.source, aws_bucket)
         what = f"GET {object_url(self.source, aws_bucket, key)} bytes {start}-{end - 1}"
         url = self.object_http_url(bucket, key)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
+        # Bytes [start, start + len(received)) verified by earlier attempts: a body cut short
+        # (a reset, a trickle past the attempt's time) is resumed, not fetched again from start.
+        received = bytearray()
 
         def attempt(timeout: float) -> bytes:
+            first = start + len(received)
             self.counters.add("GET")
             started = time.monotonic()
-            response = self._request(url, timeout, headers)
+            try:
+                response = self._request(url, timeout, {"Range": f"bytes={first}-{end - 1}"})
+            except Exception as error:
+                partial = getattr(error, "partial", b"")
+                if partial and getattr(error, "partial_start", None) == first:
+                    received.extend(partial[: end - first])
+                    self.counters.add("bytes_fetched", len(partial))
+                raise
             if response.status not in (200, 206):
                 raise error_for(response)
             self.counters.add("bytes_fetched", len(response.data))
-            if len(response.data) != end - start:
-                raise ShortRead(f"got {len(response.data)} bytes, expected {end - start}")
+            if len(response.data) != end - first:
+                raise ShortRead(f"got {len(response.data)} bytes, expected {end - first}")
             self.get_latency.observe(time.monotonic() - started)
-            return response.data
+            return bytes(received) + response.data if received else response.data
 
         return self._with_retries(what, attempt)
 
     def probe(self) -> str | None:
-        """None when the store answers HTTP at all (any status), else why it cannot be reached."""
+        """None when the store can be reached, else why not.
+
+        Reached means a connection was made: any HTTP status, and even a reset or a garbled
+        answer (a flaky store is retried, not declared offline). A certificate that does not
+        verify is reported too: nothing would work, and the user must hear why.
+        """
         url = self._base_url("idc-open-data") + ("/" if self.source == "aws" else "/storage/v1/b/idc-open-data")
         try:
             self.http.request("HEAD", url, PROBE_TIMEOUT)
-        except Exception as error:  # noqa: BLE001 - any failure to get an answer is the answer
-            return describe(error)
+        except Exception as error:  # noqa: BLE001 - classified just below
+            if classify(error) in (UNREACHABLE, FATAL):
+                return describe(error)
         return None
 
     # -- URLs ---------------------------------------------------------------------------------

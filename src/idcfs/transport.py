@@ -107,8 +107,11 @@ class Http:
             )
             try:
                 data = _read_body(response, give_up)
-            except BaseException:
+            except BaseException as error:
                 response.close()  # a connection in an unknown state never goes back to the pool
+                # Bytes that did arrive, and where in the object they start (only when the
+                # answer says so: a server ignoring the Range header would start at 0).
+                error.partial_start = _range_start(response)  # type: ignore[attr-defined]
                 raise
             response.release_conn()
             location = response.headers.get("Location")
@@ -142,18 +145,42 @@ class BodyTimeoutError(TimeoutError):
     """A response body that did not arrive whole within the attempt's time."""
 
 
+class TruncatedBody(ConnectionError):
+    """The connection ended before the body's announced length."""
+
+
 def _read_body(response: Any, give_up: float) -> bytes:
+    """The whole body, read as it arrives so the time limit is checked between arrivals. On an
+    error, the bytes received so far ride along as the exception's ``partial``."""
     import time
 
-    chunks = []
-    while True:
-        chunk = response.read(BODY_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        if time.monotonic() > give_up:
-            received = sum(len(c) for c in chunks)
-            raise BodyTimeoutError(f"response body too slow: {received} bytes in the time of one attempt")
+    length = response.headers.get("Content-Length")
+    expected = int(length) if length and not response.headers.get("Content-Encoding") else None
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        while chunk := response.read1(BODY_CHUNK):
+            chunks.append(chunk)
+            received += len(chunk)
+            if time.monotonic() > give_up:
+                raise BodyTimeoutError(f"response body too slow: {received} bytes in the time of one attempt")
+        if expected is not None and received != expected:
+            raise TruncatedBody(f"connection closed after {received} of {expected} bytes")
+    except BaseException as error:
+        error.partial = b"".join(chunks)  # type: ignore[attr-defined]
+        raise
+    return b"".join(chunks)
+
+
+def _range_start(response: Any) -> int | None:
+    """The first byte of the object a response carries, from ``Content-Range: bytes a-b/n``."""
+    value = response.headers.get("Content-Range", "")
+    if not value.startswith("bytes ") or "-" not in value:
+        return None
+    try:
+        return int(value[len("bytes ") :].split("-", 1)[0])
+    except ValueError:
+        return None
 
 
 def error_for(response: Response) -> HttpStatusError:
