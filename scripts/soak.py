@@ -144,6 +144,7 @@ def main() -> int:
         started = time.monotonic()
         end = started + args.minutes * 60
         killed = filled = unfilled = False
+        next_report = 60.0
         filler = cache_disk / "filler"
         while time.monotonic() < end:
             time.sleep(5)
@@ -171,7 +172,8 @@ def main() -> int:
                 _mount(mount_args)
                 paused.clear()
                 print(f"[{elapsed:5.0f}s] daemon killed with SIGKILL and mounted again", flush=True)
-            if int(elapsed) % 60 < 5:
+            if elapsed >= next_report:
+                next_report += 60
                 print(f"[{elapsed:5.0f}s] {_summary(tally)}  faults {sum(proxy.faults.values()):,}", flush=True)
         stop.set()
         for worker in workers:

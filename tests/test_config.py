@@ -141,6 +141,12 @@ def test_dash_o_parsing():
     assert "_netdev" in parsed.ignored and "x-systemd.automount" in parsed.ignored
 
 
+def test_an_unknown_idcfs_variable_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"environment variable: unknown option 'IDCFS_CACHE_SZIE'.*IDCFS_CACHE_SIZE"):
+        resolve({}, environ={"IDCFS_CACHE_SZIE": "20G"})
+    assert resolve({}, environ={"IDCFS_CACHE_SIZE": "20G", "IDCFS_EMPTY_IS_UNSET": ""})[0]["cache_size"] == 20 << 30
+
+
 def test_dash_o_errors():
     with pytest.raises(ConfigError, match=r"unknown option 'cahce_size'.*cache_size"):
         parse_mount_options(["cahce_size=1G"])

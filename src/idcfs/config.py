@@ -184,7 +184,13 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The ``IDCFS_*`` variables that are set (an empty one counts as unset)."""
+    """The ``IDCFS_*`` variables that are set (an empty one counts as unset). A variable of that
+    prefix that names no option is an error, as an unknown key anywhere else is: a misspelt
+    ``IDCFS_CACHE_SZIE=20G`` must not be silently ignored."""
+    known = {option.env for option in MOUNT_OPTIONS}
+    for name in sorted(environ):
+        if name.startswith("IDCFS_") and name not in known and environ[name].strip():
+            raise _unknown(name, "environment variable", known)
     values = {}
     for option in MOUNT_OPTIONS:
         text = environ.get(option.env)

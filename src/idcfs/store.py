@@ -149,6 +149,8 @@ class Store:
 
         def attempt(timeout: float) -> bytes:
             first = start + len(received)
+            if first == end:  # the last attempt's body was whole when its time ran out
+                return bytes(received)
             self.counters.add("GET")
             started = time.monotonic()
             try:
