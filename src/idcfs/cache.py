@@ -457,7 +457,7 @@ class BlockCache:
 class ListingCache(Generic[V]):
     """Series listings by series UUID: fetched once, kept on disk forever (they are immutable)
     and in a memory LRU capped at ``max_bytes`` (a ``find`` over millions of objects must not
-    grow the daemon).
+    grow the daemon), plus the last listing too large for the cap on its own.
 
     The disk holds the store's plain answer, ``[[name, size, etag], ...]`` as JSON, never a
     pickled class of this program (renaming a class must not turn every cached listing into
@@ -475,6 +475,9 @@ class ListingCache(Generic[V]):
     ) -> None:
         self._build = build
         self._memory: LRUCache[str, V] = LRUCache(maxsize=max(1, max_bytes), getsizeof=sizeof)
+        # The one listing in use that is larger than the whole cap (a 92,000-object series under
+        # a small cap): without it, every lookup in that folder would parse it from disk again.
+        self._oversized: tuple[str, V] | None = None
         self._lock = threading.Lock()
         self._flight: SingleFlight[V] = SingleFlight(wait_timeout)
         self._disk: Any = None
@@ -504,8 +507,11 @@ class ListingCache(Generic[V]):
                     self._to_disk(series_uuid, objects)
             listing = self._build(objects)
             if objects:
-                with self._lock, contextlib.suppress(ValueError):  # larger than the cap: not kept
-                    self._memory[series_uuid] = listing
+                with self._lock:
+                    try:
+                        self._memory[series_uuid] = listing
+                    except ValueError:  # larger than the whole cap: kept alone, beside it
+                        self._oversized = (series_uuid, listing)
             return listing
 
         return self._flight.run(series_uuid, load)
@@ -532,7 +538,10 @@ class ListingCache(Generic[V]):
 
     def peek(self, series_uuid: str) -> V | None:
         with self._lock:
-            return self._memory.get(series_uuid)
+            listing = self._memory.get(series_uuid)
+            if listing is None and self._oversized is not None and self._oversized[0] == series_uuid:
+                listing = self._oversized[1]
+            return listing
 
     @property
     def bytes_used(self) -> int:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from cachetools import LRUCache
 
 from idcfs.cache import ListingCache
-from idcfs.layout import escape_name
+from idcfs.listing import SeriesListing
 from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
 from idcfs.stats import Counters
@@ -64,28 +64,8 @@ def _xattr_values(values: dict[str, object]) -> dict[str, str]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class SeriesListing:
-    """The files of one series folder: escaped names, sorted, and their objects."""
-
-    names: list[str]
-    objects: dict[str, ObjectInfo]
-
-    @classmethod
-    def of(cls, objects: list[ObjectInfo]) -> SeriesListing:
-        by_name = {escape_name(o.name): o for o in objects}
-        return cls(names=sorted(by_name), objects=by_name)
-
-    def approximate_bytes(self) -> int:
-        """Memory held, roughly (two references to each name, an ObjectInfo, a dict slot)."""
-        return 256 + sum(2 * len(name) for name in self.names) + _BYTES_PER_OBJECT * len(self.names)
-
-
-#: Python's overhead per listed object in a :class:`SeriesListing`, measured (sys.getsizeof of
-#: an ObjectInfo and its fields, the dict and list slots): the LRU caps listings by this.
-_BYTES_PER_OBJECT = 400
-#: Per entry of a folder listing kept for the kernel (a 3-tuple and its name).
-_BYTES_PER_ENTRY = 150
+#: Per entry of a folder listing kept for the kernel (a 3-tuple; its name is the listing's).
+_BYTES_PER_ENTRY = 100
 
 
 def listing_cache(directory: Any = None, max_bytes: int = 64 << 20, wait_timeout: float = 90.0) -> ListingCache:
@@ -252,7 +232,7 @@ class IdcFs(mfusepy.Operations):
         return self.listings.get_or_fetch(uuid, fetch)
 
     def _file(self, node: Node, name: str) -> ObjectInfo:
-        info = self._listing(node.index).objects.get(name)
+        info = self._listing(node.index).get(name)
         if info is None:
             raise mfusepy.FuseOSError(errno.ENOENT)
         return info
@@ -534,7 +514,7 @@ class IdcFs(mfusepy.Operations):
 
         def objects() -> list[ObjectRef]:
             listing = self._listing(row)
-            return [self._object_ref(row, listing.objects[name]) for name in listing.names]
+            return [self._object_ref(row, info) for info in listing]
 
         self.reader.prefetch_series(uuid, objects, handle.ref)
 

@@ -1,7 +1,7 @@
 """Getting a mount up and down safely: preflight checks, the daemon's readiness handshake, umount.
 
 libfuse daemonizes by forking after the mount, and threads started before a fork (DuckDB's,
-fsspec's I/O loop) do not exist in the child. So idcfs never forks a running process: the
+the fetch pools) do not exist in the child. So idcfs never forks a running process: the
 ``idcfs mount`` command starts a fresh ``idcfs mount --foreground`` process in its own session,
 and waits until that process reports, over a pipe, that the file system answers (or why it
 could not start). That is how ratarmount and rclone's ``--daemon`` do it.

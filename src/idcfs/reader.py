@@ -111,7 +111,7 @@ class BackgroundFetcher:
                 while not self._closed and (
                     not self._queue or (self._in_flight and self._in_flight + self._queue[0][2] > self._budget)
                 ):
-                    self._condition.wait()
+                    self._condition.wait(1.0)  # idle: look again; nothing here waits unbounded
                 if self._closed:
                     return
                 _, _, nbytes, task = heapq.heappop(self._queue)
