@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-stop test lint bench soak clean
+.PHONY: install demo demo-stop test test-big lint bench soak clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo-stop:
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# IDC's largest series (91,980 objects) listed and read on the S3 and GCS test servers.
+test-big: install
+	$(BIN)/python -m pytest -q -m big --timeout 1800 tests/test_big.py
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -1,0 +1,82 @@
+"""IDC's largest series, 91,980 objects, listed and read on the real S3 and GCS test servers.
+
+Writing 2 x 91,980 files and loading them into fake-gcs-server takes minutes, so this is its own
+target (``make test-big``); the suite runs the small version (a 1,505-object, two-page series:
+tests/test_store.py and tests/test_trust.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from idcfs.layout import escape_name
+from idcfs.retry import RetryPolicy
+from idcfs.store import Store
+from idcfs.testbed.bulk import LARGEST_SERIES, tiny_series
+from idcfs.testbed.proxy import CountingProxy
+from idcfs.testbed.servers import gcs_server, s3_server
+
+from .conftest import TESTDATA, mount_idcfs, requires_fuse, run_idcfs
+
+pytestmark = [pytest.mark.big, requires_fuse]
+
+BIG = TESTDATA / "big"
+COUNT = 91_980
+
+
+@pytest.fixture(scope="module")
+def largest():
+    return tiny_series(BIG, LARGEST_SERIES, COUNT)
+
+
+@pytest.fixture(scope="module", params=["aws", "gcs"])
+def big_server(request, largest):
+    logs = TESTDATA / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    make, folder = (s3_server, BIG / "s3") if request.param == "aws" else (gcs_server, BIG / "gcs")
+    with make(folder, log_path=logs / f"big-{request.param}.log") as server, CountingProxy(server.url) as proxy:
+        yield request.param, proxy
+
+
+def test_the_largest_series_lists_whole_in_pages(big_server, largest):
+    source, proxy = big_server
+    store = Store(source, proxy.url, RetryPolicy(deadline=120))
+    proxy.log.clear()
+    proxy.fault = _every_tenth_page_fails_once()
+    try:
+        objects = store.list_series(largest.aws_bucket, largest.crdc_series_uuid)
+    finally:
+        proxy.fault = None
+    assert [o.name for o in objects] == largest.names
+    pages = -(-COUNT // 1000)
+    assert proxy.log.count() == pages + len(range(1, pages, 10))  # failed pages once more, no restart
+
+
+def _every_tenth_page_fails_once():
+    """Pages 2, 12, 22, ... are reset the first time they are asked for."""
+    seen: dict[str, int] = {}
+
+    def rule(method, path):
+        if "continuation-token=" not in path and "pageToken=" not in path:
+            return None
+        if path in seen:
+            return None  # the retry of a page goes through
+        seen[path] = len(seen) + 1
+        return "reset" if seen[path] % 10 == 1 else None
+
+    return rule
+
+
+def test_the_largest_series_through_a_mount(big_server, largest, tmp_path):
+    source, proxy = big_server
+    mount = mount_idcfs(tmp_path, proxy.url, "--source", source, "--prefetch", "file")
+    try:
+        folder = mount.path / largest.series.path
+        names = os.listdir(folder)
+        assert len(names) == COUNT
+        for name in largest.names[:: COUNT // 50]:
+            assert (folder / escape_name(name)).read_bytes() == largest.payload(name)
+    finally:
+        run_idcfs("umount", str(mount.path))
