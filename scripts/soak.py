@@ -258,6 +258,7 @@ def _start_workers(mountpoint, sources, folders, paged, large, tally, stop, paus
         return all(read_file(n) for n in by_series[folder])
 
     def random_file(seed: random.Random) -> bool:
+        time.sleep(0.005)  # mostly page-cache and memory hits: leave the CPU to the network work
         return read_file(seed.choice(names))
 
     def random_reads(seed: random.Random) -> bool:
@@ -282,7 +283,7 @@ def _start_workers(mountpoint, sources, folders, paged, large, tally, stop, paus
 
     plan = [("series cat", series_cat)] + [("parallel readers", random_file)] * 8
     # Random reads of the large object keep requests flowing (the rest is mostly cached).
-    plan += [("random 64 KiB reads", random_reads)] * 12 + [("find", find)]
+    plan += [("random 64 KiB reads", random_reads)] * 16 + [("find", find)]
     threads = []
     for workload, body in plan:
         thread = threading.Thread(target=guarded, args=(workload, body), daemon=True)
