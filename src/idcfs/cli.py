@@ -307,12 +307,20 @@ def _serve(args: argparse.Namespace) -> int:
         _startup_failed(str(error), ready_fd)
         return 1
 
+    import mfusepy
+
     from idcfs.fs import DirectIoFUSE
     from idcfs.notify import sd_notify
 
     if metrics is not None:
         metrics.start()
+    # max_threads: libfuse's default is 10 threads answering the kernel, and mfusepy passes an
+    # invalid value that libfuse ignores with a warning. Reads that wait on the network (a stall,
+    # a retry) each hold a thread; with 10, a few slow objects stall every other reader.
     fuse_options: dict[str, Any] = {"ro": True, "fsname": "idcfs", "subtype": "idcfs"}
+    if (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 12):  # older ones refuse these
+        # max_idle_threads too: its default (-1) is what libfuse warns about at every mount.
+        fuse_options.update(max_threads=FUSE_THREADS, max_idle_threads=FUSE_IDLE_THREADS)
     if args.allow_other:
         fuse_options["allow_other"] = True
     for flag in filter(None, args.kernel_flags.split(",")):
@@ -332,6 +340,12 @@ def _serve(args: argparse.Namespace) -> int:
     sd_notify("STOPPING=1", f"STATUS=unmounted {args.mountpoint}")
     log.info("unmounted %s", args.mountpoint)
     return 0
+
+
+#: Threads libfuse may run to answer the kernel (each a Python thread mostly waiting on I/O).
+FUSE_THREADS = 64
+#: Of those, how many may wait idle for the kernel's next request.
+FUSE_IDLE_THREADS = 16
 
 
 def _startup_failed(message: str, ready_fd: int | None) -> None:
