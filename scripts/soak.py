@@ -88,7 +88,11 @@ def main() -> int:
     parser.add_argument("--large-mb", type=int, default=256, help="size of the large object")
     parser.add_argument("--tmpfs-mb", type=int, default=96, help="size of the cache disk")
     parser.add_argument("--report", type=Path, help="write the results as Markdown here")
+    parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_proxy:
+        return _serve_proxy(args.serve_proxy, args.fault_rate, args.state)
     if os.geteuid() != 0:
         print("soak: needs root (FUSE mounts, a tmpfs)", file=sys.stderr)
         return 2
@@ -115,19 +119,11 @@ def main() -> int:
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
     tally = Tally()
-    rng = random.Random(2026)
-    weights = list(FAULTS.items())
-    lock = threading.Lock()
-
-    def fault(method: str, path: str):
-        with lock:
-            if rng.random() >= args.fault_rate:
-                return None
-            return rng.choices([k for k, _ in weights], [w for _, w in weights])[0]
-
     bound = args.retry_deadline + args.request_timeout + 10
-    with s3_server(data / "s3", log_path=WORK / "rclone.log") as server, CountingProxy(server.url) as proxy:
-        proxy.fault = fault
+    with (
+        s3_server(data / "s3", log_path=WORK / "rclone.log") as server,
+        ProxyProcess(server.url, args.fault_rate) as proxy,
+    ):
         mount_args = [
             "mount", str(mountpoint), "--endpoint-url", proxy.url, "--cache-dir", str(cache_disk.parent),
             "--cache-size", f"{args.tmpfs_mb * 4}M", "--memory-cache-size", "16M",
@@ -173,12 +169,12 @@ def main() -> int:
                 print(f"[{elapsed:5.0f}s] daemon killed with SIGKILL and mounted again", flush=True)
             if elapsed >= next_report:
                 next_report += 60
-                print(f"[{elapsed:5.0f}s] {_summary(tally)}  faults {sum(proxy.faults.values()):,}", flush=True)
+                print(f"[{elapsed:5.0f}s] {_summary(tally)}  faults {sum(proxy.faults().values()):,}", flush=True)
         stop.set()
         for worker in workers:
             worker.join(timeout=bound)
         stuck = sum(w.is_alive() for w in workers)
-        faults = dict(proxy.faults)
+        faults = proxy.faults()
         stats = _stats(mountpoint)
         subprocess.run([IDCFS, "umount", str(mountpoint)], check=False)
     subprocess.run(["umount", "-l", str(cache_disk)], check=False)
@@ -189,6 +185,62 @@ def main() -> int:
         args.report.write_text(report)
     wrong = sum(n for (_, outcome), n in tally.outcomes.items() if outcome in ("wrong", "hung"))
     return 1 if wrong or stuck else 0
+
+
+class ProxyProcess:
+    """The fault-injecting proxy in a process of its own: in this one, its threads would share
+    the GIL with two dozen readers checking bytes, and the proxy would set the pace."""
+
+    def __init__(self, upstream: str, fault_rate: float) -> None:
+        self._state = WORK / "proxy-state.json"
+        self._state.unlink(missing_ok=True)
+        command = [sys.executable, __file__, "--serve-proxy", upstream, "--fault-rate", str(fault_rate)]
+        self._process = subprocess.Popen([*command, "--state", str(self._state)], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not self._state.exists():
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                raise SystemExit("soak: the proxy did not start")
+            time.sleep(0.1)
+        self.url = json.loads(self._state.read_text())["url"]
+
+    def faults(self) -> dict[str, int]:
+        try:
+            return json.loads(self._state.read_text())["faults"]
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self) -> ProxyProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def _serve_proxy(upstream: str, fault_rate: float, state: Path) -> int:
+    """The proxy process: faults at ``fault_rate`` by :data:`FAULTS`' weights; its URL and the
+    faults so far go to ``state`` (JSON, rewritten every second) until it is terminated."""
+    import signal
+
+    rng = random.Random(2026)
+    kinds, weights = list(FAULTS), list(FAULTS.values())
+    lock = threading.Lock()
+
+    def fault(method: str, path: str):
+        with lock:
+            return rng.choices(kinds, weights)[0] if rng.random() < fault_rate else None
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with CountingProxy(upstream) as proxy:
+        proxy.fault = fault
+        while True:
+            partial = state.with_suffix(".tmp")
+            partial.write_text(json.dumps({"url": proxy.url, "faults": {str(k): n for k, n in proxy.faults.items()}}))
+            partial.replace(state)
+            if stop.is_set():
+                return 0
+            stop.wait(1)
 
 
 def _large_object(data: Path, size: int):
