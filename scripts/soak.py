@@ -337,7 +337,7 @@ def _start_workers(mountpoint, sources, folders, paged, large, tally, stop, paus
 
     plan = [("series cat", series_cat)] + [("parallel readers", random_file)] * 8
     # Random reads of the large object keep requests flowing (the rest is mostly cached).
-    plan += [("random 64 KiB reads", random_reads)] * 16 + [("find", find)]
+    plan += [("random 64 KiB reads", random_reads)] * 40 + [("find", find)]
     threads = []
     for workload, body in plan:
         thread = threading.Thread(target=guarded, args=(workload, body), daemon=True)
