@@ -41,6 +41,9 @@ KERNEL_CACHE_TIMEOUT = 24 * 3600.0
 
 XATTR_PREFIX = "user.idc."
 
+#: Reads the kernel may have in flight at once (the daemon runs up to 64 threads to answer).
+FUSE_MAX_BACKGROUND = 48
+
 #: A folder with more series than this does not get their listings fetched ahead.
 MAX_LISTING_PREFETCH = 256
 
@@ -172,6 +175,12 @@ class IdcFs(mfusepy.Operations):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        if conn_info is not None:
+            # The kernel sends page-cache reads (readahead) as background requests, 12 at a time
+            # by default across the whole mount: a few reads waiting on the network then hold
+            # every other reader back. Raise it (capped for non-root by max_user_bgreq).
+            conn_info.max_background = FUSE_MAX_BACKGROUND
+            conn_info.congestion_threshold = FUSE_MAX_BACKGROUND * 3 // 4
         if config_3 is not None:
             config_3.entry_timeout = KERNEL_CACHE_TIMEOUT
             config_3.attr_timeout = KERNEL_CACHE_TIMEOUT
