@@ -270,8 +270,8 @@ def _start_workers(mountpoint, sources, folders, paged, large, tally, stop, paus
     large_bytes = large_source.read_bytes()
     source_bytes = {name: path.read_bytes() for name, path in sources.items()}
 
-    def guarded(workload: str, body) -> None:
-        seed = random.Random(hash(workload) & 0xFFFF)
+    def guarded(workload: str, body, number: int) -> None:
+        seed = random.Random(number)  # each reader its own sequence (the same one would share every fetch)
         while not stop.is_set():
             if paused.is_set():
                 time.sleep(0.2)
@@ -337,10 +337,10 @@ def _start_workers(mountpoint, sources, folders, paged, large, tally, stop, paus
 
     plan = [("series cat", series_cat)] + [("parallel readers", random_file)] * 8
     # Random reads of the large object keep requests flowing (the rest is mostly cached).
-    plan += [("random 64 KiB reads", random_reads)] * 40 + [("find", find)]
+    plan += [("random 64 KiB reads", random_reads)] * 16 + [("find", find)]
     threads = []
-    for workload, body in plan:
-        thread = threading.Thread(target=guarded, args=(workload, body), daemon=True)
+    for number, (workload, body) in enumerate(plan):
+        thread = threading.Thread(target=guarded, args=(workload, body, number), daemon=True)
         thread.start()
         threads.append(thread)
     return threads
