@@ -11,6 +11,7 @@ import random
 import stat
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,37 @@ def test_the_cache_folder_is_private_in_the_foreground(tmp_path, s3_proxy):
     finally:
         run_idcfs("umount", str(mountpoint))
         daemon.wait(30)
+
+
+def test_reads_waiting_on_the_network_do_not_hold_back_other_readers(mount_factory, s3_proxy, large_object):
+    """24 readers of different blocks, every GET held 1 s: the kernel must pass more than its
+    default 12 background reads to the daemon, and the daemon answer them with more than
+    libfuse's default 10 threads."""
+    mount = mount_factory(s3_proxy.url, "--prefetch", "off", "--block-size", "64K")
+    path = mount.series_dir(large_object.series) / large_object.name
+    assert path.stat().st_size == large_object.size  # the listing first: only reads are held below
+    release = threading.Event()
+
+    def hold_reads(method: str, request_path: str) -> None:
+        if large_object.name in request_path:
+            release.wait(30)
+
+    s3_proxy.fault = hold_reads
+    s3_proxy.log.clear()
+
+    def read_block(k: int) -> bytes:
+        with open(path, "rb") as handle:
+            handle.seek(k * 300_000)
+            return handle.read(1000)
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            reads = [pool.submit(read_block, k) for k in range(24)]
+            assert wait_until(lambda: s3_proxy.log.in_flight >= 16, 30), s3_proxy.log.in_flight
+            release.set()
+            results = [r.result(timeout=60) for r in reads]
+    finally:
+        release.set()
+        s3_proxy.fault = None
+    source = _large_bytes(large_object)
+    assert results == [source[k * 300_000 : k * 300_000 + 1000] for k in range(24)]

@@ -51,6 +51,8 @@ class RequestLog:
 
     requests: list[tuple[str, str]] = field(default_factory=list)
     body_bytes: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most requests being answered at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, method: str | None = None, contains: str = "") -> int:
@@ -65,6 +67,7 @@ class RequestLog:
         with self.lock:
             self.requests.clear()
             self.body_bytes = 0
+            self.max_in_flight = self.in_flight
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -145,13 +148,22 @@ class CountingProxy:
             def _forward(self) -> None:
                 with proxy.log.lock:
                     proxy.log.requests.append((self.command, self.path))
+                    proxy.log.in_flight += 1
+                    proxy.log.max_in_flight = max(proxy.log.max_in_flight, proxy.log.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with proxy.log.lock:
+                        proxy.log.in_flight -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if proxy.latency:
                     time.sleep(proxy.latency)
                 fault = proxy.fault(self.command, self.path) if proxy.fault else None
                 pace = None
-                if fault is not None:
+                if fault is not None and fault is not False:
                     with proxy.log.lock:
                         proxy.faults[str(fault).split(":")[0]] += 1
                     if isinstance(fault, str) and fault.startswith("stall:"):
