@@ -13,6 +13,7 @@ import pytest
 
 from idcfs.cache import BlockCache, SingleFlight
 from idcfs.reader import ObjectRef, Reader
+from idcfs.retry import RetryPolicy
 from idcfs.store import StoreError
 
 
@@ -21,10 +22,11 @@ class BytesStore:
         self.objects = objects
         self.short = short
         self.gate: threading.Event | None = None  # set: GETs wait for it
+        self.retry = RetryPolicy()
         self.gets: list[tuple[str, int, int]] = []
         self.lock = threading.Lock()
 
-    def get_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+    def get_range(self, bucket: str, key: str, start: int, end: int, deadline: float | None = None) -> bytes:
         with self.lock:
             self.gets.append((key, start, end))
         if self.gate is not None:

@@ -83,7 +83,10 @@ class SingleFlight(Generic[V]):
             future = self._pending.pop(key)
         future.set_exception(error)
 
-    def run(self, key: Hashable, fetch: Callable[[], V]) -> V:
+    def run(self, key: Hashable, fetch: Callable[[], V], wait: float | None = None) -> V:
+        """``fetch()`` once for all concurrent callers; a follower waits ``wait`` seconds at most
+        (``wait_timeout`` if not given, and never longer)."""
+        wait = self.wait_timeout if wait is None else min(wait, self.wait_timeout)
         for _ in range(3):  # joined, found abandoned, then led: at most a couple of turns
             with self._lock:
                 future = self._pending.get(key)
@@ -96,9 +99,9 @@ class SingleFlight(Generic[V]):
                 return self._lead(key, future, fetch)
             self.joined += 1
             try:
-                return future.result(timeout=self.wait_timeout)
+                return future.result(timeout=wait)
             except FutureTimeout:
-                raise StoreError(f"{key}: gave up waiting {self.wait_timeout:g}s for another thread's fetch") from None
+                raise StoreError(f"{key}: gave up waiting {wait:g}s for another thread's fetch") from None
             except Abandoned:
                 continue  # nobody fetched it: take the lead
         raise StoreError(f"{key}: fetch abandoned repeatedly")
@@ -338,7 +341,9 @@ class BlockCache:
     def in_flight(self, key: str) -> bool:
         return self._flight.pending(key)
 
-    def get_or_fetch(self, key: str, length: int, fetch: Callable[[], bytes], background: bool = False) -> bytes:
+    def get_or_fetch(
+        self, key: str, length: int, fetch: Callable[[], bytes], background: bool = False, wait: float | None = None
+    ) -> bytes:
         """The block ``key`` of ``length`` bytes: from memory, disk, or ``fetch`` (once).
 
         ``background`` work may wait for room in the disk write queue; a demand read never does.
@@ -367,7 +372,7 @@ class BlockCache:
                 self.disk.put(key, data, wait=background)
             return data
 
-        block = self._flight.run(key, load)
+        block = self._flight.run(key, load, wait)
         if self._unread:  # joined a prefetch that was on the wire
             self._mark_read(key)
         return block

@@ -26,6 +26,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -167,9 +168,11 @@ class Reader:
         first, last = offset // self.block_size, (end - 1) // self.block_size
         if state is not None and self.prefetch.mode != "off":
             self._read_ahead(obj, offset, end, last, state)
+        # One deadline for the whole read, however many blocks it spans and whoever fetches them.
+        deadline = time.monotonic() + self.store.retry.deadline
         pieces = []
         for index in range(first, last + 1):
-            block = self.block(obj, index)
+            block = self.block(obj, index, deadline=deadline)
             block_start = index * self.block_size
             pieces.append(block[max(offset, block_start) - block_start : end - block_start])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -177,14 +180,16 @@ class Reader:
     def block_key(self, obj: ObjectRef, index: int) -> str:
         return f"{obj.key}@{self.block_size}#{index}"
 
-    def block(self, obj: ObjectRef, index: int, background: bool = False) -> bytes:
+    def block(self, obj: ObjectRef, index: int, background: bool = False, deadline: float | None = None) -> bytes:
         start, length = index * self.block_size, self._block_length(obj, index)
 
         def fetch() -> bytes:
-            return self.store.get_range(obj.aws_bucket, obj.key, start, start + length)
+            return self.store.get_range(obj.aws_bucket, obj.key, start, start + length, deadline)
 
+        # A thread joining another's fetch waits until our deadline plus one attempt, at most.
+        wait = None if deadline is None else max(0.1, deadline - time.monotonic()) + self.store.retry.attempt_timeout
         # The store returns exactly the bytes asked for, and the cache checks the length again.
-        return self.cache.get_or_fetch(self.block_key(obj, index), length, fetch, background)
+        return self.cache.get_or_fetch(self.block_key(obj, index), length, fetch, background, wait)
 
     def _block_length(self, obj: ObjectRef, index: int) -> int:
         return min(obj.size, (index + 1) * self.block_size) - index * self.block_size

@@ -138,8 +138,11 @@ class Store:
             if not token:
                 return sorted(objects, key=lambda o: o.name)
 
-    def get_range(self, aws_bucket: str, key: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of an object; exactly ``end - start`` of them or an error."""
+    def get_range(self, aws_bucket: str, key: str, start: int, end: int, deadline: float | None = None) -> bytes:
+        """Bytes ``[start, end)`` of an object; exactly ``end - start`` of them or an error.
+
+        ``deadline`` (a ``time.monotonic()`` value) is the caller's, when one read needs several
+        ranges; else the retry policy's deadline from now."""
         bucket = bucket_for(self.source, aws_bucket)
         what = f"GET {object_url(self.source, aws_bucket, key)} bytes {start}-{end - 1}"
         url = self.object_http_url(bucket, key)
@@ -169,7 +172,7 @@ class Store:
             self.get_latency.observe(time.monotonic() - started)
             return bytes(received) + response.data if received else response.data
 
-        return self._with_retries(what, attempt)
+        return self._with_retries(what, attempt, deadline)
 
     def probe(self) -> str | None:
         """None when the store can be reached, else why not.
