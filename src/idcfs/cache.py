@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import shutil
 import struct
 import threading
 import time
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 V = TypeVar("V")
 
 _CRC = struct.Struct("<I")
+#: Free space the disk cache leaves on its disk (at most 5% of the disk), for everyone else.
+DISK_RESERVE = 256 << 20
 #: A background fetch waits this long at most for room in the disk write queue, then drops.
 PUT_WAIT_TIMEOUT = 10.0
 
@@ -164,6 +167,8 @@ class DiskTier:
         self._paused_until = 0.0
         self._retry_interval = retry_interval
         self.write_failures = 0
+        self._orphans_possible = False
+        self._effective_limit = size_limit
         # SQLite lets one writer in at a time, and a hit under LRU is a write (its access time).
         # Threads that find the lock taken would back off in SQLite's busy handler for up to
         # 100 ms; queueing them on a Python lock instead costs microseconds.
@@ -228,6 +233,10 @@ class DiskTier:
                     self._condition.wait(1.0)
                 batch = list(self._pending.items())[:8]
             try:
+                with self._db_lock:
+                    if self._orphans_possible:
+                        self._remove_orphans()
+                    self._fit_to_disk(sum(len(data) for _, data in batch))
                 with self._db_lock, self._cache.transact():
                     for key, data in batch:
                         # read=True: diskcache then writes in 4 MiB chunks; given bytes, it would
@@ -238,6 +247,9 @@ class DiskTier:
                 failed = True
                 with self._condition:
                     self.write_failures += 1
+                    # A failed transaction leaves the value files it wrote on disk, unknown to the
+                    # database: a full disk would stay full. They are swept before the next try.
+                    self._orphans_possible = True
                     if not self.paused:
                         log.warning(
                             "disk cache %s cannot be written (%s); not caching on disk for %gs, then trying again",
@@ -259,6 +271,27 @@ class DiskTier:
                     self._pending.clear()
                     self._pending_bytes = 0
                 self._condition.notify_all()
+
+    def _fit_to_disk(self, incoming: int) -> None:
+        """Cap the cache at what the disk can hold now, so writes do not meet a full disk: the
+        configured size, or less when other files take the space (LRU blocks go first)."""
+        usage = shutil.disk_usage(self.directory)
+        reserve = min(DISK_RESERVE, usage.total // 20)
+        volume = int(self._cache.volume())
+        limit = max(0, min(self.size_limit, volume + usage.free - incoming - reserve))
+        if limit != self._effective_limit:
+            self._effective_limit = limit
+            self._cache.reset("size_limit", limit)
+            if limit < volume:
+                self._cache.cull()
+
+    def _remove_orphans(self) -> None:
+        try:
+            self._cache.check(fix=True)
+        except Exception as error:  # noqa: BLE001 - a sweep that fails is tried again later
+            log.debug("disk cache check failed: %s", error)
+            return
+        self._orphans_possible = False
 
     @property
     def paused(self) -> bool:
