@@ -285,6 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
     from idcfs.mounting import check_fuse_available, check_mountpoint, prefer_libfuse3
 
     setup_logging(args.log_level, args.log_file, args.debug)
+    _bound_heap()
     handle_sighup()  # before any thread starts
     # FUSE threads answer the kernel while prefetch threads parse responses; the default 5 ms
     # GIL switch interval would make a cached read wait behind that work.
@@ -485,6 +486,21 @@ def _disk_tier(args: argparse.Namespace):
     except Exception as error:  # noqa: BLE001 - a cache is an optimisation, never a reason not to mount
         log.warning("disk cache %s unusable (%s); reading from the network only", folder, error)
         return None
+
+
+def _bound_heap() -> None:
+    """Keep glibc from hoarding the blocks' memory: with a dynamic mmap threshold, a freed 1 MiB
+    block raises it, later blocks come from per-thread arenas (64 FUSE threads, 16 fetchers),
+    and freed ones stay there: the soak saw RSS creep 250 MB over 15 minutes with a 16 MB block
+    cache. A fixed threshold maps every block on its own and unmaps it when freed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD (fixed: no dynamic raise)
+        libc.mallopt(-8, 4)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def _release_freed_memory() -> None:
