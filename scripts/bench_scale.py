@@ -85,7 +85,9 @@ def bench_scale(workdir: Path) -> list[tuple[str, str, str]]:
         CountingProxy(server.url) as proxy,
         tempfile.TemporaryDirectory(prefix="idcfs-scale-cache-") as cache,
     ):
-        mountpoint = _mount(proxy.url, Path(cache), "--prefetch", "file")
+        # rclone serve s3 walks the whole 91,980-file folder for every page (~1-2 s a page here, where
+        # S3 answers in tens of ms): the listing needs a deadline longer than the default 60 s.
+        mountpoint = _mount(proxy.url, Path(cache), "--prefetch", "file", "--retry-deadline", "900")
         try:
             pid = daemon_pid(mountpoint)
             for label, series in (("40-instance series", small), ("91,980-instance series", largest)):
@@ -109,7 +111,7 @@ def bench_scale(workdir: Path) -> list[tuple[str, str, str]]:
         finally:
             _umount(mountpoint)
 
-        mountpoint = _mount(proxy.url, Path(cache) / "find")
+        mountpoint = _mount(proxy.url, Path(cache) / "find", "--retry-deadline", "900")
         try:
             pid = daemon_pid(mountpoint)
             baseline = _rss_mib(pid)

@@ -42,7 +42,8 @@ def big_server(request, largest):
 
 def test_the_largest_series_lists_whole_in_pages(big_server, largest):
     source, proxy = big_server
-    store = Store(source, proxy.url, RetryPolicy(deadline=120))
+    # rclone serve s3 walks the whole folder for every page (~1 s a page): a long deadline.
+    store = Store(source, proxy.url, RetryPolicy(deadline=900, attempt_timeout=60))
     proxy.log.clear()
     proxy.fault = _every_tenth_page_fails_once()
     try:
@@ -71,7 +72,7 @@ def _every_tenth_page_fails_once():
 
 def test_the_largest_series_through_a_mount(big_server, largest, tmp_path):
     source, proxy = big_server
-    mount = mount_idcfs(tmp_path, proxy.url, "--source", source, "--prefetch", "file")
+    mount = mount_idcfs(tmp_path, proxy.url, "--source", source, "--prefetch", "file", "--retry-deadline", "900")
     try:
         folder = mount.path / largest.series.path
         names = os.listdir(folder)
