@@ -36,8 +36,12 @@ def big_server(request, largest):
     logs = TESTDATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     make, folder = (s3_server, BIG / "s3") if request.param == "aws" else (gcs_server, BIG / "gcs")
-    with make(folder, log_path=logs / f"big-{request.param}.log") as server, CountingProxy(server.url) as proxy:
-        yield request.param, proxy
+    server = make(folder, log_path=logs / f"big-{request.param}.log").start(timeout=900)  # fake-gcs loads it all
+    try:
+        with CountingProxy(server.url) as proxy:
+            yield request.param, proxy
+    finally:
+        server.stop()
 
 
 def test_the_largest_series_lists_whole_in_pages(big_server, largest):
