@@ -97,10 +97,11 @@ class SingleFlight(Generic[V]):
                 if leader:
                     future = Future()
                     self._pending[key] = future
+                else:
+                    self.joined += 1
             assert future is not None
             if leader:
                 return self._lead(key, future, fetch)
-            self.joined += 1
             try:
                 return future.result(timeout=wait)
             except FutureTimeout:
@@ -237,12 +238,12 @@ class DiskTier:
                     if self._orphans_possible:
                         self._remove_orphans()
                     self._fit_to_disk(sum(len(data) for _, data in batch))
-                with self._db_lock, self._cache.transact():
-                    for key, data in batch:
-                        # read=True: diskcache then writes in 4 MiB chunks; given bytes, it would
-                        # iterate a BytesIO line by line (thousands of writes for a binary block).
-                        record = io.BytesIO(data + _CRC.pack(zlib.crc32(data)))
-                        self._cache.set(key, record, read=True)
+                    with self._cache.transact():
+                        for key, data in batch:
+                            # read=True: diskcache then writes in 4 MiB chunks; given bytes, it would
+                            # iterate a BytesIO line by line (thousands of writes for a binary block).
+                            record = io.BytesIO(data + _CRC.pack(zlib.crc32(data)))
+                            self._cache.set(key, record, read=True)
             except Exception as error:  # noqa: BLE001 - degrade, never fail a read
                 failed = True
                 with self._condition:
@@ -410,7 +411,7 @@ class BlockCache:
             self._mark_read(key)
         return block
 
-    def fill(self, blocks: list[tuple[str, int]], fetch: Callable[[int, int], bytes], background: bool = True) -> None:
+    def fill(self, blocks: list[tuple[str, int]], fetch: Callable[[int, int], bytes]) -> None:
         """Fetch ahead of demand the blocks of ``blocks`` (key, length) that are neither in memory
         nor on the wire: from disk where it has them, the rest with one ``fetch(first, last)``
         per contiguous stretch (positions in ``blocks``; it returns the stretch's bytes).
@@ -435,12 +436,12 @@ class BlockCache:
                     continue
                 if stretch and stretch[-1] != i - 1:
                     attempted = stretch
-                    self._fetch_stretch(blocks, stretch, fetch, unsettled, background)
+                    self._fetch_stretch(blocks, stretch, fetch, unsettled)
                     stretch = []
                 stretch.append(i)
             if stretch:
                 attempted = stretch
-                self._fetch_stretch(blocks, stretch, fetch, unsettled, background)
+                self._fetch_stretch(blocks, stretch, fetch, unsettled)
         except BaseException as error:
             failure = error
             raise
@@ -458,7 +459,6 @@ class BlockCache:
         stretch: list[int],
         fetch: Callable[[int, int], bytes],
         unsettled: set[int],
-        background: bool,
     ) -> None:
         data = fetch(stretch[0], stretch[-1])
         expected = sum(blocks[i][1] for i in stretch)
@@ -473,7 +473,7 @@ class BlockCache:
             unsettled.discard(i)
             self._flight.resolve(key, block)
             if self.disk is not None:
-                self.disk.put(key, block, wait=background)
+                self.disk.put(key, block, wait=True)  # background work may wait for room
 
     def _from_disk(self, key: str, length: int) -> bytes | None:
         """The block from the disk tier (then also kept in memory), or None."""

@@ -13,6 +13,7 @@ import http.client
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,8 +131,6 @@ class Breaker:
     """
 
     def __init__(self, probe: Callable[[], str | None], threshold: int = 3, interval: float = 2.0) -> None:
-        import threading
-
         self._probe = probe
         self._threshold = threshold
         self._interval = interval
@@ -181,8 +180,6 @@ class Breaker:
                 self._trip(reason)
 
     def _trip(self, reason: str) -> None:  # with self._lock held
-        import threading
-
         self._offline_since = time.monotonic()
         self._reason = reason
         self.trips += 1

@@ -58,6 +58,8 @@ AWS_TO_GCS_BUCKET = {
 }
 
 SOURCES = ("aws", "gcs")
+
+T = TypeVar("T")
 #: Objects per listing page (both APIs' maximum for S3, a sane one for GCS).
 PAGE_SIZE = 1000
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -281,9 +283,6 @@ class Store:
 
     def close(self) -> None:
         self.breaker.close()
-
-
-T = TypeVar("T")
 
 
 def _s3_redirect_target(url: str, response: Response) -> str | None:

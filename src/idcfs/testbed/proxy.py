@@ -71,12 +71,14 @@ class RequestLog:
 
 
 class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up mid-response (a cancelled read) is normal here, not a traceback."""
+    """A client that hangs up mid-response (a cancelled read), or an upstream that refuses or
+    times out, is normal here, not a traceback."""
 
     allow_reuse_address = True  # a proxy stopped and started again on its port (an outage)
+    daemon_threads = True
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
 
 
@@ -95,7 +97,6 @@ class CountingProxy:
         #: Faults injected, by kind (``503``, ``reset``, ``stall``...).
         self.faults: Counter[str] = Counter()
         self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="proxy", daemon=True)
 
     @property
@@ -307,15 +308,7 @@ class ConnectProxy:
                 )
                 _pipe(self.connection, upstream)
 
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-            def handle_error(self, request, client_address) -> None:  # noqa: ANN001
-                if not isinstance(sys.exc_info()[1], OSError):
-                    super().handle_error(request, client_address)
-
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="connect-proxy", daemon=True)
 
     @property
