@@ -29,8 +29,9 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
+from idcfs.objects import ObjectInfo, ObjectTable
 from idcfs.stats import Counters
-from idcfs.store import ObjectInfo, StoreError
+from idcfs.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -497,15 +498,16 @@ class ListingCache(Generic[V]):
     and in a memory LRU capped at ``max_bytes`` (a ``find`` over millions of objects must not
     grow the daemon), plus the last listing too large for the cap on its own.
 
-    The disk holds the store's plain answer, ``[[name, size, etag], ...]`` as JSON, never a
-    pickled class of this program (renaming a class must not turn every cached listing into
-    garbage); the memory tier holds ``build(objects)``, whose size ``sizeof`` estimates.
+    The disk holds the store's plain answer (:meth:`ObjectTable.to_bytes`: its buffers as they
+    are, never a pickled class of this program: renaming a class must not turn every cached
+    listing into garbage); the memory tier holds ``build(objects)``, whose size ``sizeof``
+    estimates.
     An empty listing is never kept, in memory or on disk: the series may just not be there yet.
     """
 
     def __init__(
         self,
-        build: Callable[[list[ObjectInfo]], V],
+        build: Callable[[ObjectTable], V],
         sizeof: Callable[[V], int],
         directory: Path | None = None,
         max_bytes: int = 64 << 20,
@@ -529,7 +531,7 @@ class ListingCache(Generic[V]):
             except Exception as error:  # noqa: BLE001
                 log.warning("listing cache %s unusable (%s); listings are kept in memory only", directory, error)
 
-    def get_or_fetch(self, series_uuid: str, fetch: Callable[[], list[ObjectInfo]]) -> V:
+    def get_or_fetch(self, series_uuid: str, fetch: Callable[[], ObjectTable]) -> V:
         listing = self.peek(series_uuid)
         if listing is not None:
             return listing
@@ -554,22 +556,24 @@ class ListingCache(Generic[V]):
 
         return self._flight.run(series_uuid, load)
 
-    def _from_disk(self, series_uuid: str) -> list[ObjectInfo] | None:
+    def _from_disk(self, series_uuid: str) -> ObjectTable | None:
         if self._disk is None:
             return None
         try:
             stored = self._disk.get(series_uuid)
             if not isinstance(stored, bytes):
-                return None  # absent, or an entry of an older format
-            return [ObjectInfo(name, int(size), etag) for name, size, etag in json.loads(stored)]
+                return None  # absent, or an entry of a format older still
+            if stored.startswith(b"["):  # idcfs 0.3's JSON, [[name, size, etag], ...]
+                return ObjectTable.of(ObjectInfo(name, int(size), etag) for name, size, etag in json.loads(stored))
+            return ObjectTable.from_bytes(stored)
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
             return None
 
-    def _to_disk(self, series_uuid: str, objects: list[ObjectInfo]) -> None:
+    def _to_disk(self, series_uuid: str, objects: ObjectTable) -> None:
         if self._disk is None or time.monotonic() < self._disk_paused_until:
             return
         try:
-            self._disk.set(series_uuid, json.dumps([[o.name, o.size, o.etag] for o in objects]).encode())
+            self._disk.set(series_uuid, objects.to_bytes())
         except Exception as error:  # noqa: BLE001
             log.warning("listing cache cannot be written (%s); trying again in a minute", error)
             self._disk_paused_until = time.monotonic() + 60

@@ -416,7 +416,7 @@ def _build_filesystem(args: argparse.Namespace, on_ready):
             manifest=read_manifest(args.manifest) if args.manifest else None,
             allow_missing=args.allow_missing,
         )
-        snapshot = open_snapshot(files, args.layout, selection, args.cache_dir)
+        snapshot = open_snapshot(files, args.layout, selection, args.cache_dir, build_apart=True)
     except (CatalogError, TemplateError, ManifestError) as error:
         raise MountError(str(error)) from None
     tree, catalog = snapshot.tree, snapshot.tree.catalog

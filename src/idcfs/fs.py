@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import json
 import logging
 import os
@@ -28,10 +29,11 @@ from cachetools import LRUCache
 
 from idcfs.cache import ListingCache
 from idcfs.listing import SeriesListing
+from idcfs.objects import ObjectInfo, ObjectTable
 from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
 from idcfs.stats import Counters
-from idcfs.store import ObjectInfo, StoreError, object_url
+from idcfs.store import StoreError, object_url
 from idcfs.tree import Node
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,10 @@ def _xattr_values(values: dict[str, object]) -> dict[str, str]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-#: Per entry of a folder listing kept for the kernel (a 3-tuple; its name is the listing's).
-_BYTES_PER_ENTRY = 100
+#: Per entry of a folder's listing kept for the kernel: a 3-tuple, a list slot, its name.
+_BYTES_PER_ENTRY = 150
+#: Every folder's first two entries.
+_DOT_ENTRIES = ((".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0))
 
 
 def listing_cache(directory: Any = None, max_bytes: int = 64 << 20, wait_timeout: float = 90.0) -> ListingCache:
@@ -158,9 +162,10 @@ class IdcFs(mfusepy.Operations):
         self._handles: dict[int, _Handle | Any] = {}
         self._direct_io: set[int] = set()
         self._handles_lock = threading.Lock()
-        # Recent listings, ready to hand to the kernel again: libfuse 3.14's high-level API does
-        # not pass cache_readdir on, so the kernel asks again on every opendir. Capped in
-        # (estimated) bytes: the root of a flat layout alone is a million entries.
+        # Entries of recent folders above the series level, ready to hand to the kernel again:
+        # libfuse 3.14's high-level API does not pass cache_readdir on, so the kernel asks again
+        # on every opendir. Capped in (estimated) bytes: the root of a flat layout alone is a
+        # million entries. A series folder's entries come from its listing, never copied here.
         self._entries: LRUCache[Node, list[tuple[str, int, int]]] = LRUCache(
             maxsize=max(1, entries_bytes // _BYTES_PER_ENTRY), getsizeof=len
         )
@@ -228,7 +233,7 @@ class IdcFs(mfusepy.Operations):
     def _listing(self, row: int) -> SeriesListing:
         uuid = self._series_uuid(row)
 
-        def fetch() -> list[ObjectInfo]:
+        def fetch() -> ObjectTable:
             objects = self.store.list_series(self._series_bucket(row), uuid)
             if not objects:
                 log.warning(
@@ -291,13 +296,16 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if name is not None:
             raise mfusepy.FuseOSError(errno.ENOTDIR)
+        if self.tree.is_series(node):
+            # From the listing itself, one name at a time: a 92,000-entry folder costs no copy.
+            names = self._listing(node.index).entry_names()
+            return itertools.chain(_DOT_ENTRIES, ((entry, stat.S_IFREG, 0) for entry in names))
         with self._entries_lock:
             entries = self._entries.get(node)
         if entries is None:
             entries = self._entries_of(node)
-            if len(entries) > 2 or not self.tree.is_series(node):  # an empty series: ask again
-                with self._entries_lock, contextlib.suppress(ValueError):  # over the cap: not kept
-                    self._entries[node] = entries
+            with self._entries_lock, contextlib.suppress(ValueError):  # over the cap: not kept
+                self._entries[node] = entries
             self._prefetch_listings(node)
         return iter(entries)
 
@@ -314,13 +322,12 @@ class IdcFs(mfusepy.Operations):
                 self.reader.background.submit(SERIES, 0, functools.partial(self._listing, row))
 
     def _entries_of(self, node: Node) -> list[tuple[str, int, int]]:
+        """The entries of a folder above the series level (or of the control folder)."""
         if node is CONTROL:
             names, mode = sorted(self._control_files), stat.S_IFREG
-        elif self.tree.is_series(node):
-            names, mode = self._listing(node.index).names, stat.S_IFREG
         else:
             names, mode = list(self.tree.children(node)), stat.S_IFDIR
-        entries = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
+        entries = list(_DOT_ENTRIES)
         entries.extend((entry, mode, 0) for entry in names)
         if node == self.tree.root:
             entries.append((CONTROL_DIR, stat.S_IFDIR, 0))

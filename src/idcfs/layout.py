@@ -37,6 +37,7 @@ EMPTY_NAME = "%"
 
 # Characters that cannot appear in a path component, plus the escape character itself.
 _ESCAPED_CHARS = {"%": "%25", "/": "%2F", "\x00": "%00"}
+_ESCAPE_TABLE = str.maketrans(_ESCAPED_CHARS)
 _TOKEN = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -135,7 +136,7 @@ def escape_value(value: str | None) -> str:
     """Escape one metadata value so it can stand inside a path component, reversibly."""
     if value is None:
         return ""
-    return "".join(_ESCAPED_CHARS.get(char, char) for char in value)
+    return value.translate(_ESCAPE_TABLE)
 
 
 def finish_name(name: str) -> str:

@@ -16,9 +16,9 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
+from idcfs.objects import ObjectInfo, ObjectTable, ObjectTableBuilder
 from idcfs.retry import (
     FATAL,
     UNREACHABLE,
@@ -40,6 +40,7 @@ __all__ = [
     "SOURCES",
     "NotFoundError",
     "ObjectInfo",
+    "ObjectTable",
     "OfflineError",
     "RetryPolicy",
     "Store",
@@ -65,15 +66,6 @@ PAGE_SIZE = 1000
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 #: A probe of the store must answer quickly: it decides whether the mount starts offline.
 PROBE_TIMEOUT = 3.0
-
-
-@dataclass(frozen=True, slots=True)  # a listing of 92,000 objects holds 92,000 of these
-class ObjectInfo:
-    """One object of a series listing: its name inside the series folder, exact size, ETag."""
-
-    name: str
-    size: int
-    etag: str
 
 
 def bucket_for(source: str, aws_bucket: str) -> str:
@@ -116,8 +108,8 @@ class Store:
 
     # -- the two operations -------------------------------------------------------------------
 
-    def list_series(self, aws_bucket: str, series_uuid: str) -> list[ObjectInfo]:
-        """Every object under ``<bucket>/<series_uuid>/``, sorted by name; [] when there is none.
+    def list_series(self, aws_bucket: str, series_uuid: str) -> ObjectTable:
+        """Every object under ``<bucket>/<series_uuid>/``, sorted by name; empty when there is none.
 
         The pages share one deadline, and a failed page is retried from its own token: a
         92-page listing neither overruns the deadline 92 times nor starts again from page 1.
@@ -127,7 +119,7 @@ class Store:
         what = f"LIST {object_url(self.source, aws_bucket, prefix)}"
         deadline = time.monotonic() + self.retry.deadline
         page = self._s3_page if self.source == "aws" else self._gcs_page
-        objects: list[ObjectInfo] = []
+        objects = ObjectTableBuilder()  # each page goes into its buffers and is gone
         token: str | None = None
         while True:
             try:
@@ -135,10 +127,11 @@ class Store:
                     what, lambda timeout, token=token: page(bucket, prefix, token, timeout), deadline
                 )
             except NotFoundError:
-                return []  # a bucket or prefix that is not there holds no objects
+                return ObjectTableBuilder().build()  # a bucket or prefix that is not there holds no objects
             objects.extend(items)
+            del items
             if not token:
-                return sorted(objects, key=lambda o: o.name)
+                return objects.build()
 
     def get_range(self, aws_bucket: str, key: str, start: int, end: int, deadline: float | None = None) -> bytes:
         """Bytes ``[start, end)`` of an object; exactly ``end - start`` of them or an error.

@@ -21,60 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from idcfs.catalog import Catalog
-
-
-class NameArray:
-    """Strings as one UTF-8 buffer and int64 offsets; ``get(i)`` costs one slice.
-
-    ``offsets`` is a memoryview of int64 (indexing it yields plain ints quickly, which the binary
-    search needs); ``data`` is bytes or a memory map.
-    """
-
-    def __init__(self, offsets: memoryview, data: bytes | memoryview) -> None:
-        self._offsets = offsets
-        self._data = data
-
-    @classmethod
-    def from_arrow(cls, array: pa.Array) -> NameArray:
-        if array.null_count:
-            raise ValueError("path names must not be null")
-        _, offsets, data = array.buffers()
-        offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
-        window = np.frombuffer(offsets, dtype=offset_type)[array.offset : array.offset + len(array) + 1]
-        start = int(window[0]) if len(window) else 0
-        payload = data.to_pybytes()[start : int(window[-1])] if data is not None and len(window) else b""
-        return cls(memoryview((window.astype(np.int64) - start).tobytes()).cast("q"), payload)
-
-    @property
-    def offsets(self) -> memoryview:
-        return self._offsets
-
-    @property
-    def data(self) -> bytes | memoryview:
-        return self._data
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def get_bytes(self, index: int) -> bytes:
-        return bytes(self._data[self._offsets[index] : self._offsets[index + 1]])
-
-    def get(self, index: int) -> str:
-        return self.get_bytes(index).decode()
-
-    def find(self, name: bytes, lo: int, hi: int) -> int | None:
-        """Index of ``name`` among the sorted names ``[lo, hi)``, or None."""
-        offsets, data = self._offsets, self._data
-        while lo < hi:
-            mid = (lo + hi) // 2
-            probe = bytes(data[offsets[mid] : offsets[mid + 1]])
-            if probe < name:
-                lo = mid + 1
-            elif probe > name:
-                hi = mid
-            else:
-                return mid
-        return None
+from idcfs.names import NameArray
 
 
 @dataclass
