@@ -15,7 +15,8 @@ import pytest
 from idcfs.config import ConfigError, parse_mount_options, read_config_file, resolve
 from idcfs.helper import helper_argv
 from idcfs.notify import sd_notify
-from idcfs.stats import LatencyWindow, format_rates, format_table, prometheus_text
+from idcfs.report import format_rates, format_table, prometheus_text
+from idcfs.stats import LatencyWindow
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -129,3 +129,21 @@ def test_sql_escaping_equals_python_escaping():
     for *names, patient, modality, series in got:
         row = {"PatientID": patient, "Modality": modality, "SeriesInstanceUID": series}
         assert names == [segment_name(seg, row) for seg in template.segments], row
+
+
+def test_a_snapshot_key_changes_when_the_escaping_does(monkeypatch):
+    """A stored tree holds the names the escaping made: another escaping must get another key."""
+    from idcfs import layout
+    from idcfs.catalog import IndexFiles, Selection
+    from idcfs.snapshot import snapshot_key
+
+    files = IndexFiles.bundled()
+    before = snapshot_key(files, "default", Selection())
+    assert snapshot_key(files, "default", Selection()) == before
+    for table in ({**layout._ESCAPED_CHARS, "\\": "%5C"}, {**layout._ESCAPED_CHARS, "%": "%%"}):
+        with monkeypatch.context() as patched:
+            patched.setattr(layout, "_ESCAPE_TABLE", str.maketrans(table))
+            assert snapshot_key(files, "default", Selection()) != before
+    with monkeypatch.context() as patched:
+        patched.setattr(layout, "EMPTY_NAME", "%empty")
+        assert snapshot_key(files, "default", Selection()) != before

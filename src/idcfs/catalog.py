@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idcfs.layout import Template, parse_template, sql_finish_name, sql_segment_join
+from idcfs.layout import Template, parse_template, sql_finish_name, sql_literal, sql_segment_join
 from idcfs.manifest import Manifest
 
 #: Per-series columns always kept, for attributes, xattrs and the manifest. The layout's own
@@ -180,8 +180,6 @@ def load_catalog(
     Returns the catalog and, per path level, every row's escaped name (rows sorted bytewise by
     path), from which :mod:`idcfs.tree` builds the folders.
     """
-    import duckdb
-
     selection = selection or Selection()
     columns = index_columns(files)
     template = parse_template(template_text, columns)
@@ -191,33 +189,13 @@ def load_catalog(
     if (selection.idc_version is not None or selection.manifest is not None) and files.prior is None:
         raise CatalogError(f"no prior_versions_index.parquet beside {files.index}: versions and manifests need it")
 
-    connection = index_connection(files)
-    try:
-        release_dates = _release_dates(connection, files)
-        _check_version(selection, release_dates)
-        rows_sql = _rows_sql(files, columns, with_prior=files.prior is not None and _needs_prior(selection))
-        _check_values(connection, files, selection)
-        warnings = _check_manifest(connection, rows_sql, selection)
-        table = _fetch_arrow(connection.sql(_named_query(rows_sql, template, selection, columns)))
-    except duckdb.Error as error:
-        raise CatalogError(_explain_query_error(error, selection)) from None
-    finally:
-        connection.close()
-
+    table, release_dates, warnings = _query(files, template, selection, columns)
     if table.num_rows == 0:
         raise CatalogError(f"the selection matches no series: {json.dumps(selection.describe())}")
     levels = [f"l{k}" for k in range(template.depth)]
     table = _separate_collisions(table, levels)
     level_names = [_plain(table.column(name)) for name in levels]
-    keep = [c for c in table.column_names if c not in levels]
-    series = pa.table(
-        {
-            name: (
-                table.column(name).dictionary_encode() if name in _DICTIONARY_COLUMNS else table.column(name)
-            ).combine_chunks()
-            for name in keep
-        }
-    )
+    series = _series_table(table, keep=[c for c in table.column_names if c not in levels])
     current = max((int(v) for v in release_dates), default=0)
     if not release_dates and series.num_rows:
         current = int(pc.max(series.column("series_revised_idc_version")).as_py() or 0)
@@ -231,6 +209,40 @@ def load_catalog(
         "warnings": warnings,
     }
     return Catalog(template=template, series=series, info=info), level_names
+
+
+def _query(
+    files: IndexFiles, template: Template, selection: Selection, columns: set[str]
+) -> tuple[pa.Table, dict[int, float], list[str]]:
+    """The selected rows with each path level's escaped name, sorted by path; the release
+    dates; and the warnings of a manifest mounted with allow_missing."""
+    import duckdb
+
+    connection = index_connection(files)
+    try:
+        release_dates = _release_dates(connection, files)
+        _check_version(selection, release_dates)
+        rows = _candidate_rows(files, columns, with_prior=files.prior is not None and _needs_prior(selection))
+        _check_values(connection, files, selection)
+        warnings = _check_manifest(connection, rows.sql, selection)
+        table = _fetch_arrow(connection.sql(_named_query(rows, template, selection, columns)))
+    except duckdb.Error as error:
+        raise CatalogError(_explain_query_error(error, selection)) from None
+    finally:
+        connection.close()
+    return table, release_dates, warnings
+
+
+def _series_table(table: pa.Table, keep: list[str]) -> pa.Table:
+    """The columns kept per series, contiguous, the repetitive ones dictionary-encoded."""
+    return pa.table(
+        {
+            name: (
+                table.column(name).dictionary_encode() if name in _DICTIONARY_COLUMNS else table.column(name)
+            ).combine_chunks()
+            for name in keep
+        }
+    )
 
 
 def index_connection(files: IndexFiles):
@@ -263,22 +275,27 @@ def _check_version(selection: Selection, release_dates: dict[int, float]) -> Non
         raise CatalogError(f"IDC version {version} is not in the bundled data (known: {known}; see: idcfs versions)")
 
 
-def _literal(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
-
-
 def _in_list(values: tuple[str, ...] | list[str]) -> str:
-    return "(" + ", ".join(_literal(v) for v in values) + ")"
+    return "(" + ", ".join(sql_literal(v) for v in values) + ")"
 
 
-def _rows_sql(files: IndexFiles, columns: set[str], with_prior: bool) -> str:
+@dataclass(frozen=True)
+class _CandidateRows:
+    """The SQL of every row a selection chooses from, and whether prior versions are among them
+    (then a series may have several rows, and the query must pick one)."""
+
+    sql: str
+    with_prior: bool
+
+
+def _candidate_rows(files: IndexFiles, columns: set[str], with_prior: bool) -> _CandidateRows:
     """Every candidate row: the current index, plus (when asked) each prior version of a series."""
     current = (
         f"SELECT *, series_revised_idc_version AS min_idc_version, CAST(NULL AS BIGINT) AS max_idc_version "
-        f"FROM read_parquet({_literal(str(files.index))})"
+        f"FROM read_parquet({sql_literal(str(files.index))})"
     )
     if not with_prior:
-        return current
+        return _CandidateRows(current, with_prior=False)
     borrowed_out = [c for c in (*_PRIOR_OWN_COLUMNS, "series_revised_idc_version", "instanceCount") if c in columns]
     own = ", ".join(f"p.{c}" for c in _PRIOR_OWN_COLUMNS)
     prior = f"""
@@ -296,16 +313,16 @@ def _rows_sql(files: IndexFiles, columns: set[str], with_prior: bool) -> str:
                 min(min_idc_version) OVER (PARTITION BY crdc_series_uuid) AS min_idc_version,
                 max(max_idc_version) OVER (PARTITION BY crdc_series_uuid) AS max_idc_version
             )
-            FROM read_parquet({_literal(str(files.prior))})
+            FROM read_parquet({sql_literal(str(files.prior))})
             WINDOW newest AS (PARTITION BY crdc_series_uuid ORDER BY max_idc_version DESC)
             QUALIFY row_number() OVER newest = 1
         ) p
         LEFT JOIN (
-            SELECT * FROM read_parquet({_literal(str(files.index))})
+            SELECT * FROM read_parquet({sql_literal(str(files.index))})
             QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY crdc_series_uuid) = 1
         ) c ON c.SeriesInstanceUID = p.SeriesInstanceUID
     """
-    return f"({current}) UNION ALL BY NAME ({prior})"
+    return _CandidateRows(f"({current}) UNION ALL BY NAME ({prior})", with_prior=True)
 
 
 def _version_condition(version: int | None) -> str:
@@ -342,8 +359,8 @@ def _filters(selection: Selection, with_prior: bool) -> list[str]:
     return conditions
 
 
-def _named_query(rows_sql: str, template: Template, selection: Selection, columns: set[str]) -> str:
-    with_prior = "UNION ALL" in rows_sql
+def _named_query(rows: _CandidateRows, template: Template, selection: Selection, columns: set[str]) -> str:
+    with_prior = rows.with_prior
     conditions = _filters(selection, with_prior)
     where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
     # One row per series: a manifest's SeriesInstanceUID picks its newest version; a series
@@ -363,7 +380,7 @@ def _named_query(rows_sql: str, template: Template, selection: Selection, column
     keep_sql = ", ".join(f'"{c}"' for c in keep)
     # Names are joined in one step and finished in the next, so each is computed once.
     return f"""
-        WITH selected AS (SELECT * FROM ({rows_sql}) {where} {dedupe}),
+        WITH selected AS (SELECT * FROM ({rows.sql}) {where} {dedupe}),
              joined AS (SELECT {", ".join(joined)}, {keep_sql} FROM selected)
         SELECT {", ".join(named)}, {keep_sql} FROM joined ORDER BY {", ".join(levels)}
     """
@@ -371,7 +388,7 @@ def _named_query(rows_sql: str, template: Template, selection: Selection, column
 
 def _check_values(connection, files: IndexFiles, selection: Selection) -> None:
     """Name a --collection or --modality that is not in the index (a typo would mount nothing)."""
-    source = _literal(str(files.index))
+    source = sql_literal(str(files.index))
     for column, wanted, flag in (
         ("collection_id", selection.collections, "--collection"),
         ("Modality", selection.modalities, "--modality"),
@@ -396,10 +413,10 @@ def release_versions(files: IndexFiles) -> list[tuple[int, str, int]]:
         raise CatalogError(f"no version_metadata_index.parquet / prior_versions_index.parquet beside {files.index}")
     query = f"""
         WITH v AS (SELECT idc_version, CAST(version_timestamp AS VARCHAR) AS released
-                   FROM read_parquet({_literal(str(files.version_metadata))})),
-             current AS (SELECT series_revised_idc_version AS lo FROM read_parquet({_literal(str(files.index))})),
+                   FROM read_parquet({sql_literal(str(files.version_metadata))})),
+             current AS (SELECT series_revised_idc_version AS lo FROM read_parquet({sql_literal(str(files.index))})),
              prior AS (SELECT DISTINCT crdc_series_uuid, min_idc_version AS lo, max_idc_version AS hi
-                       FROM read_parquet({_literal(str(files.prior))}))
+                       FROM read_parquet({sql_literal(str(files.prior))}))
         SELECT v.idc_version, v.released,
                (SELECT count(*) FROM current WHERE lo <= v.idc_version)
              + (SELECT count(DISTINCT crdc_series_uuid) FROM prior WHERE lo <= v.idc_version AND v.idc_version <= hi)

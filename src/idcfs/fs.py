@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -35,13 +34,12 @@ from idcfs.snapshot import Snapshot
 from idcfs.stats import Counters
 from idcfs.store import StoreError, object_url
 from idcfs.tree import Node
+from idcfs.xattrs import folder_xattrs, series_xattrs
 
 log = logging.getLogger(__name__)
 
 #: Seconds the kernel may cache attributes, names and misses: IDC objects never change.
 KERNEL_CACHE_TIMEOUT = 24 * 3600.0
-
-XATTR_PREFIX = "user.idc."
 
 #: Reads the kernel may have in flight at once (the daemon runs up to 64 threads to answer).
 FUSE_MAX_BACKGROUND = 48
@@ -54,16 +52,19 @@ MAX_LISTING_PREFETCH = 256
 CONTROL_DIR = ".idcfs"
 #: Control files whose contents change: rendered at open, read with direct I/O.
 LIVE_CONTROL_FILES = ("stats",)
-CONTROL = Node(-1, 0)
 
 
-def _snake(column: str) -> str:
-    """``StudyInstanceUID`` -> ``study_instance_uid``: the xattr name of an index column."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", column).lower()
+class ControlFolder:
+    """The hidden ``/.idcfs`` folder. Not a :class:`Node`: no folder of the tree can be taken
+    for it, nor it for one (a sentinel ``Node(-1, 0)`` would index arrays with -1)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CONTROL"
 
 
-def _xattr_values(values: dict[str, object]) -> dict[str, str]:
-    return {XATTR_PREFIX + key: str(value) for key, value in values.items() if value not in (None, "")}
+CONTROL = ControlFolder()
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -166,7 +167,7 @@ class IdcFs(mfusepy.Operations):
         # libfuse 3.14's high-level API does not pass cache_readdir on, so the kernel asks again
         # on every opendir. Capped in (estimated) bytes: the root of a flat layout alone is a
         # million entries. A series folder's entries come from its listing, never copied here.
-        self._entries: LRUCache[Node, list[tuple[str, int, int]]] = LRUCache(
+        self._entries: LRUCache[Node | ControlFolder, list[tuple[str, int, int]]] = LRUCache(
             maxsize=max(1, entries_bytes // _BYTES_PER_ENTRY), getsizeof=len
         )
         self._entries_lock = threading.Lock()
@@ -200,7 +201,7 @@ class IdcFs(mfusepy.Operations):
 
     # -- path resolution ----------------------------------------------------------------------
 
-    def _resolve(self, path: str) -> tuple[Node, str | None]:
+    def _resolve(self, path: str) -> tuple[Node | ControlFolder, str | None]:
         """The directory node of ``path``, and the file name when ``path`` is a file in a series.
 
         The control folder ``/.idcfs`` resolves to ``CONTROL`` (its files to CONTROL and a name).
@@ -296,7 +297,7 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if name is not None:
             raise mfusepy.FuseOSError(errno.ENOTDIR)
-        if self.tree.is_series(node):
+        if node is not CONTROL and self.tree.is_series(node):
             # From the listing itself, one name at a time: a 92,000-entry folder costs no copy.
             names = self._listing(node.index).entry_names()
             return itertools.chain(_DOT_ENTRIES, ((entry, stat.S_IFREG, 0) for entry in names))
@@ -309,7 +310,7 @@ class IdcFs(mfusepy.Operations):
             self._prefetch_listings(node)
         return iter(entries)
 
-    def _prefetch_listings(self, node: Node) -> None:
+    def _prefetch_listings(self, node: Node | ControlFolder) -> None:
         """Listing a folder of series (a study, in the default layout) is usually followed by
         listing each series (ls -lR, a viewer's import): fetch their listings in parallel now."""
         if node is CONTROL or node.depth != self.tree.depth - 1 or self.reader.prefetch.mode == "off":
@@ -321,7 +322,7 @@ class IdcFs(mfusepy.Operations):
             if self.listings.peek(self._series_uuid(row)) is None:
                 self.reader.background.submit(SERIES, 0, functools.partial(self._listing, row))
 
-    def _entries_of(self, node: Node) -> list[tuple[str, int, int]]:
+    def _entries_of(self, node: Node | ControlFolder) -> list[tuple[str, int, int]]:
         """The entries of a folder above the series level (or of the control folder)."""
         if node is CONTROL:
             names, mode = sorted(self._control_files), stat.S_IFREG
@@ -355,49 +356,11 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if node is CONTROL:
             return {}
-        series = self.catalog.series
-        rows = self.tree.rows(node)
-        values: dict[str, object] = {}
-        if node.depth == 0:
-            values["idc_version"] = self.catalog.idc_version
-        elif len(rows):
-            row = rows.start
-            for segment in self.catalog.template.segments[: node.depth]:
-                for column in segment.columns:
-                    values[_snake(column)] = series.column(column)[row].as_py()
         if not self.tree.is_series(node):
-            values["series_count"] = len(rows)
-            size = pc.sum(series.column("series_size_MB").slice(rows.start, len(rows))).as_py() or 0
-            values["size_mb"] = round(size, 3)
-            return _xattr_values(values)
+            return folder_xattrs(self.catalog, node.depth, self.tree.rows(node))
         row = node.index
-        uuid, bucket = self._series_uuid(row), self._series_bucket(row)
-        for column in (
-            "collection_id",
-            "PatientID",
-            "StudyInstanceUID",
-            "SeriesInstanceUID",
-            "Modality",
-            "crdc_series_uuid",
-            "license_short_name",
-            "source_DOI",
-            "instanceCount",
-            "series_size_MB",
-        ):
-            values[_snake(column)] = series.column(column)[row].as_py()
-        values["license"] = values.pop("license_short_name")
-        values["url"] = object_url(self.store.source, bucket, f"{uuid}/*")
-        first = series.column("min_idc_version")[row].as_py()
-        last = series.column("max_idc_version")[row].as_py()
-        values["idc_versions"] = f"{first}-{last if last is not None else ''}"
-        values["series_revised_idc_version"] = series.column("series_revised_idc_version")[row].as_py()
-        if name is not None:
-            info = self._file(node, name)
-            values["url"] = object_url(self.store.source, bucket, f"{uuid}/{info.name}")
-            values["crdc_instance_uuid"] = info.name.removesuffix(".dcm")
-            values["etag"] = info.etag
-            values["size"] = info.size
-        return _xattr_values(values)
+        info = self._file(node, name) if name is not None else None
+        return series_xattrs(self.catalog, row, self.store.source, info)
 
     @_errors_to_errno
     def listxattr(self, path: str) -> list[str]:
@@ -423,9 +386,8 @@ class IdcFs(mfusepy.Operations):
 
     def collect_stats(self) -> dict[str, Any]:
         """The live statistics (``/.idcfs/stats``, ``idcfs stats``, ``--metrics-port``)."""
-        store, cache, background = self.store, self.reader.cache, self.reader.background
-        fetched, cached, served = store.counters.snapshot(), cache.counters.snapshot(), self.counters.snapshot()
-        disk = cache.disk
+        store = self.store
+        fetched = store.counters.snapshot()
         with self._handles_lock:
             open_files = sum(isinstance(h, _Handle) for h in self._handles.values())
         return {
@@ -439,38 +401,49 @@ class IdcFs(mfusepy.Operations):
             "retries": fetched["retries"],
             "errors": fetched["errors"],
             "not_found": fetched["not_found"],
-            "internal_errors": served["internal_errors"],
+            "internal_errors": self.counters["internal_errors"],
             "get_latency": store.get_latency.snapshot(),
-            "cache": {
-                "memory": {
-                    "hits": cached["memory_hits"],
-                    "misses": cached["memory_misses"],
-                    "bytes": cache.bytes_used,
-                    "capacity": cache.max_bytes,
-                },
-                "disk": {
-                    "hits": cached["disk_hits"],
-                    "misses": cached["disk_misses"],
-                    "bytes": disk.bytes_used if disk is not None else 0,
-                    "capacity": disk.size_limit if disk is not None else 0,
-                    "paused": disk.paused if disk is not None else False,
-                },
-                "listings": {"bytes": self.listings.bytes_used, "capacity": self.listings.max_bytes},
-                "kernel": {
-                    "reads": served["reads"],
-                    "bytes": served["read_bytes"],
-                    "files_without_reads": served["files_without_reads"],
-                },
-            },
-            "prefetch": {
-                "mode": self.reader.prefetch.mode,
-                "useful_bytes": cached["prefetch_useful_bytes"],
-                "wasted_bytes": cached["prefetch_wasted_bytes"],
-                "unread_bytes": cache.unread_prefetched_bytes,
-                "completed": background.completed,
-                "failed": background.failed,
-            },
+            "cache": self._cache_stats(),
+            "prefetch": self._prefetch_stats(),
             "open_files": open_files,
+        }
+
+    def _cache_stats(self) -> dict[str, Any]:
+        """Per tier: memory and disk blocks, listings, and what the kernel's page cache spared."""
+        cache, served = self.reader.cache, self.counters.snapshot()
+        cached, disk = cache.counters.snapshot(), cache.disk
+        return {
+            "memory": {
+                "hits": cached["memory_hits"],
+                "misses": cached["memory_misses"],
+                "bytes": cache.bytes_used,
+                "capacity": cache.max_bytes,
+            },
+            "disk": {
+                "hits": cached["disk_hits"],
+                "misses": cached["disk_misses"],
+                "bytes": disk.bytes_used if disk is not None else 0,
+                "capacity": disk.size_limit if disk is not None else 0,
+                "paused": disk.paused if disk is not None else False,
+            },
+            "listings": {"bytes": self.listings.bytes_used, "capacity": self.listings.max_bytes},
+            "kernel": {
+                "reads": served["reads"],
+                "bytes": served["read_bytes"],
+                "files_without_reads": served["files_without_reads"],
+            },
+        }
+
+    def _prefetch_stats(self) -> dict[str, Any]:
+        cache, background = self.reader.cache, self.reader.background
+        cached = cache.counters.snapshot()
+        return {
+            "mode": self.reader.prefetch.mode,
+            "useful_bytes": cached["prefetch_useful_bytes"],
+            "wasted_bytes": cached["prefetch_wasted_bytes"],
+            "unread_bytes": cache.unread_prefetched_bytes,
+            "completed": background.completed,
+            "failed": background.failed,
         }
 
     # -- reading ------------------------------------------------------------------------------

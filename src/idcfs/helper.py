@@ -60,16 +60,3 @@ def helper_argv(argv: list[str]) -> list[str]:
     if args.fake:
         command.append("--dry-run")
     return command
-
-
-def main() -> int:
-    """The ``mount.idcfs`` program."""
-    import sys
-
-    from idcfs.cli import main as idcfs_main
-
-    try:
-        return idcfs_main(helper_argv(sys.argv[1:]))
-    except ConfigError as error:
-        print(f"idcfs: error: {error}", file=sys.stderr)
-        return 1

@@ -176,17 +176,17 @@ def sql_escape_value(column_sql: str) -> str:
     value = f"coalesce(CAST({column_sql} AS VARCHAR), '')"
     escaped = value
     for char, replacement in _ESCAPED_CHARS.items():
-        char_sql = "chr(0)" if char == "\x00" else _sql_literal(char)
-        escaped = f"replace({escaped}, {char_sql}, {_sql_literal(replacement)})"
+        char_sql = "chr(0)" if char == "\x00" else sql_literal(char)
+        escaped = f"replace({escaped}, {char_sql}, {sql_literal(replacement)})"
     needs = " OR ".join(
-        f"contains({value}, {'chr(0)' if char == chr(0) else _sql_literal(char)})" for char in _ESCAPED_CHARS
+        f"contains({value}, {'chr(0)' if char == chr(0) else sql_literal(char)})" for char in _ESCAPED_CHARS
     )
     return f"(CASE WHEN {needs} THEN {escaped} ELSE {value} END)"
 
 
 def sql_segment_join(segment: Segment) -> str:
     """DuckDB expression joining a segment's escaped values and literals (before :func:`sql_finish_name`)."""
-    pieces = [sql_escape_value(f'"{text}"') if is_column else _sql_literal(text) for is_column, text in segment.parts]
+    pieces = [sql_escape_value(f'"{text}"') if is_column else sql_literal(text) for is_column, text in segment.parts]
     return " || ".join(pieces)
 
 
@@ -194,7 +194,7 @@ def sql_finish_name(joined_sql: str) -> str:
     """DuckDB twin of :func:`finish_name`; ``joined_sql`` should be a column, evaluated once."""
     j = joined_sql
     return (
-        f"(CASE WHEN {j} = '' THEN {_sql_literal(EMPTY_NAME)} "
+        f"(CASE WHEN {j} = '' THEN {sql_literal(EMPTY_NAME)} "
         f"WHEN {j} IN ('.', '..') THEN replace({j}, '.', '%2E') "
         f"WHEN strlen({j}) > {NAME_MAX} THEN left({j}, {_LONG_NAME_KEEP}) || '%~' || md5({j}) "
         f"ELSE {j} END)"
@@ -212,5 +212,19 @@ def segment_name(segment: Segment, row: dict[str, str | None]) -> str:
     return finish_name(joined)
 
 
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def sql_literal(text: str) -> str:
+    """A DuckDB string literal of ``text`` (the index's paths and the user's values are quoted
+    this one way, in the tree's names and in the catalog's filters alike)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+#: Values that meet every rule of the escaping: what it makes of them is part of a snapshot's key.
+_ESCAPING_PROBES = ("", ".", "..", "plain", "a/b", "50%", "nul\x00", "sp ace+&", "x" * 300, "é" * 200)
+
+
+def escaping_fingerprint() -> str:
+    """A digest of what the escaping does (in Python, and the SQL the tree's names are built
+    with): a stored tree whose names another escaping produced must not be served as current."""
+    outputs = [repr(sorted(_ESCAPE_TABLE.items()))] + [escape_name(value) for value in _ESCAPING_PROBES]
+    outputs += [sql_escape_value('"c"'), sql_finish_name("j"), str(NAME_MAX), EMPTY_NAME]
+    return hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:16]

@@ -35,8 +35,12 @@ def prefer_libfuse3() -> None:
         os.environ["FUSE_LIBRARY_PATH"] = library
 
 
-def fusermount() -> str | None:
-    return shutil.which("fusermount3") or shutil.which("fusermount")
+def fusermount() -> str:
+    """The fusermount program (FUSE 3's, else FUSE 2's), or a MountError saying how to get it."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise MountError("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: sudo apt-get install fuse3)")
+    return tool
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -63,8 +67,7 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 def check_fuse_available() -> None:
-    if fusermount() is None:
-        raise MountError("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: sudo apt-get install fuse3)")
+    fusermount()
     try:
         fd = os.open("/dev/fuse", os.O_RDWR)
     except FileNotFoundError:
@@ -204,8 +207,6 @@ def unmount(mountpoint: Path, lazy: bool = False, wait: float = 60.0) -> None:
         raise MountError(f"{mountpoint} is not a FUSE mount point")
     pid = daemon_pid(mountpoint)
     tool = fusermount()
-    if tool is None:
-        raise MountError("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: sudo apt-get install fuse3)")
     command = [tool, "-u", *(["-z"] if lazy else []), str(mountpoint)]
     result = subprocess.run(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False

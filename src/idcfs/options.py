@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from idcfs.reader import DEFAULT_BLOCK_SIZE, PREFETCH_MODES, PrefetchPolicy
+from idcfs.retry import RetryPolicy
+from idcfs.store import SOURCES
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -24,6 +28,15 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 512M, 20G)")
     number, unit, _ = match.groups()
     return int(float(number) * _UNITS[unit.lower()])
+
+
+def format_size(n: int) -> str:
+    """Bytes as the shortest exact size text: ``2 << 30`` -> ``"2G"``."""
+    for unit in ("T", "G", "M", "K"):
+        factor = _UNITS[unit.lower()]
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
 
 
 def parse_bool(text: str) -> bool:
@@ -116,7 +129,7 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "choice",
         "aws",
         "Cloud to read from: aws (S3 buckets) or gcs (their Google Cloud mirrors).",
-        choices=("aws", "gcs"),
+        choices=SOURCES,
     ),
     Option(
         "endpoint_url",
@@ -236,19 +249,19 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "series",
         "Work ahead of reads: off; file (readahead within a file read sequentially); series (also fetch "
         "the rest of a series when one of its files is read).",
-        choices=("off", "file", "series"),
+        choices=PREFETCH_MODES,
     ),
     Option(
         "prefetch_max_series",
         "size",
-        "2G",
+        format_size(PrefetchPolicy.max_series_bytes),
         "Series larger than this are not prefetched whole (readahead still applies).",
         metavar="SIZE",
     ),
     Option(
         "prefetch_workers",
         "int",
-        "16",
+        str(PrefetchPolicy.workers),
         "Parallel background fetches (readahead and series prefetch).",
         metavar="N",
     ),
@@ -263,18 +276,24 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     Option(
         "block_size",
         "size",
-        "1M",
+        format_size(DEFAULT_BLOCK_SIZE),
         "Unit of fetching and caching; a file no larger is fetched in one GET.",
         metavar="SIZE",
     ),
     Option(
         "retry_deadline",
         "seconds",
-        "60",
+        f"{RetryPolicy.deadline:g}",
         "Give up on a failing request (and answer EIO) after this many seconds of retries.",
         metavar="SECONDS",
     ),
-    Option("request_timeout", "seconds", "20", "Longest wait for one request attempt.", metavar="SECONDS"),
+    Option(
+        "request_timeout",
+        "seconds",
+        f"{RetryPolicy.attempt_timeout:g}",
+        "Longest wait for one request attempt.",
+        metavar="SECONDS",
+    ),
     Option(
         "allow_other",
         "bool",

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from idcfs import __version__
 from idcfs.catalog import Catalog, IndexFiles, Selection, load_catalog
-from idcfs.layout import PRESETS, parse_template
+from idcfs.layout import PRESETS, escaping_fingerprint, parse_template
 from idcfs.names import NameArray, arrow_string_bytes
 from idcfs.tree import Level, Tree, build_levels
 
@@ -58,6 +58,7 @@ def snapshot_key(files: IndexFiles, template_text: str, selection: Selection) ->
         "idcfs": __version__,
         "files": files.identity(),
         "layout": PRESETS.get(template_text, template_text),
+        "escaping": escaping_fingerprint(),
         "selection": selection.describe(),
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]

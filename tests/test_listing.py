@@ -1,0 +1,83 @@
+"""Series listings as buffers: the table a LIST builds, its disk form, the folder made of it.
+
+Pure logic; listings fetched from real servers are tested in test_store.py and test_trust.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from idcfs.cache import ListingCache
+from idcfs.layout import escape_name
+from idcfs.listing import SeriesListing
+from idcfs.objects import ObjectInfo, ObjectTable, ObjectTableBuilder
+
+AWKWARD = ["b.dcm", "a.dcm", "with space.dcm", "percent%20.dcm", "ünïcødé-画像.dcm", ".", "x/y", "plus+sign.dcm"]
+
+
+def objects(names=AWKWARD):
+    return [ObjectInfo(name, 100 + k, f"etag-{k}") for k, name in enumerate(names)]
+
+
+def test_a_table_is_sorted_bytewise_whatever_order_the_pages_came_in():
+    table = ObjectTable.of(objects())
+    assert [o.name for o in table] == sorted(AWKWARD, key=str.encode)
+    assert {o.name: (o.size, o.etag) for o in table} == {o.name: (o.size, o.etag) for o in objects()}
+
+
+def test_a_table_in_order_is_not_copied_to_be_sorted():
+    builder = ObjectTableBuilder()
+    builder.extend(sorted(objects(), key=lambda o: o.name.encode()))
+    table = builder.build()
+    assert table.sizes is builder._sizes  # the builder's own buffer: no sorted copy
+
+
+def test_the_disk_form_round_trips_and_damage_is_refused():
+    table = ObjectTable.of(objects())
+    data = table.to_bytes()
+    assert list(ObjectTable.from_bytes(data)) == list(table)
+    assert len(ObjectTable.from_bytes(ObjectTable.of([]).to_bytes())) == 0
+    for damaged in (data[:-3], data + b"x", b"idcfs-objects 9\n{}\n", data.replace(b'"count": 8', b'"count": 9')):
+        with pytest.raises((ValueError, KeyError, TypeError, IndexError)):
+            ObjectTable.from_bytes(damaged)
+
+
+def test_a_folder_escapes_names_and_finds_each_object_under_its_escaped_name():
+    listing = SeriesListing.of(ObjectTable.of(objects()))
+    shown = list(listing.entry_names())
+    assert shown == sorted((escape_name(n) for n in AWKWARD), key=str.encode)
+    for info in objects():
+        assert listing.get(escape_name(info.name)) == info
+    assert listing.get("x/y") is None and listing.get("percent%20.dcm") is None  # only escaped names exist
+    assert listing.get("\udcff") is None  # a name no object can have
+
+
+def test_a_folder_without_escapes_shares_the_tables_buffers():
+    table = ObjectTable.of(objects(["1.dcm", "2.dcm", "3.dcm"]))
+    listing = SeriesListing.of(table)
+    assert listing.names is table.names and listing.raw_names == {}
+
+
+def test_a_listing_costs_about_its_bytes():
+    names = [f"{k:08d}-0000-0000-0000-000000000000.dcm" for k in range(10_000)]
+    listing = SeriesListing.of(ObjectTable.of(ObjectInfo(n, 1, "d41d8cd98f00b204e9800998ecf8427e") for n in names))
+    per_object = listing.approximate_bytes() / len(names)
+    assert 80 < per_object < 110  # 40 name bytes, 32 etag bytes, three int64s
+
+
+def test_listings_stored_by_the_previous_version_are_read(tmp_path):
+    cache = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
+    cache._disk.set("uuid", json.dumps([["b.dcm", 2, "e2"], ["a.dcm", 1, "e1"]]).encode())
+    listing = cache.get_or_fetch("uuid", lambda: pytest.fail("a listing on disk needs no request"))
+    assert list(listing) == [ObjectInfo("a.dcm", 1, "e1"), ObjectInfo("b.dcm", 2, "e2")]
+
+
+def test_a_damaged_listing_on_disk_is_fetched_again(tmp_path):
+    cache = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
+    cache._disk.set("uuid", ObjectTable.of(objects()).to_bytes()[:-5])
+    listing = cache.get_or_fetch("uuid", lambda: ObjectTable.of(objects(["a.dcm"])))
+    assert [o.name for o in listing] == ["a.dcm"]
+    again = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
+    assert [o.name for o in again.get_or_fetch("uuid", lambda: pytest.fail("stored again"))] == ["a.dcm"]
