@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m idcfs.testbed.demo start
+	$(BIN)/python -m tests.testbed.demo start
 
 demo-stop:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m idcfs.testbed.demo stop; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tests.testbed.demo stop; fi
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -37,9 +37,11 @@ MINUTES ?= 30
 soak: install
 	$(BIN)/python scripts/soak.py --minutes $(MINUTES) --report bench/RELIABILITY.md
 
+# ruff, and the import rules of DESIGN.md (pyproject.toml's [tool.importlinter] contracts).
 lint: install
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check idcfs tests scripts
+	$(BIN)/ruff format --check idcfs tests scripts
+	$(BIN)/lint-imports
 
 clean: demo-stop
 	rm -rf demo-data demo-mnt .demo .testdata build *.egg-info

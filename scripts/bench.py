@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout: the test bed (tests/testbed: generated data, servers, proxy) is not installed.
+sys.path.insert(0, str(REPO))
 IDCFS = str(Path(sys.executable).with_name("idcfs"))
 UNUSED_ENDPOINT = "http://127.0.0.1:9"  # discard port: a mount that never needs the network
 
@@ -172,7 +174,6 @@ READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "reques
 
 
 def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_io import bench_reads
 
     workdir = REPO / ".bench"
@@ -181,7 +182,6 @@ def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
 
 
 def bench_scale_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_scale import bench_scale
 
     workdir = REPO / ".bench"

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from idcfs.testbed.dicomgen import generate, index_rows, series_from_row
-from idcfs.testbed.proxy import CountingProxy
-from idcfs.testbed.servers import s3_server
+from tests.testbed.dicomgen import generate, index_rows, series_from_row
+from tests.testbed.proxy import CountingProxy
+from tests.testbed.servers import s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

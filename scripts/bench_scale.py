@@ -2,7 +2,7 @@
 over half a million objects costs in memory.
 
 Objects are tiny (a few dozen bytes: their own key) at the real UUID paths of real series of the
-index, written by :func:`idcfs.testbed.bulk.tiny_series` and served by ``rclone serve s3`` on
+index, written by :func:`tests.testbed.bulk.tiny_series` and served by ``rclone serve s3`` on
 loopback with a counting proxy in front:
 
 - **CPU per file**: the daemon's CPU time (user + system, from /proc) while ``cat``-reading files
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from idcfs.mounting import daemon_pid
-from idcfs.testbed.bulk import LARGEST_SERIES, tiny_series
-from idcfs.testbed.proxy import CountingProxy
-from idcfs.testbed.servers import s3_server
+from tests.testbed.bulk import LARGEST_SERIES, tiny_series
+from tests.testbed.proxy import CountingProxy
+from tests.testbed.servers import s3_server
 
 IDCFS = str(Path(sys.executable).with_name("idcfs"))
 SMALL_SERIES = "002ded68-d9a7-407b-84aa-aa700b0f30ad"  # eay131, a 40-instance CT series

@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # the checkout: idcfs and its test bed (tests/testbed)
 
 from idcfs.mounting import daemon_pid, mounted_fuse_points  # noqa: E402
-from idcfs.testbed.bulk import PAGED_SERIES, tiny_series  # noqa: E402
-from idcfs.testbed.dicomgen import generate, index_rows, series_from_row  # noqa: E402
-from idcfs.testbed.proxy import CountingProxy  # noqa: E402
-from idcfs.testbed.servers import s3_server  # noqa: E402
+from tests.testbed.bulk import PAGED_SERIES, tiny_series  # noqa: E402
+from tests.testbed.dicomgen import generate, index_rows, series_from_row  # noqa: E402
+from tests.testbed.proxy import CountingProxy  # noqa: E402
+from tests.testbed.servers import s3_server  # noqa: E402
 
 WORK = REPO / ".testdata" / "soak"
 IDCFS = str(Path(sys.executable).with_name("idcfs"))

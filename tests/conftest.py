@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from idcfs.mounting import daemon_pid, mounted_fuse_points
-from idcfs.testbed.bulk import PAGED_SERIES, TinySeries, tiny_series
-from idcfs.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
-from idcfs.testbed.proxy import CountingProxy
-from idcfs.testbed.servers import gcs_server, s3_server
+from tests.testbed.bulk import PAGED_SERIES, TinySeries, tiny_series
+from tests.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
+from tests.testbed.proxy import CountingProxy
+from tests.testbed.servers import gcs_server, s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / ".testdata"

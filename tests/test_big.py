@@ -14,9 +14,9 @@ import pytest
 from idcfs.layout import escape_name
 from idcfs.retry import RetryPolicy
 from idcfs.store import Store
-from idcfs.testbed.bulk import LARGEST_SERIES, tiny_series
-from idcfs.testbed.proxy import CountingProxy
-from idcfs.testbed.servers import gcs_server, s3_server
+from tests.testbed.bulk import LARGEST_SERIES, tiny_series
+from tests.testbed.proxy import CountingProxy
+from tests.testbed.servers import gcs_server, s3_server
 
 from .conftest import TESTDATA, mount_idcfs, requires_fuse, run_idcfs
 

@@ -14,10 +14,10 @@ import pytest
 
 from idcfs.retry import FATAL, NOT_FOUND, TRANSIENT, UNREACHABLE, RetryPolicy, StoreError, classify
 from idcfs.store import AWS_TO_GCS_BUCKET, Store, bucket_for, object_url
-from idcfs.testbed.proxy import ConnectProxy
-from idcfs.testbed.servers import free_port, gcs_server, s3_server
-from idcfs.testbed.tls import make_certificates
 from idcfs.transport import CA_BUNDLE_VARIABLES, Http, HttpStatusError, error_for
+from tests.testbed.proxy import ConnectProxy
+from tests.testbed.servers import free_port, gcs_server, s3_server
+from tests.testbed.tls import make_certificates
 
 from .conftest import TESTDATA, source_file
 

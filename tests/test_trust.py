@@ -18,9 +18,9 @@ import pytest
 
 from idcfs.layout import escape_name
 from idcfs.mounting import mounted_fuse_points
-from idcfs.testbed.bulk import AWKWARD_NAMES
-from idcfs.testbed.proxy import CountingProxy
-from idcfs.testbed.servers import free_port
+from tests.testbed.bulk import AWKWARD_NAMES
+from tests.testbed.proxy import CountingProxy
+from tests.testbed.servers import free_port
 
 from .conftest import IDCFS, mount_idcfs, requires_fuse, run_idcfs, source_file, wait_until
 

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from idcfs.testbed.tls import TestCertificates
+from tests.testbed.tls import TestCertificates
 
 
 class ServerError(RuntimeError):

@@ -509,8 +509,8 @@ class ListingCache(Generic[V]):
         self,
         build: Callable[[ObjectTable], V],
         sizeof: Callable[[V], int],
-        directory: Path | None = None,
-        max_bytes: int = 64 << 20,
+        directory: Path | None,
+        max_bytes: int,
         wait_timeout: float = 90.0,
     ) -> None:
         self._build = build

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
+if TYPE_CHECKING:  # imported where used: a listing needs neither (and numpy starts threads)
+    import numpy as np
+    import pyarrow as pa
 
 
 def arrow_string_bytes(array_: pa.Array) -> tuple[np.ndarray, bytes]:
     """The int64 offsets (rebased to 0) and the UTF-8 bytes of an Arrow string array, without a
     Python loop over its values."""
+    import numpy as np
+    import pyarrow as pa
+
     _, offsets, data = array_.buffers()
     large = pa.types.is_large_string(array_.type) or pa.types.is_large_binary(array_.type)
     offset_type = np.int64 if large else np.int32

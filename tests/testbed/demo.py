@@ -1,7 +1,7 @@
 """``make demo``: a local S3 server with generated DICOM at real IDC paths, and idcfs mounted on it.
 
 Works offline. State lives in ``.demo/`` (server pid and URL), data in ``demo-data/``, the mount
-on ``demo-mnt/``; ``make demo-stop`` (``python -m idcfs.testbed.demo stop``) undoes all of it.
+on ``demo-mnt/``; ``make demo-stop`` (``python -m tests.testbed.demo stop``) undoes all of it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from idcfs.testbed.dicomgen import generate
-from idcfs.testbed.servers import s3_server
+from tests.testbed.dicomgen import generate
+from tests.testbed.servers import s3_server
 
 STATE_DIR = Path(".demo")
 DATA_DIR = Path("demo-data")
@@ -91,7 +91,7 @@ def stop(quiet: bool = False) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m idcfs.testbed.demo")
+    parser = argparse.ArgumentParser(prog="python -m tests.testbed.demo")
     parser.add_argument("action", choices=("start", "stop"))
     return start() if parser.parse_args().action == "start" else stop()
 

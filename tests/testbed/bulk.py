@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from idcfs.testbed.dicomgen import GeneratedSeries, _deterministic_uuid, index_rows, series_from_row
+from tests.testbed.dicomgen import GeneratedSeries, _deterministic_uuid, index_rows, series_from_row
 
 #: A real 1,503-instance CT series (eay131) and IDC's largest, 91,980 instances (ldct_and_projection_data).
 PAGED_SERIES = "39c370b4-ff5f-46d9-81f9-4b9911f6f9a7"

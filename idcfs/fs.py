@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import mfusepy
@@ -76,7 +77,7 @@ _BYTES_PER_ENTRY = 150
 _DOT_ENTRIES = ((".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0))
 
 
-def listing_cache(directory: Any = None, max_bytes: int = 64 << 20, wait_timeout: float = 90.0) -> ListingCache:
+def listing_cache(directory: Path | None, max_bytes: int, wait_timeout: float) -> ListingCache:
     """The cache of series listings as the file system uses them."""
     return ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, directory, max_bytes, wait_timeout)
 
@@ -136,10 +137,10 @@ class IdcFs(mfusepy.Operations):
         self,
         snapshot: Snapshot,
         reader: Reader,
-        listings: ListingCache[SeriesListing] | None = None,
+        listings: ListingCache[SeriesListing],
+        entries_bytes: int,
         mount_info: dict[str, Any] | None = None,
         on_ready: Callable[[], None] | None = None,
-        entries_bytes: int = 32 << 20,
     ) -> None:
         tree = snapshot.tree
         self.tree = tree
@@ -156,7 +157,7 @@ class IdcFs(mfusepy.Operations):
         self.counters = Counters("reads", "read_bytes", "files_without_reads", "internal_errors")
         self.reader = reader
         self.store = reader.store
-        self.listings: ListingCache[SeriesListing] = listings or listing_cache()
+        self.listings = listings
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
         self._uid, self._gid = os.getuid(), os.getgid()

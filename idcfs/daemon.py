@@ -151,9 +151,8 @@ def _build_filesystem(args: argparse.Namespace, on_ready: Callable[[], None]) ->
     files, snapshot = _open_catalog(args)
     store, reader, listings = _data_path(args)
     mount_info = _mount_info(args, files, snapshot.tree.catalog, reader.cache.disk)
-    return IdcFs(
-        snapshot, reader, listings, mount_info=mount_info, on_ready=on_ready, entries_bytes=args.listing_cache_size // 3
-    )
+    # A third of --listing-cache-size for the entries of folders above the series level.
+    return IdcFs(snapshot, reader, listings, args.listing_cache_size // 3, mount_info=mount_info, on_ready=on_ready)
 
 
 def _open_catalog(args: argparse.Namespace) -> tuple[IndexFiles, Snapshot]:
@@ -218,6 +217,7 @@ def _data_path(args: argparse.Namespace) -> tuple[Store, Reader, ListingCache]:
         budget_bytes=min(256 << 20, max(args.memory_cache_size // 2, 4 * args.block_size)),
     )
     reader = Reader(store, cache, args.block_size, policy)
+    # Two thirds of --listing-cache-size for series listings (the rest: folder entries, see _build_filesystem).
     listings = listing_cache(
         args.cache_dir / "listings", args.listing_cache_size * 2 // 3, wait_timeout=store.retry.longest_operation
     )
