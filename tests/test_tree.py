@@ -118,3 +118,25 @@ def test_real_index_children_are_sorted_and_unique(real_tree):
     assert len(patients) > 20_000
     encoded = [p.encode() for p in patients]
     assert encoded == sorted(encoded) and len(set(encoded)) == len(encoded)
+
+
+BUILD_APART = """
+import sys
+from pathlib import Path
+from idcfs.catalog import IndexFiles, Selection
+from idcfs.snapshot import open_snapshot
+
+snapshot = open_snapshot(IndexFiles.bundled(), "default", Selection(collections=("nlst",)), Path(sys.argv[1]), True)
+print(snapshot.built, snapshot.folder is not None, "duckdb" in sys.modules, snapshot.tree.num_children(snapshot.tree.root))
+"""
+
+
+def test_a_daemon_builds_its_catalog_in_a_child_and_maps_what_it_stored(tmp_path):
+    """The build's DuckDB never runs in the serving process (its heap leaves with the child)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", BUILD_APART, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["True", "True", "False", "1"]
+    again = subprocess.run([sys.executable, "-c", BUILD_APART, str(tmp_path)], capture_output=True, text=True)
+    assert again.stdout.split() == ["False", "True", "False", "1"]  # stored: loaded, not built
