@@ -126,8 +126,10 @@ from pathlib import Path
 from idcfs.catalog import IndexFiles, Selection
 from idcfs.snapshot import open_snapshot
 
-snapshot = open_snapshot(IndexFiles.bundled(), "default", Selection(collections=("nlst",)), Path(sys.argv[1]), True)
-print(snapshot.built, snapshot.folder is not None, "duckdb" in sys.modules, snapshot.tree.num_children(snapshot.tree.root))
+selection = Selection(collections=("nlst",))
+snapshot = open_snapshot(IndexFiles.bundled(), "default", selection, Path(sys.argv[1]), build_apart=True)
+tree = snapshot.tree
+print(snapshot.built, snapshot.folder is not None, "duckdb" in sys.modules, tree.num_children(tree.root))
 """
 
 
