@@ -203,3 +203,43 @@ def test_fill_takes_blocks_from_one_get_per_stretch():
     assert store.gets == [("k", 3000, 7000)]
     assert reader.read(ref, 3500, 3000) == DATA[3500:6500]
     assert len(store.gets) == 1
+
+
+def _read_at_random(reader, ref, state, reads):
+    for k in range(reads):
+        offset = (k * 97_001) % (ref.size - 100)
+        assert reader.read(ref, offset, 100, state) == DATA[offset : offset + 100]
+
+
+def _settled(reader, ref) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all(reader.cache.contains(reader.block_key(ref, i)) for i in range(reader.num_blocks(ref))):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("cache_bytes, fetched_whole", [(10**6, True), (300_000, False)])
+def test_an_object_read_at_random_is_fetched_whole_if_the_cache_can_hold_it(cache_bytes, fetched_whole):
+    """After ``random_after`` jumps, all of a cacheable object is queued once; an object larger
+    than half the cache is never fetched whole (its blocks would evict each other)."""
+    from idcfs.reader import PrefetchPolicy, ReadState
+
+    store = BytesStore({"k": DATA})
+    policy = PrefetchPolicy(mode="file", random_after=3, coalesce=4)
+    reader = Reader(store, BlockCache(cache_bytes), 1000, policy)
+    ref = ObjectRef("b", "k", len(DATA))
+    state = ReadState()
+    _read_at_random(reader, ref, state, 3)  # a first read and two jumps: not yet
+    assert len(store.gets) == 3
+    _read_at_random(reader, ref, state, 4)
+    if fetched_whole:
+        assert _settled(reader, ref)
+        assert sum(end - start for _, start, end in store.gets) <= 1.05 * len(DATA)
+        gets = len(store.gets)
+        _read_at_random(reader, ref, ReadState(), 10)  # another open file: cached, and not queued again
+        assert len(store.gets) == gets
+    else:
+        assert len(store.gets) <= 4
+    reader.close()

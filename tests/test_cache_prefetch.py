@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -104,19 +105,47 @@ def test_a_header_read_of_a_large_object_fetches_about_a_block(mount_factory, s3
     assert s3_proxy.log.body_bytes < large_object.size / 8
 
 
-def test_random_reads_do_not_stream_the_object(mount_factory, s3_proxy, large_object):
+def _pread_at_random(path, expected, count):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in range(0, len(expected) - BLOCK, len(expected) // 10)[:count]:
+            assert os.pread(fd, 4096, offset + 12345) == expected[offset + 12345 : offset + 12345 + 4096]
+    finally:
+        os.close(fd)
+
+
+def test_a_few_reads_at_random_fetch_what_they_read(mount_factory, s3_proxy, large_object):
+    """A header and a few frames (fewer jumps than make a file 'read at random') stream nothing."""
     mount = mount_factory(s3_proxy.url)
     path = mount.series_dir(large_object.series) / large_object.name
     expected = source_file(large_object.series, large_object.name).read_bytes()
     os.stat(path)
     s3_proxy.log.clear()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for offset in range(0, large_object.size - BLOCK, large_object.size // 10)[:10]:
-            assert os.pread(fd, 4096, offset + 12345) == expected[offset + 12345 : offset + 12345 + 4096]
-    finally:
-        os.close(fd)
-    assert s3_proxy.log.body_bytes <= 10 * 6 * BLOCK  # each jump: its blocks and the kernel's readahead
+    _pread_at_random(path, expected, 4)  # a first read, then three jumps
+    assert s3_proxy.log.body_bytes <= 4 * 6 * BLOCK  # each read: its blocks and the kernel's readahead
+
+
+def test_an_object_read_at_random_is_fetched_whole_once(mount_factory, s3_proxy, large_object):
+    """Tile reads all over a slide file: after a few jumps the object is fetched whole in the
+    background (parallel runs of blocks), about once, and later reads need no request."""
+    mount = mount_factory(s3_proxy.url)
+    path = mount.series_dir(large_object.series) / large_object.name
+    expected = source_file(large_object.series, large_object.name).read_bytes()
+    os.stat(path)
+    s3_proxy.log.clear()
+    _pread_at_random(path, expected, 10)
+
+    def in_memory() -> int:
+        return json.loads((mount.path / ".idcfs" / "stats").read_bytes())["cache"]["memory"]["bytes"]
+
+    assert wait_until(lambda: in_memory() >= large_object.size, 30)  # every block settled
+    fetched = s3_proxy.log.body_bytes
+    assert fetched <= 1.1 * large_object.size
+    with open(path, "rb") as handle:  # a second reader, at random too: all from the cache
+        for offset in range(777, large_object.size - 4096, large_object.size // 37):
+            handle.seek(offset)
+            assert handle.read(4096) == expected[offset : offset + 4096]
+    assert s3_proxy.log.body_bytes == fetched
 
 
 def test_sequential_read_uses_readahead_and_is_exact(mount_factory, s3_proxy, large_object):
