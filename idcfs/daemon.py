@@ -11,8 +11,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from idcfs import __version__
@@ -125,9 +127,29 @@ def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
         args.source,
         f", endpoint {args.endpoint_url}" if args.endpoint_url else "",
     )
+    if args.kernel_readahead:
+        threading.Thread(
+            target=_set_kernel_readahead, args=(args.mountpoint, args.kernel_readahead), name="idcfs-readahead"
+        ).start()
     warning = getattr(args, "offline_warning", None)
     report_ready(ready_fd, f"READY {warning}" if warning else "READY")
     sd_notify("READY=1", f"STATUS=mounted {args.mountpoint} (IDC from {args.source})", f"MAINPID={os.getpid()}")
+
+
+def _set_kernel_readahead(mountpoint: Path, nbytes: int) -> None:
+    """Raise the mount's readahead once the kernel has taken libfuse's answer to INIT (which
+    can only lower it, and arrives after the ``init`` callback that starts this): a few tries
+    in the first second, checked by reading the value back."""
+    from idcfs.mounting import kernel_readahead, set_kernel_readahead
+
+    problem = None
+    for _ in range(20):
+        time.sleep(0.05)
+        problem = set_kernel_readahead(mountpoint, nbytes)
+        if problem is None and kernel_readahead(mountpoint) == nbytes // 1024 * 1024:
+            log.debug("kernel readahead of %s: %d KiB", mountpoint, nbytes // 1024)
+            return
+    log.log(logging.INFO if os.getuid() == 0 else logging.DEBUG, "kernel readahead left as it is: %s", problem)
 
 
 def _probe_store(store: Store) -> str | None:

@@ -169,6 +169,11 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def _unescaped(path: str) -> str:
+    """A path as /proc/mounts and mountinfo write it: space, tab, newline, backslash in octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
 def mounted_fuse_points() -> dict[str, str]:
     """Mount point -> file system type of every FUSE mount, stale ones included."""
     points = {}
@@ -177,8 +182,7 @@ def mounted_fuse_points() -> dict[str, str]:
             for line in mounts:
                 fields = line.split()
                 if len(fields) >= 3 and fields[2].startswith("fuse"):
-                    # /proc/mounts writes space, tab, newline and backslash as octal escapes.
-                    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+                    point = _unescaped(fields[1])
                     points[point] = fields[2]
     except OSError:
         pass
@@ -226,3 +230,40 @@ def unmount(mountpoint: Path, lazy: bool = False, wait: float = 60.0) -> None:
         except OSError:
             return
         time.sleep(0.05)
+
+
+def _bdi(mountpoint: Path) -> str | None:
+    """The backing device (``major:minor``) of the FUSE mount at ``mountpoint``, from mountinfo."""
+    device = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if _unescaped(fields[4]) == str(mountpoint) and " - fuse" in line:
+                device = fields[2]  # the last one listed: mounts stack
+    return device
+
+
+def kernel_readahead(mountpoint: Path) -> int | None:
+    """The readahead of the mount at ``mountpoint``, in bytes (None if it cannot be read)."""
+    try:
+        device = _bdi(mountpoint)
+        return None if device is None else int(Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text()) * 1024
+    except (OSError, ValueError):
+        return None
+
+
+def set_kernel_readahead(mountpoint: Path, nbytes: int) -> str | None:
+    """Set the readahead of the mount at ``mountpoint`` (its backing device's ``read_ahead_kb``);
+    None when done, else why not (not root, no such mount). Never touches the mount itself: it
+    may run while the mount's own daemon is starting."""
+    try:
+        device = _bdi(mountpoint)
+    except OSError as error:
+        return f"cannot read /proc/self/mountinfo: {error.strerror}"
+    if device is None:
+        return f"{mountpoint} is not in /proc/self/mountinfo"
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{max(0, nbytes) // 1024}\n")
+    except OSError as error:
+        return f"cannot set /sys/class/bdi/{device}/read_ahead_kb: {error.strerror}"
+    return None

@@ -281,6 +281,14 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         metavar="SIZE",
     ),
     Option(
+        "kernel_readahead",
+        "size",
+        "1M",
+        "How far ahead the kernel reads a file read sequentially (the mount's read_ahead_kb; the kernel's "
+        "default is 128K, which makes big files latency-bound). Set by root only; 0 leaves the kernel's.",
+        metavar="SIZE",
+    ),
+    Option(
         "retry_deadline",
         "seconds",
         f"{RetryPolicy.deadline:g}",

@@ -14,8 +14,9 @@ import pytest
 
 from idcfs.catalog import IndexFiles
 from idcfs.layout import escape_name
+from idcfs.mounting import kernel_readahead
 
-from .conftest import requires_fuse, source_file
+from .conftest import requires_fuse, source_file, wait_until
 
 pytestmark = [pytest.mark.integration, requires_fuse]
 
@@ -197,3 +198,14 @@ def test_gcs_source_reads_the_same_bytes(gcs_mount, gcs_proxy, generated):
     assert gcs_proxy.log.count(contains="idc-open-data-two") == 0
     ct = next(s for s in generated if s.modality == "CT")
     assert pydicom.dcmread(gcs_mount.series_dir(ct) / ct.files[0].name).Modality == "CT"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root may set a mount's readahead")
+def test_the_kernel_reads_ahead_a_mebibyte_unless_told_otherwise(mount_factory, s3_proxy):
+    """The value is set just after the kernel's INIT handshake, so it is waited for."""
+    for options, kib in (((), 1024), (("--kernel-readahead", "4M"), 4096)):
+        mount = mount_factory(s3_proxy.url, *options)
+        assert wait_until(lambda mount=mount, kib=kib: kernel_readahead(mount.path) == kib << 10, 5)
+    mount = mount_factory(s3_proxy.url, "--kernel-readahead", "0")
+    os.listdir(mount.path)
+    assert kernel_readahead(mount.path) == 128 << 10  # the kernel's own
