@@ -13,7 +13,6 @@ later: reads go on meanwhile, and a disk with room again is used again.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import shutil
@@ -138,6 +137,19 @@ class _EvictionAwareLRU(LRUCache):  # type: ignore[type-arg]
         return key, value
 
 
+class _BlockRecord:
+    """A block and its CRC as diskcache reads a value with ``read=True`` (``read()`` until
+    ``b""``): the block itself, then the four CRC bytes, with no copy of the block. (Given bytes,
+    diskcache would iterate a BytesIO line by line: thousands of writes for a binary block; a
+    BytesIO of the block and its CRC joined costs two copies of every block written.)"""
+
+    def __init__(self, data: bytes) -> None:
+        self._parts: list[bytes | memoryview] = [_CRC.pack(zlib.crc32(data)), memoryview(data)]
+
+    def read(self, _size: int = -1) -> bytes | memoryview:
+        return self._parts.pop() if self._parts else b""
+
+
 class DiskTier:
     """A diskcache folder of blocks, capped at ``size_limit`` bytes, least recently used out first.
 
@@ -241,10 +253,7 @@ class DiskTier:
                     self._fit_to_disk(sum(len(data) for _, data in batch))
                     with self._cache.transact():
                         for key, data in batch:
-                            # read=True: diskcache then writes in 4 MiB chunks; given bytes, it would
-                            # iterate a BytesIO line by line (thousands of writes for a binary block).
-                            record = io.BytesIO(data + _CRC.pack(zlib.crc32(data)))
-                            self._cache.set(key, record, read=True)
+                            self._cache.set(key, _BlockRecord(data), read=True)
             except Exception as error:  # noqa: BLE001 - degrade, never fail a read
                 failed = True
                 with self._condition:
