@@ -14,7 +14,7 @@ from idcfs import __version__
 from idcfs.config import ConfigError, as_flags, resolve
 from idcfs.helper import helper_argv, is_helper_call
 from idcfs.mounting import MountError
-from idcfs.options import MOUNT_OPTIONS, add_options, default_cache_dir
+from idcfs.options import MOUNT_OPTIONS, add_options, default_cache_dir, parse_seconds
 
 log = logging.getLogger("idcfs")
 
@@ -82,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
     stats.add_argument(
         "--watch",
-        type=float,
+        type=parse_seconds,
         default=None,
         metavar="SECONDS",
-        help="print again every SECONDS, with rates since the last print (Ctrl-C to stop)",
+        help="print again every SECONDS (more than 0), with rates since the last print (Ctrl-C to stop)",
     )
 
     versions = commands.add_parser(
@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `idcfs stats --watch 2 | head`: the reader has gone, so are we
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail again
+        return 0
 
 
 def _versions(args: argparse.Namespace) -> int:

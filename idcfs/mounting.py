@@ -217,6 +217,8 @@ def unmount(mountpoint: Path, lazy: bool = False, wait: float = 60.0) -> None:
     )
     if result.returncode != 0:
         detail = result.stdout.strip().removeprefix(f"{tool}: ").strip()
+        # fusermount says "failed to unmount PATH: REASON": the reason alone, after ours.
+        detail = re.sub(r"^failed to unmount .*?: (?=[^:]+$)", "", detail)
         if "busy" in detail.lower():
             detail += " (close files and shells using it, or use --lazy)"
         raise MountError(f"cannot unmount {mountpoint}: {detail or 'fusermount failed'}")

@@ -164,3 +164,16 @@ def test_options_come_from_environment_variables(tmp_path, s3_proxy, generated):
         assert (tmp_path / "cache" / "idcfs.log").exists()
     finally:
         assert run_idcfs("umount", str(mountpoint)).returncode == 0
+
+
+def test_a_busy_mount_says_so_once_and_unmounts_when_let_go(mount_factory, s3_proxy):
+    mount = mount_factory(s3_proxy.url)
+    handle = os.open(mount.path, os.O_RDONLY)  # a shell sitting in the mount, as far as the kernel knows
+    try:
+        busy = run_idcfs("umount", str(mount.path))
+        assert busy.returncode == 1
+        message = busy.stderr.strip()
+        assert message.count("unmount") == 1 and "busy" in message and "--lazy" in message, message
+    finally:
+        os.close(handle)
+    assert run_idcfs("umount", str(mount.path)).returncode == 0

@@ -102,6 +102,16 @@ def test_fstab_line_mounts_reads_counts_and_unmounts(tmp_path, s3_proxy, generat
         assert name not in log_text and len(log_text.splitlines()) < 10  # no line per read or request
         table = run_idcfs("stats", str(mountpoint))
         assert table.returncode == 0 and "GET" in table.stdout and "p50" in table.stdout, table.stderr
+        for bad in ("0", "-1"):
+            refused = run_idcfs("stats", str(mountpoint), "--watch", bad)
+            assert refused.returncode == 2 and "must be positive" in refused.stderr, refused.stderr
+        # A pipe closed early (`| head`) ends the watch quietly, without a traceback.
+        watch = subprocess.Popen([IDCFS, "stats", str(mountpoint), "--watch", "0.1"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)  # fmt: skip
+        assert watch.stdout.readline()
+        watch.stdout.close()
+        assert watch.wait(30) == 0
+        assert b"Traceback" not in watch.stderr.read()
     finally:
         umount = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True, timeout=60)
     assert umount.returncode == 0, umount.stderr
