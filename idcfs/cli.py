@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -147,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if is_helper_call(argv, COMMANDS):  # mount.fuse3 running an fstab line's fuse.idcfs
             argv = helper_argv(argv)
+        elif argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+            close = difflib.get_close_matches(argv[0], sorted(COMMANDS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            print(f"idcfs: error: unknown command {argv[0]!r}{hint}; see: idcfs --help", file=sys.stderr)
+            return 2
         args = build_parser().parse_args(argv)
         if args.command == "mount":
             return _mount(args)

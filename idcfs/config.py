@@ -231,7 +231,9 @@ def as_flags(values: Mapping[str, Any], skip: Iterable[str] = ("foreground", "co
         value = values.get(option.name)
         if option.name in skipped:
             continue
-        if option.kind == "bool":
+        if option.kind == "bool" and option.name.startswith("no_"):
+            argv += [option.flag] if value else []  # off is its default: nothing to say
+        elif option.kind == "bool":
             argv.append(option.flag if value else "--no-" + option.flag[2:])
         elif option.kind == "list":
             for item in value or ():

@@ -19,8 +19,15 @@ DEVICES = {"aws": "aws", "gcs": "gcs", "none": None, "idcfs": None, "": None}
 
 
 def is_helper_call(argv: list[str], commands: set[str]) -> bool:
-    """``idcfs DEVICE DIR ...`` (mount.fuse3's call) rather than ``idcfs COMMAND ...``."""
-    return bool(argv) and not argv[0].startswith("-") and argv[0] not in commands
+    """``idcfs DEVICE DIR -o ...`` (mount.fuse3's call) rather than ``idcfs COMMAND ...``.
+
+    Only a device idcfs knows (``aws``, ``gcs``, ``none``, ``idcfs#...``) or mount(8)'s own shape
+    (a device, a directory, ``-o``) is a helper call: ``idcfs stat MNT`` is a misspelt command.
+    """
+    if not argv or argv[0].startswith("-") or argv[0] in commands:
+        return False
+    device = argv[0].strip().lower()
+    return device in DEVICES or "#" in device or (len(argv) >= 3 and "-o" in argv[2:])
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ checks the two agree on hostile values.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ def parse_template(text: str, known_columns: set[str]) -> Template:
     where ``%Modality_%SeriesInstanceUID`` uses ``_`` as a separator, and lets a typo be rejected
     at mount time with a message naming the bad token instead of producing a tree of empty names.
     """
+    if "%" not in text and text.strip() and text not in PRESETS:  # meant as a preset name
+        close = difflib.get_close_matches(text.lower(), PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TemplateError(
+            f"unknown layout {text!r} ({hint}presets: {', '.join(PRESETS)}; "
+            "or an idc-index dirTemplate such as %collection_id/%PatientID/%SeriesInstanceUID)"
+        )
     text = PRESETS.get(text, text)
     if not text.strip("/"):
         raise TemplateError("layout template is empty")

@@ -331,7 +331,10 @@ def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...] = M
         if option.default not in (None, False):
             help_text += f" (default: {option.default})"
         common: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS, "help": help_text}
-        if option.kind == "bool":
+        if option.kind == "bool" and option.name.startswith("no_"):
+            # Already a negation: --no-commercial-restrictions, never --no-no-commercial-restrictions.
+            parser.add_argument(option.flag, action="store_const", const=True, **common)
+        elif option.kind == "bool":
             parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, **common)
         elif option.kind == "list":
             parser.add_argument(option.flag, action="append", metavar=option.metavar, **common)

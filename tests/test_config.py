@@ -300,3 +300,33 @@ def test_journal_lines_carry_priorities_when_stderr_is_the_journal(monkeypatch, 
     assert lines == ["<3>ERROR idcfs.store: GET s3://b/k failed after 3 retries", "<4>WARNING idcfs.fs: careful"]
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     assert not stderr_is_journal()
+
+
+@pytest.mark.parametrize(
+    "argv, helper",
+    [
+        (["aws", "/mnt/idc", "-o", "ro"], True),
+        (["none", "/mnt/idc"], True),
+        (["idcfs#none", "/mnt/idc", "-o", "ro"], True),
+        (["s3://bucket", "/mnt/idc", "-o", "ro"], True),  # mount(8)'s shape: refused later, by device
+        (["stat", "demo-mnt"], False),
+        (["version"], False),
+        (["caches", "info"], False),
+        (["mount", "/mnt/idc"], False),
+    ],
+)
+def test_only_mount8s_calls_are_helper_calls(argv, helper):
+    from idcfs.cli import COMMANDS
+    from idcfs.helper import is_helper_call
+
+    assert is_helper_call(argv, COMMANDS) is helper
+
+
+@pytest.mark.parametrize(
+    "word, suggestion", [("stat", "stats"), ("version", "versions"), ("umout", "umount"), ("prefech", "prefetch")]
+)
+def test_an_unknown_command_gets_a_suggestion(word, suggestion, capsys):
+    from idcfs.cli import main
+
+    assert main([word, "somewhere"]) == 2
+    assert f"unknown command {word!r} (did you mean {suggestion!r}?)" in capsys.readouterr().err

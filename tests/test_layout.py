@@ -84,6 +84,9 @@ def test_separators_and_other_columns():
         ("%collection_id/literal", "names no column"),
         ("%collection_id/%", "not followed by a column"),
         ("", "empty"),
+        ("flatt", "did you mean 'flat'? presets: default, flat, by-modality"),
+        ("By-Modality", "did you mean 'by-modality'?"),
+        ("tree", "presets: default, flat, by-modality"),
     ],
 )
 def test_invalid_templates_name_the_bad_token(bad, token):

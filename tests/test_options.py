@@ -77,3 +77,12 @@ def test_daemon_sees_the_same_options():
 def test_readme_lists_every_option():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert option_table_markdown() in readme, "regenerate README's option table: python -m idcfs.options"
+
+
+def test_a_negative_switch_has_no_double_negative():
+    parser = build_parser()
+    args = parser.parse_args(["mount", "mnt", "--no-commercial-restrictions"])
+    assert args.no_commercial_restrictions is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["mount", "mnt", "--no-no-commercial-restrictions"])
+    assert parser.parse_args(["mount", "mnt", "--no-allow-other"]).allow_other is False  # others keep both forms
