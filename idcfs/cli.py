@@ -133,6 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats"}
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse like argparse, but an unknown flag is reported by its own command's parser (its
+    usage, not the top level's) with the nearest flag that command knows."""
+    args, unknown = parser.parse_known_args(argv)
+    if not unknown:
+        return args
+    command = _subparsers(parser).get(args.command, parser)
+    flags = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
+    words = [word for word in unknown if word.startswith("-")]
+    close = difflib.get_close_matches(words[0].split("=")[0], flags, n=1) if words else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    raise AssertionError("unreachable")  # error() exits
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def mount_helper_main() -> int:
     """The ``mount.idcfs`` program: mount(8)'s call (``mount.idcfs DEVICE DIR -o ...``)."""
     try:
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             print(f"idcfs: error: unknown command {argv[0]!r}{hint}; see: idcfs --help", file=sys.stderr)
             return 2
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         if args.command == "mount":
             return _mount(args)
         if args.command == "versions":

@@ -86,3 +86,21 @@ def test_a_negative_switch_has_no_double_negative():
     with pytest.raises(SystemExit):
         parser.parse_args(["mount", "mnt", "--no-no-commercial-restrictions"])
     assert parser.parse_args(["mount", "mnt", "--no-allow-other"]).allow_other is False  # others keep both forms
+
+
+@pytest.mark.parametrize(
+    "argv, prog, suggestion",
+    [
+        (["mount", "mnt", "--colection", "nlst"], "idcfs mount", "--collection"),
+        (["stats", "mnt", "--jsn"], "idcfs stats", "--json"),
+        (["cache", "info", "--cache-dr", "/tmp"], "idcfs cache", "--cache-dir"),
+    ],
+)
+def test_a_misspelt_flag_gets_its_commands_usage_and_the_nearest_flag(argv, prog, suggestion, capsys):
+    from idcfs.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usage: {prog}" in err and f"(did you mean {suggestion}?)" in err, err
