@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -91,11 +92,13 @@ def warm(paths: list[Path], jobs: int = 16, force: bool = False, quiet: bool = F
             "choose fewer folders, mount with a larger --cache-size, or use --force"
         )
     started = time.monotonic()
-    with tqdm(desc="listing", unit=" files", disable=quiet, leave=False) as listing:
+    # Bars only for a person at a terminal; a cron job's log gets the one summary line below.
+    no_bars = quiet or not sys.stderr.isatty()
+    with tqdm(desc="listing", unit=" files", disable=no_bars, leave=False) as listing:
         files = collect_files(paths, lambda n: listing.update(n - listing.n))
     result = WarmResult()
     with (
-        tqdm(total=sum(size for _, size in files), unit="B", unit_scale=True, desc="prefetch", disable=quiet) as bar,
+        tqdm(total=sum(size for _, size in files), unit="B", unit_scale=True, desc="prefetch", disable=no_bars) as bar,
         ThreadPoolExecutor(max(1, jobs)) as pool,
     ):
         futures = {pool.submit(read_whole, path): path for path, _ in files}

@@ -219,6 +219,7 @@ def test_prefetch_command_warms_the_cache(mount_factory, s3_proxy, generated, tm
     result = run_idcfs("prefetch", str(study))
     assert result.returncode == 0, result.stderr
     assert "prefetched" in result.stdout and f"{len(series.files)} files" in result.stdout
+    assert result.stdout.count("\n") == 1 and "%|" not in result.stderr  # no terminal: one line, no bars
     unmount(mount)
     again = mount_factory(s3_proxy.url, "--cache-dir", str(cache))
     s3_proxy.log.clear()
