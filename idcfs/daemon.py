@@ -140,13 +140,13 @@ def _set_kernel_readahead(mountpoint: Path, nbytes: int) -> None:
     """Raise the mount's readahead once the kernel has taken libfuse's answer to INIT (which
     can only lower it, and arrives after the ``init`` callback that starts this): a few tries
     in the first second, checked by reading the value back."""
-    from idcfs.mounting import kernel_readahead, set_kernel_readahead
+    from idcfs.mounting import set_kernel_readahead
 
     problem = None
     for _ in range(20):
         time.sleep(0.05)
         problem = set_kernel_readahead(mountpoint, nbytes)
-        if problem is None and kernel_readahead(mountpoint) == nbytes // 1024 * 1024:
+        if problem is None:
             log.debug("kernel readahead of %s: %d KiB", mountpoint, nbytes // 1024)
             return
     log.log(logging.INFO if os.getuid() == 0 else logging.DEBUG, "kernel readahead left as it is: %s", problem)

@@ -15,6 +15,7 @@ Two habits of glibc's malloc cost a FUSE daemon memory it never uses again:
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 
@@ -29,6 +30,7 @@ ARENAS = 4
 TRIM_INTERVAL = 5.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -59,17 +61,16 @@ class Trimmer:
     def __init__(self, interval: float = TRIM_INTERVAL) -> None:
         self._interval = interval
         self._stop = threading.Event()
-        self._libc = _libc()
         self._thread = threading.Thread(target=self._run, name="idcfs-heap-trim", daemon=True)
 
     def start(self) -> None:
-        if self._libc is not None:
+        if _libc() is not None:
             self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._libc.malloc_trim(0)
+                release_freed()
             except Exception:  # noqa: BLE001 - memory held longer is no reason to stop serving
                 log.debug("malloc_trim failed", exc_info=True)
                 return

@@ -256,16 +256,19 @@ def kernel_readahead(mountpoint: Path) -> int | None:
 
 def set_kernel_readahead(mountpoint: Path, nbytes: int) -> str | None:
     """Set the readahead of the mount at ``mountpoint`` (its backing device's ``read_ahead_kb``);
-    None when done, else why not (not root, no such mount). Never touches the mount itself: it
-    may run while the mount's own daemon is starting."""
+    None when it reads back as set, else why not (not root, no such mount, not yet taken).
+    Never touches the mount itself: it may run while the mount's own daemon is starting."""
     try:
         device = _bdi(mountpoint)
     except OSError as error:
         return f"cannot read /proc/self/mountinfo: {error.strerror}"
     if device is None:
         return f"{mountpoint} is not in /proc/self/mountinfo"
+    setting = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    wanted = max(0, nbytes) // 1024
     try:
-        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{max(0, nbytes) // 1024}\n")
-    except OSError as error:
-        return f"cannot set /sys/class/bdi/{device}/read_ahead_kb: {error.strerror}"
-    return None
+        setting.write_text(f"{wanted}\n")
+        now = int(setting.read_text())
+    except (OSError, ValueError) as error:
+        return f"cannot set {setting}: {getattr(error, 'strerror', None) or error}"
+    return None if now == wanted else f"{setting} is {now}, not {wanted}"

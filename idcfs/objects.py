@@ -56,9 +56,6 @@ class ObjectTable:
     def __iter__(self) -> Iterator[ObjectInfo]:
         return (self.info(k) for k in range(len(self)))
 
-    def nbytes(self) -> int:
-        return self.names.nbytes() + self.etags.nbytes() + self.sizes.itemsize * len(self.sizes)
-
     def to_bytes(self) -> bytes:
         """The plain disk form: a magic line, a JSON line of counts, then the raw buffers
         (little-endian int64 offsets and sizes, UTF-8 names and ETags)."""
@@ -115,9 +112,6 @@ class ObjectTableBuilder:
     def extend(self, objects: Iterable[ObjectInfo]) -> None:
         for o in objects:
             self.add(o.name, o.size, o.etag)
-
-    def __len__(self) -> int:
-        return len(self._sizes)
 
     def build(self) -> ObjectTable:
         table = ObjectTable(self._names.build(), self._sizes, self._etags.build())
