@@ -18,6 +18,7 @@ import logging
 import mmap
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 #: Snapshots kept per cache folder (least recently used go first).
 KEEP = 4
+#: Longest wait for the forked child that builds a catalog (the full index takes ~3 s).
+CHILD_BUILD_TIMEOUT = 600.0
 
 
 @dataclass
@@ -134,8 +137,17 @@ def _built_in_child(files: IndexFiles, template_text: str, selection: Selection,
             pass
         finally:
             os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + CHILD_BUILD_TIMEOUT
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        time.sleep(0.05)
+    log.warning("the catalog build in process %d took over %gs; building it here instead", pid, CHILD_BUILD_TIMEOUT)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # killed: reaped at once
+    return False
 
 
 def manifest_text(series: pa.Table) -> bytes:
