@@ -8,10 +8,13 @@ Nothing here knows about FUSE or the network.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,8 @@ class Selection:
     idc_version: int | None = None
     manifest: Manifest | None = None
     allow_missing: bool = False
+    #: (K, N): only the K-th of N parts (K from 1), split by PatientID; see :func:`shard_of`.
+    shard: tuple[int, int] | None = None
 
     def describe(self) -> dict[str, object]:
         """The selection as plain data (for ``/.idcfs/version`` and the cache key)."""
@@ -127,6 +132,8 @@ class Selection:
                 out[name] = list(value) if isinstance(value, tuple) else value
         if self.no_commercial_restrictions:
             out["no_commercial_restrictions"] = True
+        if self.shard is not None:
+            out["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         if self.manifest is not None:
             out["manifest"] = self.manifest.path
             out["manifest_ids"] = hashlib.sha256(
@@ -165,6 +172,18 @@ class Catalog:
         return float(dates.get(str(version), dates.get(str(self.idc_version), 0.0)))
 
 
+def shard_of(patient_id: str | None, count: int) -> int:
+    """The part (1 to ``count``) that ``--shard K/N`` puts a patient's series in: the first 60
+    bits of the MD5 of the PatientID, modulo N. A fixed function of the ID alone, so every node,
+    release and tool (the SQL of :func:`_shard_condition`, a Dask driver) agrees."""
+    return int(hashlib.md5((patient_id or "").encode()).hexdigest()[:15], 16) % count + 1
+
+
+def _shard_condition(shard: tuple[int, int]) -> str:
+    part, count = shard
+    return f"CAST(('0x' || left(md5(coalesce(PatientID, '')), 15)) AS BIGINT) % {int(count)} = {int(part) - 1}"
+
+
 def index_columns(files: IndexFiles) -> set[str]:
     """Column names of the index, for validating templates."""
     import pyarrow.parquet as pq
@@ -189,7 +208,7 @@ def load_catalog(
     if (selection.idc_version is not None or selection.manifest is not None) and files.prior is None:
         raise CatalogError(f"no prior_versions_index.parquet beside {files.index}: versions and manifests need it")
 
-    table, release_dates, warnings = _query(files, template, selection, columns)
+    table, release_dates, warnings, selection = _query(files, template, selection, columns)
     if table.num_rows == 0:
         raise CatalogError(f"the selection matches no series: {json.dumps(selection.describe())}")
     levels = [f"l{k}" for k in range(template.depth)]
@@ -213,9 +232,10 @@ def load_catalog(
 
 def _query(
     files: IndexFiles, template: Template, selection: Selection, columns: set[str]
-) -> tuple[pa.Table, dict[int, float], list[str]]:
+) -> tuple[pa.Table, dict[int, float], list[str], Selection]:
     """The selected rows with each path level's escaped name, sorted by path; the release
-    dates; and the warnings of a manifest mounted with allow_missing."""
+    dates; the warnings of a manifest mounted with allow_missing; and the selection with its
+    values as the index spells them."""
     import duckdb
 
     connection = index_connection(files)
@@ -223,14 +243,14 @@ def _query(
         release_dates = _release_dates(connection, files)
         _check_version(selection, release_dates)
         rows = _candidate_rows(files, columns, with_prior=files.prior is not None and _needs_prior(selection))
-        _check_values(connection, files, selection)
+        selection = _canonical_values(connection, rows.sql, selection)
         warnings = _check_manifest(connection, rows.sql, selection)
         table = _fetch_arrow(connection.sql(_named_query(rows, template, selection, columns)))
     except duckdb.Error as error:
         raise CatalogError(_explain_query_error(error, selection)) from None
     finally:
         connection.close()
-    return table, release_dates, warnings
+    return table, release_dates, warnings, selection
 
 
 def _series_table(table: pa.Table, keep: list[str]) -> pa.Table:
@@ -346,6 +366,8 @@ def _filters(selection: Selection, with_prior: bool) -> list[str]:
         )
     if selection.where:
         conditions.append(f"({selection.where}\n)")
+    if selection.shard is not None:
+        conditions.append(_shard_condition(selection.shard))
     manifest = selection.manifest
     if manifest is not None:
         by_uuid = manifest.values("crdc_series_uuid") or ["-"]
@@ -386,23 +408,57 @@ def _named_query(rows: _CandidateRows, template: Template, selection: Selection,
     """
 
 
-def _check_values(connection, files: IndexFiles, selection: Selection) -> None:
-    """Name a --collection or --modality that is not in the index (a typo would mount nothing)."""
-    source = sql_literal(str(files.index))
-    for column, wanted, flag in (
-        ("collection_id", selection.collections, "--collection"),
-        ("Modality", selection.modalities, "--modality"),
-    ):
+#: Selection fields checked against the index: (field of Selection, column, flag).
+_CHECKED_VALUES = (
+    ("collections", "collection_id", "--collection"),
+    ("modalities", "Modality", "--modality"),
+    ("licenses", "license_short_name", "--license"),
+)
+
+
+def _canonical_values(connection, rows_sql: str, selection: Selection) -> Selection:
+    """The selection with each --collection, --modality and --license as the index spells it.
+
+    People copy TCIA's names (``LIDC-IDRI``, ``Lung-PET-CT-Dx``) or type ``ct``: a value that
+    matches exactly one known value when case and punctuation are ignored is that value. Any
+    other is refused with the nearest known values (a typo would mount nothing).
+    """
+    replaced: dict[str, tuple[str, ...]] = {}
+    for field, column, flag in _CHECKED_VALUES:
+        wanted = getattr(selection, field)
         if not wanted:
             continue
-        known = {
-            row[0] for row in connection.execute(f"SELECT DISTINCT {column} FROM read_parquet({source})").fetchall()
-        }
-        for value in wanted:
-            if value not in known:
-                close = sorted(k for k in known if k and k.lower() == value.lower())
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise CatalogError(f"{flag} {value!r} is not in the index{hint}")
+        known = [
+            row[0]
+            for row in connection.execute(
+                f"SELECT DISTINCT {column} FROM ({rows_sql}) WHERE {column} IS NOT NULL ORDER BY 1"
+            ).fetchall()
+        ]
+        replaced[field] = tuple(canonical_value(value, known, flag) for value in wanted)
+    return dataclasses.replace(selection, **replaced) if replaced else selection
+
+
+def _loose(value: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", value.lower())
+
+
+def canonical_value(value: str, known: list[str], flag: str) -> str:
+    """``value`` as spelt in ``known``, ignoring case and punctuation; else a CatalogError
+    naming the nearest known values."""
+    if value in known:
+        return value
+    by_key: dict[str, list[str]] = {}
+    for candidate in known:
+        by_key.setdefault(_loose(candidate), []).append(candidate)
+    same = by_key.get(_loose(value), [])
+    if len(same) == 1:
+        return same[0]
+    if same:
+        raise CatalogError(f"{flag} {value!r} could be any of {', '.join(map(repr, same))}: give one as written")
+    near_keys = difflib.get_close_matches(_loose(value), list(by_key), n=3, cutoff=0.6)
+    near = [candidate for key in near_keys for candidate in by_key[key]]
+    hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+    raise CatalogError(f"{flag} {value!r} is not in the index{hint}")
 
 
 def release_versions(files: IndexFiles) -> list[tuple[int, str, int]]:

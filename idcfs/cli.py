@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a mount's live statistics (requests, bytes, cache hits, prefetch, "
         "latency, errors) from MOUNTPOINT/.idcfs/stats.",
     )
-    stats.add_argument("mountpoint", type=Path)
+    stats.add_argument("mountpoint", type=Path, metavar="PATH", help="the mount point, or any path inside the mount")
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
     stats.add_argument(
         "--watch",
@@ -109,14 +109,41 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     cache = commands.add_parser(
-        "cache", help="show or clear the cache folder", description="Show what the cache folder holds, or clear it."
+        "cache",
+        help="show or clear the cache folder",
+        description="Show what the cache folder holds, or clear it (a mount using it keeps working, "
+        "and fetches again what it no longer finds).",
     )
     cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument(
+        "mount",
+        type=Path,
+        nargs="?",
+        default=None,
+        metavar="MOUNT",
+        help="a mount (or any path in it): its cache folder, whatever it was mounted with",
+    )
     cache.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
-        help="the cache folder (default: $IDCFS_CACHE_DIR or $XDG_CACHE_HOME/idcfs)",
+        help="the cache folder (default: MOUNT's, else $IDCFS_CACHE_DIR or $XDG_CACHE_HOME/idcfs)",
+    )
+
+    path = commands.add_parser(
+        "path",
+        help="print the folders of series, studies or patients in a mount",
+        description="Print the folder(s) that each identifier has in a mount, in the mount's layout "
+        "and selection: a SeriesInstanceUID or crdc_series_uuid gives its series folder, a "
+        "StudyInstanceUID or PatientID the study or patient folder. The kind is detected. Answered "
+        "from the mount's catalog, with no network. Identifiers the mount does not hold are named on "
+        "stderr, and the exit status is 1.",
+        epilog='example:\n  cd "$(idcfs path ~/idc 1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192)"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    path.add_argument("mountpoint", type=Path, metavar="MOUNT", help="the mount point, or any path inside it")
+    path.add_argument(
+        "ids", nargs="+", metavar="ID", help="SeriesInstanceUID, StudyInstanceUID, PatientID or crdc_series_uuid"
     )
 
     umount = commands.add_parser(
@@ -130,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats"}
+COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats", "path"}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -186,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "path":
+            return _path(args)
         return _umount(args)
     except (MountError, ConfigError) as error:
         print(f"idcfs: error: {error}", file=sys.stderr)
@@ -222,7 +251,14 @@ def _prefetch(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     from idcfs.cache_admin import cache_clear, cache_info
 
-    folder = args.cache_dir or Path(os.environ.get("IDCFS_CACHE_DIR") or default_cache_dir())
+    if args.mount is not None and args.cache_dir is not None:
+        raise ConfigError("give a mount or --cache-dir, not both")
+    if args.mount is not None:
+        from idcfs.mounting import mount_info
+
+        folder = Path(mount_info(args.mount)["cache_dir"])
+    else:
+        folder = args.cache_dir or Path(os.environ.get("IDCFS_CACHE_DIR") or default_cache_dir())
     if args.action == "clear":
         cache_clear(folder)
         print(f"cleared {folder}")
@@ -250,6 +286,20 @@ def _stats(args: argparse.Namespace) -> int:
         time.sleep(max(0.1, args.watch))
         previous, stats = stats, read_stats(args.mountpoint)
         print("\n" + format_table(stats) + "\n" + format_rates(previous, stats), flush=True)
+
+
+def _path(args: argparse.Namespace) -> int:
+    from idcfs.api import folders_of
+
+    missing = 0
+    for identifier in args.ids:
+        folders = folders_of(args.mountpoint, identifier)
+        if not folders:
+            print(f"idcfs: not in the mount: {identifier}", file=sys.stderr)
+            missing += 1
+        for folder in folders:
+            print(folder)
+    return 1 if missing else 0
 
 
 def _umount(args: argparse.Namespace) -> int:

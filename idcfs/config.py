@@ -104,6 +104,7 @@ _KIND_NAMES = {
     "int": "a whole number",
     "size": 'a size such as 4096 or "20G"',
     "seconds": "a number of seconds",
+    "shard": 'a shard such as "1/4"',
 }
 
 

@@ -200,6 +200,7 @@ def _open_catalog(args: argparse.Namespace) -> tuple[IndexFiles, Snapshot]:
             idc_version=args.idc_version,
             manifest=read_manifest(args.manifest) if args.manifest else None,
             allow_missing=args.allow_missing,
+            shard=_shard(args.shard),
         )
         snapshot = open_snapshot(files, args.layout, selection, args.cache_dir, build_apart=True)
     except (CatalogError, TemplateError, ManifestError) as error:
@@ -217,6 +218,13 @@ def _open_catalog(args: argparse.Namespace) -> tuple[IndexFiles, Snapshot]:
         time.monotonic() - started,
     )
     return files, snapshot
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    part, count = text.split("/")
+    return int(part), int(count)
 
 
 def _data_path(args: argparse.Namespace) -> tuple[Store, Reader, ListingCache]:

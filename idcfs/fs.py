@@ -28,7 +28,9 @@ import pyarrow.compute as pc
 from cachetools import LRUCache
 
 from idcfs.cache import ListingCache
+from idcfs.layout import unescape_name
 from idcfs.listing import SeriesListing
+from idcfs.lookup import find
 from idcfs.objects import ObjectInfo, ObjectTable
 from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
@@ -49,23 +51,33 @@ FUSE_MAX_BACKGROUND = 48
 MAX_LISTING_PREFETCH = 256
 
 #: The hidden folder describing the mount: ``version`` (what is mounted), ``manifest.txt``
-#: (an s5cmd manifest of exactly the mounted series) and ``stats`` (live statistics, JSON).
+#: (an s5cmd manifest of exactly the mounted series), ``stats`` (live statistics, JSON) and
+#: ``by-id/<identifier>`` (the folders of a series, study or patient, one a line).
 CONTROL_DIR = ".idcfs"
+#: The lookup folder inside it: lists nothing, answers any identifier the mount holds.
+BY_ID_DIR = "by-id"
+#: Bytes of answers of ``by-id`` kept (a lookup scans the catalog; ``ls`` asks twice).
+BY_ID_CACHE_BYTES = 1 << 20
 #: Control files whose contents change: rendered at open, read with direct I/O.
 LIVE_CONTROL_FILES = ("stats",)
 
 
 class ControlFolder:
-    """The hidden ``/.idcfs`` folder. Not a :class:`Node`: no folder of the tree can be taken
-    for it, nor it for one (a sentinel ``Node(-1, 0)`` would index arrays with -1)."""
+    """A folder of the hidden ``/.idcfs`` (it, and ``by-id`` in it). Not a :class:`Node`: no
+    folder of the tree can be taken for it, nor it for one (a sentinel ``Node(-1, 0)`` would
+    index arrays with -1)."""
 
-    __slots__ = ()
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def __repr__(self) -> str:
-        return "CONTROL"
+        return self.name
 
 
-CONTROL = ControlFolder()
+CONTROL = ControlFolder("CONTROL")
+BY_ID = ControlFolder("BY_ID")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -172,6 +184,8 @@ class IdcFs(mfusepy.Operations):
             maxsize=max(1, entries_bytes // _BYTES_PER_ENTRY), getsizeof=len
         )
         self._entries_lock = threading.Lock()
+        self._by_id: LRUCache[str, bytes] = LRUCache(maxsize=BY_ID_CACHE_BYTES, getsizeof=lambda text: len(text) + 64)
+        self._by_id_lock = threading.Lock()
         self._next_handle = 1
         series = self.catalog.series
         self._uuid = series.column("crdc_series_uuid")
@@ -213,6 +227,8 @@ class IdcFs(mfusepy.Operations):
                 return CONTROL, None
             if len(parts) == 2 and parts[1] in self._control_files:
                 return CONTROL, parts[1]
+            if parts[1] == BY_ID_DIR and len(parts) <= 3:
+                return BY_ID, parts[2] if len(parts) == 3 else None
             raise mfusepy.FuseOSError(errno.ENOENT)
         if len(parts) <= self.tree.depth:
             node = self.tree.lookup(parts)
@@ -262,10 +278,10 @@ class IdcFs(mfusepy.Operations):
     @_errors_to_errno
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         node, name = self._resolve(path)
-        if node is CONTROL:
+        if isinstance(node, ControlFolder):
             if name is None:
                 return self._stat(stat.S_IFDIR | 0o555, 0, self._release_ns, nlink=2)
-            return self._stat(stat.S_IFREG | 0o444, len(self._control_file(name)), self._release_ns, nlink=1)
+            return self._stat(stat.S_IFREG | 0o444, len(self._control_file(node, name)), self._release_ns, nlink=1)
         if name is None:
             when = self._series_time_ns(node.index) if self.tree.is_series(node) else self._release_ns
             return self._stat(stat.S_IFDIR | 0o555, 0, when, nlink=2 + self.tree.num_children(node))
@@ -298,7 +314,7 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if name is not None:
             raise mfusepy.FuseOSError(errno.ENOTDIR)
-        if node is not CONTROL and self.tree.is_series(node):
+        if isinstance(node, Node) and self.tree.is_series(node):
             # From the listing itself, one name at a time: a 92,000-entry folder costs no copy.
             names = self._listing(node.index).entry_names()
             return itertools.chain(_DOT_ENTRIES, ((entry, stat.S_IFREG, 0) for entry in names))
@@ -314,7 +330,7 @@ class IdcFs(mfusepy.Operations):
     def _prefetch_listings(self, node: Node | ControlFolder) -> None:
         """Listing a folder of series (a study, in the default layout) is usually followed by
         listing each series (ls -lR, a viewer's import): fetch their listings in parallel now."""
-        if node is CONTROL or node.depth != self.tree.depth - 1 or self.reader.prefetch.mode == "off":
+        if not isinstance(node, Node) or node.depth != self.tree.depth - 1 or self.reader.prefetch.mode == "off":
             return
         rows = self.tree.rows(node)
         if len(rows) > MAX_LISTING_PREFETCH:
@@ -324,13 +340,16 @@ class IdcFs(mfusepy.Operations):
                 self.reader.background.submit(SERIES, 0, functools.partial(self._listing, row))
 
     def _entries_of(self, node: Node | ControlFolder) -> list[tuple[str, int, int]]:
-        """The entries of a folder above the series level (or of the control folder)."""
-        if node is CONTROL:
-            names, mode = sorted(self._control_files), stat.S_IFREG
-        else:
-            names, mode = list(self.tree.children(node)), stat.S_IFDIR
+        """The entries of a folder above the series level (or of a control folder)."""
         entries = list(_DOT_ENTRIES)
-        entries.extend((entry, mode, 0) for entry in names)
+        if node is BY_ID:
+            return entries  # answers lookups only: its names are every identifier
+        if node is CONTROL:
+            entries.append((BY_ID_DIR, stat.S_IFDIR, 0))
+            entries.extend((entry, stat.S_IFREG, 0) for entry in sorted(self._control_files))
+            return entries
+        assert isinstance(node, Node)
+        entries.extend((entry, stat.S_IFDIR, 0) for entry in self.tree.children(node))
         if node == self.tree.root:
             entries.append((CONTROL_DIR, stat.S_IFDIR, 0))
         return entries
@@ -355,7 +374,7 @@ class IdcFs(mfusepy.Operations):
     def _xattrs(self, path: str) -> dict[str, str]:
         """Metadata of a folder (the values its path stands for, counts) or of a series file."""
         node, name = self._resolve(path)
-        if node is CONTROL:
+        if isinstance(node, ControlFolder):
             return {}
         if not self.tree.is_series(node):
             return folder_xattrs(self.catalog, node.depth, self.tree.rows(node))
@@ -376,11 +395,27 @@ class IdcFs(mfusepy.Operations):
 
     # -- the control folder ---------------------------------------------------------------------
 
-    def _control_file(self, name: str) -> Any:
+    def _control_file(self, folder: ControlFolder, name: str) -> Any:
         """The contents: bytes, or a memory-mapped buffer (the manifest of a large mount)."""
+        if folder is BY_ID:
+            return self._folders_of(name)
         if name == "stats":
             return (json.dumps(self.collect_stats(), indent=1) + "\n").encode()
         return self._control_files[name]
+
+    def _folders_of(self, identifier: str) -> bytes:
+        """``by-id/<identifier>``: the folders of a series, study or patient, one a line (the
+        identifier escaped as a folder name is, so a PatientID with a ``/`` can be asked too)."""
+        with self._by_id_lock:
+            text = self._by_id.get(identifier)
+        if text is None:
+            found = find(self.tree, unescape_name(identifier))
+            text = b"" if found is None else "".join(f"{folder}\n" for folder in found.folders).encode()
+            with self._by_id_lock, contextlib.suppress(ValueError):  # larger than the cache: not kept
+                self._by_id[identifier] = text
+        if not text:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return text
 
     def wants_direct_io(self, fh: int) -> bool:
         return fh in self._direct_io
@@ -456,9 +491,9 @@ class IdcFs(mfusepy.Operations):
         node, name = self._resolve(path)
         if name is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
-        if node is CONTROL:
-            handle = self._new_handle(self._control_file(name))  # a snapshot, consistent while read
-            if name in LIVE_CONTROL_FILES:
+        if isinstance(node, ControlFolder):
+            handle = self._new_handle(self._control_file(node, name))  # a snapshot, consistent while read
+            if node is CONTROL and name in LIVE_CONTROL_FILES:
                 self._direct_io.add(handle)
             return handle
         if not self.tree.is_series(node):

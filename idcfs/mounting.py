@@ -189,6 +189,48 @@ def mounted_fuse_points() -> dict[str, str]:
     return points
 
 
+def mount_of(path: Path | str) -> Path:
+    """The idcfs mount point that ``path`` (any file or folder in it, or the mount point
+    itself) lies in. "Does not exist" and "is not in an idcfs mount" are different errors."""
+    given = Path(path).expanduser()
+    absolute = Path(os.path.abspath(given))
+    points = [Path(p) for p, kind in mounted_fuse_points().items() if kind == "fuse.idcfs"]
+    try:
+        absolute.lstat()
+    except FileNotFoundError:
+        raise MountError(f"{given} does not exist") from None
+    except OSError as error:
+        if error.errno != errno.ENOTCONN:  # a stale mount: the caller says what to do
+            raise MountError(f"cannot look at {given}: {error.strerror}") from None
+    for candidate in (absolute, Path(os.path.realpath(absolute))):
+        for point in sorted(points, key=lambda p: len(str(p)), reverse=True):
+            if candidate == point or point in candidate.parents:
+                return point
+    raise MountError(f"{given} is not inside an idcfs mount (see: idcfs mount --help)")
+
+
+def control_file(path: Path | str, name: str) -> bytes:
+    """A file of the ``.idcfs`` folder of the mount that ``path`` lies in."""
+    point = mount_of(path)
+    target = point / ".idcfs" / name
+    try:
+        return target.read_bytes()
+    except FileNotFoundError:
+        raise MountError(f"{point} has no {target.relative_to(point)}: is it mounted by this idcfs version?") from None
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise MountError(f"the daemon of {point} is gone; clean up with: idcfs umount {point}") from None
+        raise MountError(f"cannot read {target}: {error.strerror}") from None
+
+
+def mount_info(path: Path | str) -> dict:
+    """What the mount holding ``path`` says of itself (``.idcfs/version``): selection, cache..."""
+    try:
+        return json.loads(control_file(path, "version"))
+    except ValueError:
+        raise MountError(f"{mount_of(path)}/.idcfs/version is not JSON: a mount of another idcfs version?") from None
+
+
 def daemon_pid(mountpoint: Path) -> int | None:
     """The pid of the ``idcfs mount --foreground`` process serving ``mountpoint``, if any."""
     wanted = str(mountpoint).encode()

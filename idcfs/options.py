@@ -103,7 +103,25 @@ class Option:
 
     @property
     def parse(self) -> Callable[[str], Any]:
-        return {"bool": parse_bool, "size": parse_size, "seconds": parse_seconds, "int": parse_int}.get(self.kind, str)
+        parsers = {
+            "bool": parse_bool,
+            "size": parse_size,
+            "seconds": parse_seconds,
+            "int": parse_int,
+            "shard": parse_shard,
+        }
+        return parsers.get(self.kind, str)
+
+
+def parse_shard(text: str) -> str:
+    """``"2/4"`` (part 2 of 4, counted from 1) -> ``"2/4"``, checked."""
+    part, slash, count = str(text).strip().partition("/")
+    if not (slash and part.strip().isdigit() and count.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"not a shard: {text!r} (K/N, e.g. 1/4 for the first of four parts)")
+    k, n = int(part), int(count)
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: K must be 1 to N (1/{max(n, 1)} .. {max(n, 1)}/{max(n, 1)})")
+    return f"{k}/{n}"
 
 
 def parse_int(text: str) -> int:
@@ -207,6 +225,14 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         False,
         "With --manifest: mount what resolves, logging the identifiers "
         "that match no series (default: refuse to mount).",
+    ),
+    Option(
+        "shard",
+        "shard",
+        None,
+        "Mount only part K of N of the selection, split by PatientID (a patient's studies stay together): "
+        "N nodes mounting 1/N .. N/N hold disjoint parts that together are the whole selection.",
+        metavar="K/N",
     ),
     Option("foreground", "bool", False, "Stay in the foreground instead of daemonizing (logs go to stderr)."),
     Option(

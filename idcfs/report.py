@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from idcfs.mounting import MountError
+from idcfs.mounting import MountError, control_file, mount_of
 
 
 def _bytes(n: int | float | None) -> str:
@@ -88,17 +88,13 @@ def format_rates(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
-def read_stats(mountpoint: Path) -> dict[str, Any]:
-    """The statistics of the idcfs mount at ``mountpoint``."""
-    path = Path(mountpoint) / ".idcfs" / "stats"
+def read_stats(path: Path) -> dict[str, Any]:
+    """The statistics of the idcfs mount that ``path`` (the mount point, or anything in it) is in."""
+    text = control_file(path, "stats")
     try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise MountError(f"{mountpoint} is not an idcfs mount (no {path})") from None
-    except OSError as error:
-        raise MountError(f"cannot read {path}: {error.strerror}") from None
+        return json.loads(text)
     except ValueError:
-        raise MountError(f"{path} is not JSON: is {mountpoint} an idcfs mount of this version?") from None
+        raise MountError(f"{mount_of(path)}/.idcfs/stats is not JSON: a mount of another idcfs version?") from None
 
 
 # -- Prometheus --------------------------------------------------------------------------------

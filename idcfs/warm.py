@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from idcfs.mounting import MountError, mounted_fuse_points
+from idcfs.mounting import MountError, mount_of
 
 CHUNK = 1 << 20
 
@@ -26,15 +26,6 @@ class WarmResult:
     files: int = 0
     bytes: int = 0
     failures: list[str] = field(default_factory=list)
-
-
-def mount_of(path: Path) -> Path:
-    """The idcfs mount point that ``path`` lies in."""
-    points = [Path(p) for p, kind in mounted_fuse_points().items() if kind == "fuse.idcfs"]
-    for point in sorted(points, key=lambda p: len(str(p)), reverse=True):
-        if path == point or point in path.parents:
-            return point
-    raise MountError(f"{path} is not inside an idcfs mount")
 
 
 def estimate_bytes(path: Path) -> int:
@@ -81,8 +72,6 @@ def warm(paths: list[Path], jobs: int = 16, force: bool = False, quiet: bool = F
 
     paths = [Path(os.path.abspath(p)) for p in paths]
     for path in paths:
-        if not path.exists():
-            raise MountError(f"{path} does not exist")
         mountpoint = mount_of(path)
     estimate = sum(estimate_bytes(p) for p in paths)
     capacity = cache_size_of(mountpoint)
