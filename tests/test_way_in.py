@@ -66,7 +66,8 @@ def test_commands_take_any_path_in_a_mount_and_say_what_is_wrong(s3_mount, gener
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["mountpoint"] == str(s3_mount.path)
     gone = run_idcfs("stats", str(s3_mount.path / "no-such-collection"))
-    assert gone.returncode == 1 and gone.stderr.strip() == f"idcfs: error: {s3_mount.path}/no-such-collection does not exist"
+    assert gone.returncode == 1
+    assert gone.stderr.strip() == f"idcfs: error: {s3_mount.path}/no-such-collection does not exist"
     outside = run_idcfs("stats", str(tmp_path))
     assert outside.returncode == 1 and f"{tmp_path} is not inside an idcfs mount" in outside.stderr
     missing = run_idcfs("path", str(tmp_path / "nowhere"), "1.2.3")
