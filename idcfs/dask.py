@@ -58,7 +58,7 @@ def map_series(
         futures += client.map(
             _run_one,
             group,
-            func=func,
+            function=func,
             mountpoint=str(mountpoint),
             workers=workers,
             allow_other_workers=False,
@@ -162,7 +162,7 @@ def _held(mountpoint: str, identifiers: list[str]) -> list[str]:
     return [identifier for identifier in identifiers if mount.paths(identifier)]
 
 
-def _run_one(identifier: str, func: Callable[[Path], Any], mountpoint: str) -> dict[str, Any]:
+def _run_one(identifier: str, function: Callable[[Path], Any], mountpoint: str) -> dict[str, Any]:
     """On a worker: ``func`` over the series folder, as a row (its error caught, as text)."""
     started = time.perf_counter()
     folder = None
@@ -171,7 +171,7 @@ def _run_one(identifier: str, func: Callable[[Path], Any], mountpoint: str) -> d
         if not folders:
             raise LookupError(f"not in the mount {mountpoint} of {socket.gethostname()}")
         folder = folders[0]
-        result = func(folder)
+        result = function(folder)
     except Exception as error:  # noqa: BLE001 - one series' failure is its row, not the cohort's end
         reason = f"{type(error).__name__}: {error}"
         return _row(identifier, folder, None, time.perf_counter() - started, reason, socket.gethostname())

@@ -178,3 +178,30 @@ def test_package_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert Path(idcfs.__file__).name == "__init__.py"
+
+
+def test_example_notebook_runs_against_the_test_servers(s3_proxy, generated, tmp_path, monkeypatch):
+    """scripts/idcfs_notebook.ipynb, executed in a real kernel (nbclient): pydicom through a
+    mount, then idc-index's sql_query result mounted with series=."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(Path(__file__).resolve().parent.parent / "scripts" / "idcfs_notebook.ipynb", as_version=4)
+    for name, value in {
+        "IDC_MOUNT": tmp_path / "idc",
+        "IDCFS_ENDPOINT_URL": s3_proxy.url,
+        "IDCFS_CACHE_DIR": tmp_path / "cache",
+        "IDCFS_LOG_FILE": tmp_path / "idcfs.log",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    try:
+        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute(cwd=str(tmp_path))
+    finally:
+        if str(tmp_path / "idc") in mounted_fuse_points():
+            run_idcfs("umount", str(tmp_path / "idc"))
+    text = "\n".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+    ct = _ct(generated)
+    assert f"CT   {ct.series_uid}: {len(ct.files)} files, (256, 256)" in text
+    assert "unmounted: True" in text
