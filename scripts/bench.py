@@ -15,6 +15,8 @@ Sections:
            root / the largest collection / a patient / a study; next to IDCClient()'s load time
            and RSS (idc-index), measured in the same run. Needs no storage server: no series
            folder is opened, and the endpoint given to the mounts never answers.
+  dask     series per second of idcfs.dask.map_series over 1, 2 and 4 local worker processes, on
+           the same 50-series cohort, each through a cold mount (see bench_dask.py).
   scale    daemon CPU per file read in a 40-file and in IDC's 91,980-file series; peak daemon RSS
            during a find over 502,482 objects (tiny objects at real paths; see bench_scale.py).
 """
@@ -171,6 +173,7 @@ def bench_idcclient(runs: int) -> list[tuple[str, str, str]]:
 
 CATALOG_HEADER = ("measure", "result", "note")
 READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "requests", "fetched")
+DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "requests")
 
 
 def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
@@ -189,10 +192,19 @@ def bench_scale_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return bench_scale(workdir)
 
 
+def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    from bench_dask import bench_dask
+
+    workdir = REPO / ".bench"
+    workdir.mkdir(exist_ok=True)
+    return bench_dask(args.runs, args.latency, workdir)
+
+
 SECTIONS = {
     "reads": (READS_HEADER, bench_reads_section),
     "scale": (CATALOG_HEADER, bench_scale_section),
     "catalog": (CATALOG_HEADER, lambda args: bench_catalog(args.runs)),
+    "dask": (DASK_HEADER, bench_dask_section),
 }
 
 
