@@ -49,10 +49,8 @@ def bench_dask(runs: int, latency: float, workdir: Path) -> list[tuple[str, ...]
         first = None
         for workers in WORKER_COUNTS:
             times, requests = [], 0
-            with (
-                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-                Client(cluster) as client,
-            ):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            with cluster, Client(cluster) as client:
                 client.run(__import__, "pydicom")  # imports are not what is measured
                 for _ in range(runs):
                     base = Path(tempfile.mkdtemp(prefix="bench-dask-"))
