@@ -205,3 +205,14 @@ def test_example_notebook_runs_against_the_test_servers(s3_proxy, generated, tmp
     ct = _ct(generated)
     assert f"CT   {ct.series_uid}: {len(ct.files)} files, (256, 256)" in text
     assert "unmounted: True" in text
+
+
+def test_a_mount_says_nothing_of_libfuse_internals(mount_factory, s3_proxy, tmp_path):
+    """libfuse warned 'Ignoring invalid max threads value 4294967295' at every mount (mfusepy
+    passed -1): the user sees neither that nor anything else from a mount that worked."""
+    result, mountpoint, log_file = start_idcfs(tmp_path, s3_proxy.url, "--collection", "cptac_cm")
+    try:
+        assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+        assert "Ignoring invalid" not in log_file.read_text() and "max threads" not in log_file.read_text()
+    finally:
+        run_idcfs("umount", str(mountpoint))
