@@ -21,6 +21,7 @@ from tests.testbed.bulk import PAGED_SERIES, TinySeries, tiny_series
 from tests.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import gcs_server, s3_server
+from tests.testbed.wsigen import generate_slide
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / ".testdata"
@@ -50,7 +51,7 @@ class LargeObject:
 
 
 @pytest.fixture(scope="session")
-def generated(large_object, many_objects) -> list[GeneratedSeries]:
+def generated(large_object, many_objects, slide) -> list[GeneratedSeries]:
     return generate(TESTDATA / "data", max_instances=6, image_size=256)
 
 
@@ -59,6 +60,13 @@ def many_objects() -> TinySeries:
     """A real 1,503-instance series as 1,500 tiny objects and five awkward names: two listing
     pages on S3 and GCS (written before the servers start: they load their folders then)."""
     return tiny_series(TESTDATA / "data", PAGED_SERIES, 1500, awkward=True)
+
+
+@pytest.fixture(scope="session")
+def slide() -> GeneratedSeries:
+    """A small DICOM whole-slide image (3 levels, JPEG tiles) at a real SM series' paths
+    (written before the servers start: they load their folders at start)."""
+    return generate_slide(TESTDATA / "data")
 
 
 @pytest.fixture(scope="session")
