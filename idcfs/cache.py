@@ -13,6 +13,7 @@ later: reads go on meanwhile, and a disk with room again is used again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import shutil
@@ -31,6 +32,7 @@ from cachetools import LRUCache
 from idcfs.objects import ObjectInfo, ObjectTable
 from idcfs.stats import Counters
 from idcfs.store import StoreError
+from idcfs.transport import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +423,12 @@ class BlockCache:
             self._mark_read(key)
         return block
 
-    def fill(self, blocks: list[tuple[str, int]], fetch: Callable[[int, int], bytes]) -> None:
+    def fill(
+        self,
+        blocks: list[tuple[str, int]],
+        fetch: Callable[[int, int], list[Buffer] | bytes],
+        disk_wait: bool = True,
+    ) -> None:
         """Fetch ahead of demand the blocks of ``blocks`` (key, length) that are neither in memory
         nor on the wire: from disk where it has them, the rest with one ``fetch(first, last)``
         per contiguous stretch (positions in ``blocks``; it returns the stretch's bytes).
@@ -430,6 +437,8 @@ class BlockCache:
         released on every path (``finally``), so no reader can wait on a block nobody fetches.
         A failed stretch passes its error to its waiters; blocks after it that were never
         attempted are released as :class:`Abandoned`, and a waiter then fetches them itself.
+        ``disk_wait``: wait for room in the disk writer's queue, or drop a block from the disk
+        tier when there is none (it stays in memory).
         """
         claimed = [i for i, (key, _) in enumerate(blocks) if not self.contains(key) and self._flight.claim(key)]
         unsettled = set(claimed)
@@ -446,12 +455,12 @@ class BlockCache:
                     continue
                 if stretch and stretch[-1] != i - 1:
                     attempted = stretch
-                    self._fetch_stretch(blocks, stretch, fetch, unsettled)
+                    self._fetch_stretch(blocks, stretch, fetch, unsettled, disk_wait)
                     stretch = []
                 stretch.append(i)
             if stretch:
                 attempted = stretch
-                self._fetch_stretch(blocks, stretch, fetch, unsettled)
+                self._fetch_stretch(blocks, stretch, fetch, unsettled, disk_wait)
         except BaseException as error:
             failure = error
             raise
@@ -467,23 +476,28 @@ class BlockCache:
         self,
         blocks: list[tuple[str, int]],
         stretch: list[int],
-        fetch: Callable[[int, int], bytes],
+        fetch: Callable[[int, int], list[Buffer] | bytes],
         unsettled: set[int],
+        disk_wait: bool,
     ) -> None:
-        data = fetch(stretch[0], stretch[-1])
-        expected = sum(blocks[i][1] for i in stretch)
-        if len(data) != expected:  # a cache must never hold a short block
-            raise StoreError(f"run of {len(stretch)} blocks has {len(data)} bytes, expected {expected}")
-        offset = 0
-        for i in stretch:
-            key, length = blocks[i]
-            block = data[offset : offset + length]
-            offset += length
+        fetched = fetch(stretch[0], stretch[-1])
+        lengths = [blocks[i][1] for i in stretch]
+        if isinstance(fetched, (bytes, bytearray)):  # one buffer for the stretch: cut it
+            if len(fetched) != sum(lengths):
+                raise StoreError(f"run of {len(stretch)} blocks has {len(fetched)} bytes, expected {sum(lengths)}")
+            offsets = itertools.accumulate(lengths, initial=0)
+            fetched = [fetched[a : a + n] for a, n in zip(offsets, lengths, strict=False)]
+        if [len(block) for block in fetched] != lengths:  # a cache must never hold a short block
+            raise StoreError(
+                f"run of {len(stretch)} blocks came back as {[len(b) for b in fetched]}, expected {lengths}"
+            )
+        for i, block in zip(stretch, fetched, strict=True):
+            key = blocks[i][0]
             self._remember(key, block, ahead_of_demand=True)
             unsettled.discard(i)
             self._flight.resolve(key, block)
             if self.disk is not None:
-                self.disk.put(key, block, wait=True)  # background work may wait for room
+                self.disk.put(key, block, wait=disk_wait)
 
     def _from_disk(self, key: str, length: int) -> bytes | None:
         """The block from the disk tier (then also kept in memory), or None."""

@@ -9,6 +9,7 @@ retries -> EIO with one log line, never a traceback at the caller.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import itertools
@@ -107,7 +108,20 @@ class _Handle:
 
 class DirectIoFUSE(mfusepy.FUSE):
     """mfusepy's FUSE, letting the operations ask for direct I/O per open file: the kernel must
-    neither cache nor cut to a cached size a file whose contents change (``/.idcfs/stats``)."""
+    neither cache nor cut to a cached size a file whose contents change (``/.idcfs/stats``);
+    and taking any buffer from ``read`` (a cached block, or a view into one), copied once into
+    libfuse's reply, where mfusepy takes only bytes (one more copy of every byte read)."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        data = self.operations.read(None if path is None else path.decode(self.encoding, self.errors), size, offset,
+                                    fip.contents.fh)  # fmt: skip
+        count = len(data)
+        if count > size:
+            raise RuntimeError(f"read returned {count} bytes, more than the {size} asked for")
+        if count:
+            source = data if isinstance(data, bytes) else (ctypes.c_char * count).from_buffer(data)
+            ctypes.memmove(buf, source, count)
+        return count
 
     def open(self, path: bytes, fip: Any) -> int:
         result = super().open(path, fip)

@@ -34,6 +34,7 @@ from cachetools import LRUCache
 
 from idcfs.cache import BlockCache
 from idcfs.store import Store
+from idcfs.transport import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,15 @@ class ReadState:
     ahead_until: int = 0  # the last block readahead has been scheduled for
     jumps: int = 0  # reads that did not continue where the last one ended
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def _piece(block: bytes | Buffer, start: int, stop: int) -> bytes | Buffer | memoryview:
+    """``block[start:stop]`` without a copy where one can be avoided: a block fetched from the
+    network is a buffer the cache never changes, handed out whole or as a view (the FUSE layer
+    copies it once, into the kernel's reply)."""
+    if start == 0 and stop == len(block):
+        return block
+    return block[start:stop] if isinstance(block, bytes) else memoryview(block)[start:stop]
 
 
 class BackgroundFetcher:
@@ -181,7 +191,7 @@ class Reader:
         for index in range(first, last + 1):
             block = self.block(obj, index, deadline=deadline)
             block_start = index * self.block_size
-            pieces.append(block[max(offset, block_start) - block_start : end - block_start])
+            pieces.append(_piece(block, max(offset, block_start) - block_start, end - block_start))
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def block_key(self, obj: ObjectRef, index: int) -> str:
@@ -190,8 +200,8 @@ class Reader:
     def block(self, obj: ObjectRef, index: int, background: bool = False, deadline: float | None = None) -> bytes:
         start, length = index * self.block_size, self._block_length(obj, index)
 
-        def fetch() -> bytes:
-            return self.store.get_range(obj.aws_bucket, obj.key, start, start + length, deadline)
+        def fetch() -> Buffer:
+            return self.store.get_blocks(obj.aws_bucket, obj.key, start, [length], deadline)[0]
 
         # A thread joining another's fetch waits until our deadline plus one attempt, at most.
         wait = None if deadline is None else max(0.1, deadline - time.monotonic()) + self.store.retry.attempt_timeout
@@ -223,7 +233,9 @@ class Reader:
         if at_random:
             self._fetch_whole(obj)
         elif first <= last:
-            self._schedule(obj, first, last, READAHEAD)
+            # A stream's blocks go to disk if the writer keeps up: a reader is never held back
+            # by the disk (a fresh page-cache page is the costliest thing the daemon makes).
+            self._schedule(obj, first, last, READAHEAD, disk_wait=False)
 
     def _window_step(self, obj: ObjectRef, last_block: int, state: ReadState) -> tuple[int, int]:
         """The blocks to queue ahead of a sequential read (none while half the window is left).
@@ -255,7 +267,7 @@ class Reader:
         log.debug("%s is read at random: fetching it whole (%d bytes)", obj.key, obj.size)
         self._schedule(obj, 0, self.num_blocks(obj) - 1, READAHEAD)
 
-    def _schedule(self, obj: ObjectRef, first: int, last: int, priority: int) -> None:
+    def _schedule(self, obj: ObjectRef, first: int, last: int, priority: int, disk_wait: bool = True) -> None:
         """Queue blocks ``first..last`` of ``obj``, in runs of up to ``coalesce`` blocks a GET:
         per-request costs (a round trip, a response to parse) dominate small blocks."""
         run: list[int] = []
@@ -268,25 +280,25 @@ class Reader:
             if wanted:
                 run.append(index)
             if run and (not wanted or len(run) == self.prefetch.coalesce or index == last):
-                self._submit_run(obj, run, priority)
+                self._submit_run(obj, run, priority, disk_wait)
                 run = []
 
-    def _submit_run(self, obj: ObjectRef, indexes: list[int], priority: int) -> None:
+    def _submit_run(self, obj: ObjectRef, indexes: list[int], priority: int, disk_wait: bool) -> None:
         """Queue one background task for a run of blocks; the cache claims, fetches (one GET per
-        contiguous stretch it does not already hold) and settles or releases every block."""
+        contiguous stretch it does not already hold) and settles or releases every block.
+        ``disk_wait``: whether the task waits for room in the disk writer's queue (a series or an
+        object fetched whole, which later reads expect on disk) or leaves a block in memory only."""
         blocks = [(self.block_key(obj, i), self._block_length(obj, i)) for i in indexes]
         start = indexes[0] * self.block_size
         stop = min(obj.size, (indexes[-1] + 1) * self.block_size)
 
-        def fetch(first: int, last: int) -> bytes:
+        def fetch(first: int, last: int) -> list[Buffer]:
             begin = indexes[first] * self.block_size
-            return self.store.get_range(
-                obj.aws_bucket, obj.key, begin, begin + sum(n for _, n in blocks[first : last + 1])
-            )
+            return self.store.get_blocks(obj.aws_bucket, obj.key, begin, [n for _, n in blocks[first : last + 1]])
 
         def task() -> None:
             try:
-                self.cache.fill(blocks, fetch)
+                self.cache.fill(blocks, fetch, disk_wait)
             finally:
                 with self._queued_lock:
                     self._queued.difference_update(key for key, _ in blocks)

@@ -112,6 +112,7 @@ def classify(error: BaseException) -> str:
                 http.client.HTTPException,  # BadStatusLine, RemoteDisconnected, IncompleteRead
                 ssl.SSLEOFError,
                 ssl.SSLZeroReturnError,
+                ssl.SSLError,  # any other TLS failure mid-body, read from the socket itself
                 ConnectionError,  # reset, refused, aborted, broken pipe
                 TimeoutError,  # socket.timeout
             ),

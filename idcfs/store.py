@@ -33,7 +33,7 @@ from idcfs.retry import (
     with_retries,
 )
 from idcfs.stats import Counters, LatencyWindow
-from idcfs.transport import REDIRECT_STATUSES, Http, Response, error_for
+from idcfs.transport import REDIRECT_STATUSES, Buffer, Http, Response, error_for, new_buffer
 
 __all__ = [
     "AWS_TO_GCS_BUCKET",
@@ -138,6 +138,15 @@ class Store:
 
         ``deadline`` (a ``time.monotonic()`` value) is the caller's, when one read needs several
         ranges; else the retry policy's deadline from now."""
+        return b"".join(self.get_blocks(aws_bucket, key, start, [end - start], deadline))
+
+    def get_blocks(
+        self, aws_bucket: str, key: str, start: int, sizes: list[int], deadline: float | None = None
+    ) -> list[Buffer]:
+        """The consecutive ranges of ``sizes`` bytes from ``start``, one new buffer each, read
+        straight off the connection (see :meth:`Http.request`'s ``parts``); exactly those sizes
+        or an error. The buffers are the cache's blocks: nothing copies them again."""
+        end = start + sum(sizes)
         bucket = bucket_for(self.source, aws_bucket)
         what = f"GET {object_url(self.source, aws_bucket, key)} bytes {start}-{end - 1}"
         url = self.object_http_url(bucket, key)
@@ -145,14 +154,16 @@ class Store:
         # (a reset, a trickle past the attempt's time) is resumed, not fetched again from start.
         received = bytearray()
 
-        def attempt(timeout: float) -> bytes:
+        def attempt(timeout: float) -> list[Buffer]:
             first = start + len(received)
             if first == end:  # the last attempt's body was whole when its time ran out
-                return bytes(received)
+                return _split(received, sizes)
             self.counters.add("GET")
             started = time.monotonic()
+            # The first attempt reads into the parts; a resumed one is rare: joined, then split.
+            parts = None if received else sizes
             try:
-                response = self._request(url, timeout, {"Range": f"bytes={first}-{end - 1}"})
+                response = self._request(url, timeout, {"Range": f"bytes={first}-{end - 1}"}, parts)
             except Exception as error:
                 partial = getattr(error, "partial", b"")
                 if partial and getattr(error, "partial_start", None) == first:
@@ -161,11 +172,15 @@ class Store:
                 raise
             if response.status not in (200, 206):
                 raise error_for(response)
+            if response.parts is not None:
+                self.counters.add("bytes_fetched", end - first)
+                self.get_latency.observe(time.monotonic() - started)
+                return response.parts
             self.counters.add("bytes_fetched", len(response.data))
             if len(response.data) != end - first:
                 raise ShortRead(f"got {len(response.data)} bytes, expected {end - first}")
             self.get_latency.observe(time.monotonic() - started)
-            return bytes(received) + response.data if received else response.data
+            return _split(received + response.data, sizes)
 
         return self._with_retries(what, attempt, deadline)
 
@@ -245,15 +260,17 @@ class Store:
             raise error_for(response)
         return response.data
 
-    def _request(self, url: str, timeout: float, headers: dict[str, str] | None = None) -> Response:
+    def _request(
+        self, url: str, timeout: float, headers: dict[str, str] | None = None, parts: list[int] | None = None
+    ) -> Response:
         """GET ``url``, following an S3 region redirect (a 301 with no ``Location``: the right
         endpoint is in the body's ``<Endpoint>`` or the ``x-amz-bucket-region`` header)."""
-        response = self.http.request("GET", url, timeout, headers)
+        response = self.http.request("GET", url, timeout, headers, parts)
         if response.status in REDIRECT_STATUSES and self.source == "aws":
             moved = _s3_redirect_target(url, response)
             if moved:
                 log.debug("S3 redirect %s -> %s", url, moved)
-                response = self.http.request("GET", moved, timeout, headers)
+                response = self.http.request("GET", moved, timeout, headers, parts)
         return response
 
     def _with_retries(self, what: str, attempt: Callable[[float], T], deadline: float | None = None) -> T:
@@ -276,6 +293,17 @@ class Store:
 
     def close(self) -> None:
         self.breaker.close()
+
+
+def _split(data: bytes | bytearray, sizes: list[int]) -> list[Buffer]:
+    """``data`` cut into buffers of ``sizes`` (the rare path: a resumed or unexpected body)."""
+    out, offset = [], 0
+    for size in sizes:
+        block = new_buffer(size)
+        block[:] = data[offset : offset + size]
+        out.append(block)
+        offset += size
+    return out
 
 
 def _s3_redirect_target(url: str, response: Response) -> str | None:

@@ -9,7 +9,10 @@ Sections:
            --latency per request: (a) cold series read with cat, file by file; (b) the same with 8
            parallel readers; (c) warm re-read after remount; (d) a 500 MB object read with dd
            bs=1M; (e) 2000 random 64 KiB reads in a 1 GB object, cold and warm; (f) ls -lR of 50
-           series. Requests and bytes are counted at the proxy. Peers not installed are skipped.
+           series; (g) OpenSlide reading 500 random 256x256 level-0 regions of a generated DICOM
+           whole-slide image (~310 MB level 0), cold and warm. Next to them the FUSE floor
+           (scripts/floorfs.py: a trivial mfusepy file system serving the files from the page
+           cache). Requests and bytes are counted at the proxy. Peers not installed are skipped.
   catalog  time from `idcfs mount` to a listable root (first start, and warm with the catalog
            snapshot), daemon RSS after listing 1,000 random study folders, readdir times of the
            root / the largest collection / a patient / a study; next to IDCClient()'s load time
@@ -172,7 +175,7 @@ def bench_idcclient(runs: int) -> list[tuple[str, str, str]]:
 
 
 CATALOG_HEADER = ("measure", "result", "note")
-READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "requests", "fetched")
+READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "vs floor", "requests", "fetched")
 DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "requests")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from tests.testbed.dicomgen import generate, index_rows, series_from_row
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import s3_server
+from tests.testbed.wsigen import BIG_SLIDE_SERIES, generate_slide, level_file_name
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -32,6 +33,9 @@ SM_SERIES = "02149e90-c1f7-4cd0-91bc-925380b717b7"  # tcga_kirp SM, holds the la
 LS_PATIENT = "ACRIN-6698-150547"  # 50 of its series for ls -lR
 BIG_SEQUENTIAL = "00000000-0000-4000-8000-000000000500.dcm"  # 500 MB, opaque bytes
 BIG_RANDOM = "00000000-0000-4000-8000-000000001000.dcm"  # 1 GB, opaque bytes
+#: The generated slide: level 0 is 24,576 x 16,384 pixels in 6,144 JPEG tiles (~310 MB).
+SLIDE_SIZE = (24576, 16384)
+SLIDE_REGIONS = 500
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -70,7 +74,11 @@ def prepare_data(root: Path) -> dict:
                 for start in range(0, size, len(block)):
                     handle.write(block[: size - start] if size - start < len(block) else block)
     sm_path = series_from_row(index_rows([SM_SERIES])[0]).path
-    return {"data": root / "s3", "ct": ct, "small": small, "sm_path": sm_path}
+    slide = generate_slide(root / "wsi", BIG_SLIDE_SERIES, width=SLIDE_SIZE[0], height=SLIDE_SIZE[1], levels=4)
+    target = data / BIG_SLIDE_SERIES
+    if not target.exists():
+        shutil.copytree(root / "wsi" / "s3" / "idc-open-data" / BIG_SLIDE_SERIES, target, copy_function=os.link)
+    return {"data": root / "s3", "ct": ct, "small": small, "sm_path": sm_path, "slide": slide}
 
 
 # -- tools ------------------------------------------------------------------------------------
@@ -210,6 +218,39 @@ class LocalDisk(Tool):
         return self.root
 
 
+class Floor(Tool):
+    """The floor: scripts/floorfs.py, a trivial mfusepy file system serving the local files from
+    the page cache, with idcfs's FUSE settings. No network, no cache logic: FUSE and the binding."""
+
+    name = "FUSE floor"
+
+    def __init__(self, data: Path) -> None:
+        self.source = data / "idc-open-data"
+        self.process: subprocess.Popen | None = None
+
+    def mount(self, endpoint: str, cache: Path | None) -> Path:
+        self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-floor-"))
+        script = Path(__file__).with_name("floorfs.py")
+        self.process = subprocess.Popen([sys.executable, str(script), str(self.source), str(self.root)])
+        _wait_mounted(self.root)
+        time.sleep(1.1)  # its readahead is set just after INIT, as idcfs's is
+        return self.root
+
+    def unmount(self) -> None:
+        if self.process is not None:
+            _unmount(self.root)
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+def in_page_cache(paths: list[Path]) -> None:
+    """Read files so the page cache holds them (what the floor serves from)."""
+    for path in paths:
+        with open(path, "rb") as handle:
+            while handle.read(8 << 20):
+                pass
+
+
 def drop_page_cache() -> bool:
     try:
         os.sync()
@@ -255,6 +296,18 @@ def random_reads(path: Path, count: int = 2000, size: int = 64 << 10, seed: int 
                 raise RuntimeError("short read")
     finally:
         os.close(fd)
+
+
+def openslide_regions(path: Path, count: int = SLIDE_REGIONS, size: int = 256, seed: int = 3) -> None:
+    """A slide viewer: ``count`` random ``size`` x ``size`` regions of level 0, decoded by OpenSlide
+    (a new handle each time: OpenSlide's own tile cache starts empty)."""
+    import openslide
+
+    rng = random.Random(seed)
+    with openslide.OpenSlide(str(path)) as slide:
+        width, height = slide.level_dimensions[0]
+        for _ in range(count):
+            slide.read_region((rng.randrange(0, width - size), rng.randrange(0, height - size)), 0, (size, size))
 
 
 def ls_recursive(folders: list[Path]) -> None:
@@ -307,7 +360,7 @@ def bench_reads(runs: int, latency: float, bandwidth: float | None, workdir: Pat
     ):
         measure = Measure(proxy, runs)
         endpoint = proxy.url
-        tools: list[Tool] = [Idcfs(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"])]
+        tools: list[Tool] = [Idcfs(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"]), Floor(info["data"])]
         skipped = [t.name for t in tools if not t.available()]
         tools = [t for t in tools if t.available()]
         idcfs_cache = Path(tempfile.mkdtemp(prefix="bench-idcfs-catalog-"))
@@ -356,7 +409,10 @@ def _bench_tool(tool: Tool, add, measure: Measure, endpoint: str, info: dict, id
 
     def fresh() -> None:
         tool.unmount()
-        if isinstance(tool, Idcfs):
+        if isinstance(tool, Floor):
+            in_page_cache([p for p in tool.source.rglob("*") if p.is_file()])
+            tool.mount(endpoint, None)
+        elif isinstance(tool, Idcfs):
             shutil.rmtree(idcfs_cache / "blocks", ignore_errors=True)
             shutil.rmtree(idcfs_cache / "listings", ignore_errors=True)
             tool.mount(endpoint, idcfs_cache)
@@ -369,6 +425,7 @@ def _bench_tool(tool: Tool, add, measure: Measure, endpoint: str, info: dict, id
     ct_dir = tool.series_dir(info, CT_SERIES, ct.path)
     sm_dir = tool.series_dir(info, SM_SERIES, info["sm_path"])
     folders = [tool.series_dir(info, s.crdc_series_uuid, s.path) for s in small]
+    slide_file = tool.series_dir(info, BIG_SLIDE_SERIES, info["slide"].path) / level_file_name(BIG_SLIDE_SERIES, 0)
     try:
         add("a. cold series, cat file by file", tool.name, measure(fresh, lambda: cat_one_by_one(ct_dir)))
         add("b. cold series, 8 parallel readers", tool.name, measure(fresh, lambda: cat_parallel(ct_dir)))
@@ -384,11 +441,24 @@ def _bench_tool(tool: Tool, add, measure: Measure, endpoint: str, info: dict, id
             measure(None, lambda: random_reads(sm_dir / BIG_RANDOM)),
         )
         add("f. ls -lR of 50 series", tool.name, measure(fresh, lambda: ls_recursive(folders)))
+        add(
+            "g. OpenSlide: 500 random 256x256 level-0 regions, cold",
+            tool.name,
+            measure(fresh, lambda: openslide_regions(slide_file)),
+        )
+        add("g. OpenSlide: 500 random 256x256 level-0 regions, warm", tool.name,
+            measure(None, lambda: openslide_regions(slide_file)))  # fmt: skip
     finally:
         tool.unmount()
 
     # c. warm re-read after remount, with each tool's persistent cache.
-    if isinstance(tool, LocalDisk):
+    if isinstance(tool, (LocalDisk, Floor)):
+        if isinstance(tool, Floor):
+            tool.mount(endpoint, None)
+            in_page_cache(sorted(ct_dir.iterdir()))
+            add("c. warm series re-read after remount", tool.name, measure(fresh, lambda: cat_one_by_one(ct_dir)))
+            tool.unmount()
+            return
         add("c. warm series re-read after remount", tool.name, measure(None, lambda: cat_one_by_one(ct_dir)))
         return
     cache = idcfs_cache if isinstance(tool, Idcfs) else Path(tempfile.mkdtemp(prefix="bench-cache-"))
@@ -412,12 +482,15 @@ def _table(results: dict[str, dict[str, tuple[float, int, int]]], skipped: list[
     for workload, by_tool in sorted(results.items()):
         limit = by_tool.get("s5cmd cp")
         local = by_tool.get("local disk")
+        floor = by_tool.get("FUSE floor")
         for tool, (seconds, requests, fetched) in by_tool.items():
             vs_s5cmd = f"{seconds / limit[0]:.2f}x" if limit and tool != "s5cmd cp" else ""
             vs_local = f"{seconds / local[0]:.1f}x" if local and tool != "local disk" else ""
+            vs_floor = f"{seconds / floor[0]:.2f}x" if floor and tool not in ("FUSE floor", "s5cmd cp") else ""
             rows.append(
-                (workload, tool, f"{seconds:.3f} s", vs_s5cmd, vs_local, str(requests), f"{fetched / 1e6:.1f} MB")
-            )
+                (workload, tool, f"{seconds:.3f} s", vs_s5cmd, vs_local, vs_floor, str(requests),
+                 f"{fetched / 1e6:.1f} MB")
+            )  # fmt: skip
     for name in skipped:
-        rows.append(("(all)", name, "skipped: not installed", "", "", "", ""))
+        rows.append(("(all)", name, "skipped: not installed", "", "", "", "", ""))
     return rows

@@ -34,6 +34,13 @@ class BytesStore:
         data = self.objects[key][start:end]
         return data[:-1] if self.short else data
 
+    def get_blocks(
+        self, bucket: str, key: str, start: int, sizes: list[int], deadline: float | None = None
+    ) -> list[bytes]:
+        data = self.get_range(bucket, key, start, start + sum(sizes), deadline)
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        return [data[a : a + n] for a, n in zip(offsets, sizes, strict=True)]
+
 
 DATA = bytes(range(256)) * 1000  # 256,000 bytes
 

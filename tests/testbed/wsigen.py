@@ -73,7 +73,7 @@ def generate_slide(
     for level in range(levels):
         scale = 1 << level
         dataset = _level_dataset(row, level, -(-width // scale), -(-height // scale), tile, patterns)
-        name = _deterministic_uuid(series_uuid, "level", level) + ".dcm"
+        name = level_file_name(series_uuid, level)
         path = s3_dir / name
         dataset.save_as(path, enforce_file_format=True)
         twin = gcs_dir / name
@@ -84,6 +84,11 @@ def generate_slide(
     series.files.sort(key=lambda f: f.name)
     record.write_text(json.dumps({"stamp": stamp, "series": asdict(series)}, indent=1))
     return series
+
+
+def level_file_name(series_uuid: str, level: int) -> str:
+    """The object name of a generated slide's pyramid level (0: full resolution)."""
+    return _deterministic_uuid(series_uuid, "level", level) + ".dcm"
 
 
 def hash_seed(text: str) -> int:
