@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from idcfs.cache import BlockCache, SingleFlight
-from idcfs.reader import ObjectRef, Reader
+from idcfs.reader import ObjectRef, PrefetchPolicy, Reader, ReadState
 from idcfs.retry import RetryPolicy
 from idcfs.store import StoreError
 
@@ -252,3 +252,19 @@ def test_an_object_read_at_random_is_fetched_whole_if_the_cache_can_hold_it(cach
     else:
         assert len(store.gets) <= 4
     reader.close()
+
+
+def test_a_sequential_reader_whose_reads_arrive_out_of_order_is_not_read_at_random():
+    """The kernel's requests of one sequential reader reach the daemon a block or two out of
+    order (its synchronous read and the readahead beside it, on two threads): still a stream,
+    never a file 'read at random' to be fetched whole."""
+    _, reader = make()
+    reader.prefetch = PrefetchPolicy(mode="file", random_after=4)
+    ref = ObjectRef("b", "k", len(DATA))
+    state = ReadState()
+    order = [0, 2, 1, 4, 3, 5, 7, 6, 9, 8, 10, 12, 11, 13]  # blocks, pairs swapped
+    for index in order:
+        assert reader.read(ref, index * 1000, 1000, state) == DATA[index * 1000 : (index + 1) * 1000]
+    assert state.jumps == 0
+    far = reader.read(ref, 100_000, 1000, state)  # a real jump still counts
+    assert far == DATA[100_000:101_000] and state.jumps == 1
