@@ -200,6 +200,8 @@ class IdcFs(mfusepy.Operations):
         self._entries_lock = threading.Lock()
         self._by_id: LRUCache[str, bytes] = LRUCache(maxsize=BY_ID_CACHE_BYTES, getsizeof=lambda text: len(text) + 64)
         self._by_id_lock = threading.Lock()
+        self._ahead: set[str] = set()  # series whose listing is being fetched ahead of a readdir
+        self._ahead_lock = threading.Lock()
         self._next_handle = 1
         series = self.catalog.series
         self._uuid = series.column("crdc_series_uuid")
@@ -297,6 +299,8 @@ class IdcFs(mfusepy.Operations):
                 return self._stat(stat.S_IFDIR | 0o555, 0, self._release_ns, nlink=2)
             return self._stat(stat.S_IFREG | 0o444, len(self._control_file(node, name)), self._release_ns, nlink=1)
         if name is None:
+            if self.tree.is_series(node):
+                self._listing_ahead(path, node.index)
             when = self._series_time_ns(node.index) if self.tree.is_series(node) else self._release_ns
             return self._stat(stat.S_IFDIR | 0o555, 0, when, nlink=2 + self.tree.num_children(node))
         if not self.tree.is_series(node):
@@ -352,6 +356,33 @@ class IdcFs(mfusepy.Operations):
         for row in rows:
             if self.listings.peek(self._series_uuid(row)) is None:
                 self.reader.background.submit(SERIES, 0, functools.partial(self._listing, row))
+
+    def _listing_ahead(self, path: str, row: int) -> None:
+        """A series folder looked up (``ls -l``, ``ls -R`` of series folders, a viewer's import)
+        is usually listed next: fetch its listing in the background, so that ``ls -lR`` of 50
+        series costs about one round trip, not 50 in a row. Not for a folder among many (the
+        ``ls -l`` of a flat layout's root must not become a million LISTs)."""
+        if self.reader.prefetch.mode == "off":
+            return
+        uuid = self._series_uuid(row)
+        if self.listings.peek(uuid) is not None:
+            return
+        parent = self.tree.lookup([part for part in path.split("/") if part][:-1])
+        if parent is None or self.tree.num_children(parent) > MAX_LISTING_PREFETCH:
+            return
+        with self._ahead_lock:
+            if uuid in self._ahead or len(self._ahead) >= MAX_LISTING_PREFETCH:
+                return
+            self._ahead.add(uuid)
+
+        def fetch() -> None:
+            try:
+                self._listing(row)
+            finally:
+                with self._ahead_lock:
+                    self._ahead.discard(uuid)
+
+        self.reader.background.submit(SERIES, 0, fetch)
 
     def _entries_of(self, node: Node | ControlFolder) -> list[tuple[str, int, int]]:
         """The entries of a folder above the series level (or of a control folder)."""

@@ -341,6 +341,9 @@ class Measure:
         for _ in range(self.runs):
             if before:
                 before()
+            # Write back what earlier runs left dirty, outside the timing: a run's own writes
+            # count, the last tool's do not (on this VM a page being written back stalls writers).
+            os.sync()
             self.proxy.log.clear()
             started = time.perf_counter()
             action()

@@ -83,6 +83,10 @@ def test_stale_mount_after_daemon_death_is_reported_and_cleaned(mount_factory, s
     assert wait_until(lambda: not Path(f"/proc/{pid}").exists())
     again = run_idcfs("mount", str(mount.path), "--endpoint-url", s3_proxy.url)
     assert again.returncode != 0 and "stale" in again.stderr
+    stats = run_idcfs("stats", str(mount.path))
+    assert stats.returncode == 1
+    gone = f"idcfs: error: the daemon of {mount.path} is gone; clean up with: idcfs umount {mount.path}"
+    assert stats.stderr.strip() == gone
     assert run_idcfs("umount", str(mount.path)).returncode == 0
     assert str(mount.path) not in mounted_fuse_points()
 
