@@ -149,22 +149,27 @@ def _write_series(out: Path, row: dict, max_instances: int | None, image_size: i
     count = int(row["instanceCount"] or 1)
     if max_instances is not None:
         count = min(count, max_instances)
-    s3_dir = out / "s3" / series.aws_bucket / series_uuid
-    gcs_dir = out / "gcs" / series.gcs_bucket / series_uuid
-    s3_dir.mkdir(parents=True, exist_ok=True)
-    gcs_dir.mkdir(parents=True, exist_ok=True)
     for number in range(1, count + 1):
         dataset = (_sr_dataset if series.modality == "SR" else _image_dataset)(row, number, count, image_size)
-        name = _deterministic_uuid(series_uuid, number) + ".dcm"
-        path = s3_dir / name
-        dataset.save_as(path, enforce_file_format=True)
-        twin = gcs_dir / name
-        if twin.exists():
-            twin.unlink()
-        os.link(path, twin)
-        series.files.append(GeneratedFile(name=name, size=path.stat().st_size))
+        save_object(out, series, _deterministic_uuid(series_uuid, number) + ".dcm", dataset)
     series.files.sort(key=lambda f: f.name)
     return series
+
+
+def save_object(out: Path, series: GeneratedSeries, name: str, dataset) -> None:
+    """Write ``dataset`` as object ``name`` of ``series``: under ``out/s3/<aws bucket>/`` and, as
+    a hard link, under ``out/gcs/<gcs bucket>/`` (the mirror holds the same bytes)."""
+    s3_dir = out / "s3" / series.aws_bucket / series.crdc_series_uuid
+    gcs_dir = out / "gcs" / series.gcs_bucket / series.crdc_series_uuid
+    s3_dir.mkdir(parents=True, exist_ok=True)
+    gcs_dir.mkdir(parents=True, exist_ok=True)
+    path = s3_dir / name
+    dataset.save_as(path, enforce_file_format=True)
+    twin = gcs_dir / name
+    if twin.exists():
+        twin.unlink()
+    os.link(path, twin)
+    series.files.append(GeneratedFile(name=name, size=path.stat().st_size))
 
 
 def _base_dataset(row: dict, sop_class: str, number: int):

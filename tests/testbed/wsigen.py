@@ -26,6 +26,7 @@ from tests.testbed.dicomgen import (
     _deterministic_uuid,
     _uid,
     index_rows,
+    save_object,
     series_from_row,
 )
 
@@ -65,22 +66,11 @@ def generate_slide(
             return series
     row = index_rows([series_uuid])[0]
     series = series_from_row(row)
-    s3_dir = out / "s3" / series.aws_bucket / series_uuid
-    gcs_dir = out / "gcs" / series.gcs_bucket / series_uuid
-    s3_dir.mkdir(parents=True, exist_ok=True)
-    gcs_dir.mkdir(parents=True, exist_ok=True)
     patterns = _tile_patterns(tile, quality, seed=hash_seed(series_uuid))
     for level in range(levels):
         scale = 1 << level
         dataset = _level_dataset(row, level, -(-width // scale), -(-height // scale), tile, patterns)
-        name = level_file_name(series_uuid, level)
-        path = s3_dir / name
-        dataset.save_as(path, enforce_file_format=True)
-        twin = gcs_dir / name
-        if twin.exists():
-            twin.unlink()
-        os.link(path, twin)
-        series.files.append(GeneratedFile(name=name, size=path.stat().st_size))
+        save_object(out, series, level_file_name(series_uuid, level), dataset)
     series.files.sort(key=lambda f: f.name)
     record.write_text(json.dumps({"stamp": stamp, "series": asdict(series)}, indent=1))
     return series
