@@ -133,11 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     path = commands.add_parser(
         "path",
         help="print the folders of series, studies or patients in a mount",
-        description="Print the folder(s) that each identifier has in a mount, in the mount's layout "
-        "and selection: a SeriesInstanceUID or crdc_series_uuid gives its series folder, a "
-        "StudyInstanceUID or PatientID the study or patient folder. The kind is detected. Answered "
-        "from the mount's catalog, with no network. Identifiers the mount does not hold are named on "
-        "stderr, and the exit status is 1.",
+        description="Print the folder(s) that each identifier has in a mount, in the mount's layout and\n"
+        "selection: a SeriesInstanceUID or crdc_series_uuid gives its series folder, a StudyInstanceUID\n"
+        "or PatientID the study or patient folder (the kind is detected). Answered from the mount's\n"
+        "catalog, with no network. Identifiers the mount does not hold are named on stderr, and the\n"
+        "exit status is 1.",
         epilog='example:\n  cd "$(idcfs path ~/idc 1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192)"',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
