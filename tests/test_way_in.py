@@ -86,6 +86,9 @@ def test_tcia_names_select_their_collection_and_typos_get_the_nearest(mount_fact
     assert sorted(os.listdir(mount.path)) == [".idcfs", "lung_pet_ct_dx"]
     version = json.loads((mount.path / ".idcfs" / "version").read_text())
     assert version["selection"] == {"collections": ["lung_pet_ct_dx"], "modalities": ["CT"], "licenses": ["CC BY 4.0"]}
+    cleared = run_idcfs("cache", "clear", str(mount.path))  # the mount's own cache folder, emptied while mounted
+    assert cleared.returncode == 0 and cleared.stdout.strip() == f"cleared {version['cache_dir']}"
+    assert os.listdir(mount.path / "lung_pet_ct_dx")  # still answers
     result, mountpoint, _ = start_idcfs(tmp_path, s3_proxy.url, "--collection", "lung_pet_ct")
     assert result.returncode == 1
     assert "--collection 'lung_pet_ct' is not in the index (did you mean 'lung_pet_ct_dx'" in result.stderr
