@@ -374,7 +374,8 @@ def bench_reads(runs: int, latency: float, bandwidth: float | None, workdir: Pat
     ):
         measure = Measure(proxy, runs)
         endpoint = proxy.url
-        warm_server_etags(server.url, [CT_SERIES, SM_SERIES, BIG_SLIDE_SERIES, *(s.crdc_series_uuid for s in info["small"])])
+        folders = [CT_SERIES, SM_SERIES, BIG_SLIDE_SERIES, *(s.crdc_series_uuid for s in info["small"])]
+        warm_server_etags(server.url, folders)
         tools: list[Tool] = [Idcfs(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"]), Floor(info["data"])]
         skipped = [t.name for t in tools if not t.available()]
         tools = [t for t in tools if t.available()]
