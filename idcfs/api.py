@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -22,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from idcfs.layout import escape_name
-from idcfs.mounting import MountError, control_file, mount_info, mount_of, unmount
+from idcfs.mounting import MountError, mount_info, mount_of, unmount
 from idcfs.options import OPTIONS_BY_NAME, default_cache_dir
+from idcfs.report import read_stats
 
 #: Options the API does not take: it always daemonizes, and ``series=`` is its manifest.
 _NOT_API_OPTIONS = ("foreground",)
@@ -65,12 +65,12 @@ class Mount:
 
     def stats(self) -> dict[str, Any]:
         """The live statistics (as ``idcfs stats --json``): requests, bytes, cache hits, errors."""
-        return json.loads(control_file(self.mountpoint, "stats"))
+        return read_stats(self.mountpoint)
 
     def paths(self, identifier: str) -> list[Path]:
         """Every folder of a SeriesInstanceUID, StudyInstanceUID, PatientID or crdc_series_uuid
         in this mount (several when the layout splits a study or patient); empty if none."""
-        return folders_of(self.mountpoint, identifier)
+        return _folders_in(self.mountpoint, identifier)
 
     def path(self, identifier: str) -> Path:
         """The folder of a series, study or patient (as ``idcfs path``).
@@ -96,7 +96,12 @@ class Mount:
 def folders_of(path: str | os.PathLike[str], identifier: str) -> list[Path]:
     """The folders of ``identifier`` in the mount that ``path`` is in (from its catalog: no
     network), as absolute paths; empty when the mount does not hold it."""
-    point = mount_of(path)
+    return _folders_in(mount_of(path), identifier)
+
+
+def _folders_in(point: Path, identifier: str) -> list[Path]:
+    """:func:`folders_of` in the mount at ``point`` (already found: one lookup of the mount
+    table for a cohort of identifiers, not one each)."""
     identifier = identifier.strip()
     if not identifier:
         return []

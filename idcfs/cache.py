@@ -13,7 +13,6 @@ later: reads go on meanwhile, and a disk with room again is used again.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import shutil
@@ -426,12 +425,12 @@ class BlockCache:
     def fill(
         self,
         blocks: list[tuple[str, int]],
-        fetch: Callable[[int, int], list[Buffer] | bytes],
+        fetch: Callable[[int, int], list[Buffer]],
         disk_wait: bool = True,
     ) -> None:
         """Fetch ahead of demand the blocks of ``blocks`` (key, length) that are neither in memory
         nor on the wire: from disk where it has them, the rest with one ``fetch(first, last)``
-        per contiguous stretch (positions in ``blocks``; it returns the stretch's bytes).
+        per contiguous stretch (positions in ``blocks``; it returns the stretch's blocks).
 
         Claim, fetch and settle happen here and only here: every block claimed is settled or
         released on every path (``finally``), so no reader can wait on a block nobody fetches.
@@ -476,17 +475,12 @@ class BlockCache:
         self,
         blocks: list[tuple[str, int]],
         stretch: list[int],
-        fetch: Callable[[int, int], list[Buffer] | bytes],
+        fetch: Callable[[int, int], list[Buffer]],
         unsettled: set[int],
         disk_wait: bool,
     ) -> None:
         fetched = fetch(stretch[0], stretch[-1])
         lengths = [blocks[i][1] for i in stretch]
-        if isinstance(fetched, (bytes, bytearray)):  # one buffer for the stretch: cut it
-            if len(fetched) != sum(lengths):
-                raise StoreError(f"run of {len(stretch)} blocks has {len(fetched)} bytes, expected {sum(lengths)}")
-            offsets = itertools.accumulate(lengths, initial=0)
-            fetched = [fetched[a : a + n] for a, n in zip(offsets, lengths, strict=False)]
         if [len(block) for block in fetched] != lengths:  # a cache must never hold a short block
             raise StoreError(
                 f"run of {len(stretch)} blocks came back as {[len(b) for b in fetched]}, expected {lengths}"

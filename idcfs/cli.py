@@ -289,11 +289,12 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    from idcfs.api import folders_of
+    from idcfs.api import Mount
 
+    mount = Mount(args.mountpoint)
     missing = 0
     for identifier in args.ids:
-        folders = folders_of(args.mountpoint, identifier)
+        folders = mount.paths(identifier)
         if not folders:
             print(f"idcfs: not in the mount: {identifier}", file=sys.stderr)
             missing += 1

@@ -200,7 +200,7 @@ class IdcFs(mfusepy.Operations):
         self._entries_lock = threading.Lock()
         self._by_id: LRUCache[str, bytes] = LRUCache(maxsize=BY_ID_CACHE_BYTES, getsizeof=lambda text: len(text) + 64)
         self._by_id_lock = threading.Lock()
-        self._ahead: set[str] = set()  # series whose listing is being fetched ahead of a readdir
+        self._ahead: set[str] = set()  # series whose listing is queued or being fetched ahead
         self._ahead_lock = threading.Lock()
         self._next_handle = 1
         series = self.catalog.series
@@ -354,24 +354,31 @@ class IdcFs(mfusepy.Operations):
         if len(rows) > MAX_LISTING_PREFETCH:
             return
         for row in rows:
-            if self.listings.peek(self._series_uuid(row)) is None:
-                self.reader.background.submit(SERIES, 0, functools.partial(self._listing, row))
+            self._list_ahead(row)
 
     def _listing_ahead(self, path: str, row: int) -> None:
         """A series folder looked up (``ls -l``, ``ls -R`` of series folders, a viewer's import)
         is usually listed next: fetch its listing in the background, so that ``ls -lR`` of 50
         series costs about one round trip, not 50 in a row. Not for a folder among many (the
-        ``ls -l`` of a flat layout's root must not become a million LISTs)."""
+        ``ls -l`` of a flat layout's root must not become a million LISTs), nor while as many
+        lookups' listings are already on their way."""
         if self.reader.prefetch.mode == "off":
-            return
-        uuid = self._series_uuid(row)
-        if self.listings.peek(uuid) is not None:
             return
         parent = self.tree.lookup([part for part in path.split("/") if part][:-1])
         if parent is None or self.tree.num_children(parent) > MAX_LISTING_PREFETCH:
             return
         with self._ahead_lock:
-            if uuid in self._ahead or len(self._ahead) >= MAX_LISTING_PREFETCH:
+            if len(self._ahead) >= MAX_LISTING_PREFETCH:
+                return
+        self._list_ahead(row)
+
+    def _list_ahead(self, row: int) -> None:
+        """Fetch a series' listing in the background, unless it is in memory or on its way."""
+        uuid = self._series_uuid(row)
+        if self.listings.peek(uuid) is not None:
+            return
+        with self._ahead_lock:
+            if uuid in self._ahead:
                 return
             self._ahead.add(uuid)
 

@@ -53,9 +53,9 @@ def find(tree: Tree, identifier: str) -> Found | None:
     makes for it (several if the layout splits it, e.g. by modality); a layout with no such
     level (``flat``) gives the series folders instead.
     """
-    series = tree.catalog.series
-    for kind in kinds_for(identifier.strip()):
-        rows = _matching_rows(series.column(kind), identifier.strip())
+    series, identifier = tree.catalog.series, identifier.strip()
+    for kind in kinds_for(identifier):
+        rows = _matching_rows(series.column(kind), identifier)
         if rows.size:
             return Found(kind, _folders(tree, kind, rows))
     return None

@@ -240,7 +240,7 @@ class Reader:
             self._fetch_whole(obj)
         elif first <= last:
             # A stream's blocks go to disk if the writer keeps up: a reader is never held back
-            # by the disk (a fresh page-cache page is the costliest thing the daemon makes).
+            # by the one disk-writer thread (a series, or an object fetched whole, still waits).
             self._schedule(obj, first, last, READAHEAD, disk_wait=False)
 
     def _window_step(self, obj: ObjectRef, last_block: int, state: ReadState) -> tuple[int, int]:

@@ -8,7 +8,6 @@ attributes and refuses what would not fit in the mount's disk cache (``--force``
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from idcfs.mounting import MountError, mount_of
+from idcfs.mounting import MountError, mount_info, mount_of
 
 CHUNK = 1 << 20
 
@@ -39,8 +38,8 @@ def estimate_bytes(path: Path) -> int:
 
 def cache_size_of(mountpoint: Path) -> int:
     try:
-        return int(json.loads((mountpoint / ".idcfs" / "version").read_text()).get("cache_size") or 0)
-    except (OSError, ValueError):
+        return int(mount_info(mountpoint).get("cache_size") or 0)
+    except (MountError, ValueError):
         return 0
 
 

@@ -203,8 +203,7 @@ def test_fill_takes_blocks_from_one_get_per_stretch():
     blocks = _blocks(reader, ref, range(3, 7))
 
     def fetch(first, last):
-        start = 3000 + first * 1000
-        return store.get_range("b", "k", start, 3000 + (last + 1) * 1000)
+        return store.get_blocks("b", "k", 3000 + first * 1000, [length for _, length in blocks[first : last + 1]])
 
     reader.cache.fill(blocks, fetch)
     assert store.gets == [("k", 3000, 7000)]
