@@ -3,23 +3,16 @@ readers wait.
 
 IDC objects are immutable (a new version of a series gets a new UUID), so nothing here is ever
 revalidated: an entry is good until evicted, and the disk tier survives remounts. Blocks live in
-a byte-capped memory LRU in front of a size-capped diskcache (LRU eviction); listings are small
-and kept on disk forever. Every disk block carries a CRC32 and its length is checked on the way
-in and out, so a torn write (a crash, a full disk) reads as a miss, never as wrong bytes. A disk
-tier that fails (full, read-only, removed) pauses its writes with one warning and tries again
-later: reads go on meanwhile, and a disk with room again is used again.
+a byte-capped memory LRU in front of a size-capped :class:`~idcfs.disk_tier.DiskTier` (block
+files, LRU eviction, CRC-checked); listings are small and kept on disk forever (diskcache).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -28,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
+from idcfs.disk_tier import DiskTier
 from idcfs.objects import ObjectInfo, ObjectTable
 from idcfs.stats import Counters
 from idcfs.store import StoreError
@@ -36,12 +30,6 @@ from idcfs.transport import Buffer
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
-
-_CRC = struct.Struct("<I")
-#: Free space the disk cache leaves on its disk (at most 5% of the disk), for everyone else.
-DISK_RESERVE = 256 << 20
-#: A background fetch waits this long at most for room in the disk write queue, then drops.
-PUT_WAIT_TIMEOUT = 10.0
 
 
 class Abandoned(StoreError):
@@ -136,200 +124,6 @@ class _EvictionAwareLRU(LRUCache):  # type: ignore[type-arg]
         key, value = super().popitem()
         self._on_evict(key, value)
         return key, value
-
-
-class _BlockRecord:
-    """A block and its CRC as diskcache reads a value with ``read=True`` (``read()`` until
-    ``b""``): the block itself, then the four CRC bytes, with no copy of the block. (Given bytes,
-    diskcache would iterate a BytesIO line by line: thousands of writes for a binary block; a
-    BytesIO of the block and its CRC joined costs two copies of every block written.)"""
-
-    def __init__(self, data: bytes) -> None:
-        self._parts: list[bytes | memoryview] = [_CRC.pack(zlib.crc32(data)), memoryview(data)]
-
-    def read(self, _size: int = -1) -> bytes | memoryview:
-        return self._parts.pop() if self._parts else b""
-
-
-class DiskTier:
-    """A diskcache folder of blocks, capped at ``size_limit`` bytes, least recently used out first.
-
-    Writes go through one writer thread, in batches of one SQLite transaction: fetch threads hand
-    a block over and move on (SQLite takes one writer at a time, and a fetch must not wait for
-    it). Blocks waiting to be written are still served by :meth:`get`. The queue is bounded by
-    bytes: background fetches wait for room, a demand read's block is dropped instead.
-    """
-
-    def __init__(
-        self, directory: Path, size_limit: int, queue_bytes: int = 128 << 20, retry_interval: float = 30.0
-    ) -> None:
-        import diskcache
-
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.directory = directory
-        self.size_limit = size_limit
-        # cull_limit: evict enough per write that the cap is never exceeded by more than a block.
-        self._cache = diskcache.Cache(
-            str(directory),
-            size_limit=size_limit,
-            eviction_policy="least-recently-used",
-            cull_limit=64,
-            statistics=False,
-        )
-        #: After a failed write (a full disk, a removed folder) writes pause until this
-        #: ``time.monotonic()`` value, then are tried again: a full disk is not remembered
-        #: past the moment space is back. Reads go on meanwhile.
-        self._paused_until = 0.0
-        self._retry_interval = retry_interval
-        self.write_failures = 0
-        self._orphans_possible = False
-        self._effective_limit = size_limit
-        # SQLite lets one writer in at a time, and a hit under LRU is a write (its access time).
-        # Threads that find the lock taken would back off in SQLite's busy handler for up to
-        # 100 ms; queueing them on a Python lock instead costs microseconds.
-        self._db_lock = threading.Lock()
-        self._queue_bytes = queue_bytes
-        self._pending: dict[str, bytes] = {}  # insertion-ordered: the write queue
-        self._pending_bytes = 0
-        self._condition = threading.Condition()
-        self._writer: threading.Thread | None = None
-        self.dropped = 0
-
-    def get(self, key: str, length: int) -> bytes | None:
-        """The block, if stored (or queued) whole and intact."""
-        with self._condition:
-            queued = self._pending.get(key)
-        if queued is not None:
-            return queued
-        try:
-            # `in` is a plain SELECT; get() takes the write lock (to update the LRU access time)
-            # even for a miss, which would queue every cold fetch behind the writer.
-            if key not in self._cache:
-                return None
-            with self._db_lock:
-                stored = self._cache.get(key)
-        except Exception as error:  # noqa: BLE001 - any disk trouble is a miss
-            log.debug("disk cache read of %s failed: %s", key, error)
-            return None
-        if not isinstance(stored, bytes) or len(stored) != length + _CRC.size:
-            return None
-        data, (crc,) = stored[:length], _CRC.unpack(stored[length:])
-        if zlib.crc32(data) != crc:
-            log.warning("disk cache block %s is damaged; fetching it again", key)
-            self.discard(key)
-            return None
-        return data
-
-    def put(self, key: str, data: bytes, wait: bool = True) -> None:
-        """Queue ``data`` for writing; with ``wait=False`` drop it rather than wait for room."""
-        with self._condition:
-            if self.paused or key in self._pending:
-                return
-            give_up = time.monotonic() + PUT_WAIT_TIMEOUT
-            while self._pending_bytes + len(data) > self._queue_bytes and self._pending:
-                left = give_up - time.monotonic()
-                if not wait or left <= 0:
-                    self.dropped += 1
-                    return
-                self._condition.wait(left)
-                if self.paused:
-                    return
-            self._pending[key] = data
-            self._pending_bytes += len(data)
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="idcfs-disk-writer", daemon=True)
-                self._writer.start()
-            self._condition.notify_all()
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending:
-                    self._condition.wait(1.0)
-                batch = list(self._pending.items())[:8]
-            try:
-                with self._db_lock:
-                    if self._orphans_possible:
-                        self._remove_orphans()
-                    self._fit_to_disk(sum(len(data) for _, data in batch))
-                    with self._cache.transact():
-                        for key, data in batch:
-                            self._cache.set(key, _BlockRecord(data), read=True)
-            except Exception as error:  # noqa: BLE001 - degrade, never fail a read
-                failed = True
-                with self._condition:
-                    self.write_failures += 1
-                    # A failed transaction leaves the value files it wrote on disk, unknown to the
-                    # database: a full disk would stay full. They are swept before the next try.
-                    self._orphans_possible = True
-                    if not self.paused:
-                        log.warning(
-                            "disk cache %s cannot be written (%s); not caching on disk for %gs, then trying again",
-                            self.directory,
-                            error,
-                            self._retry_interval,
-                        )
-                    self._paused_until = time.monotonic() + self._retry_interval
-            else:
-                failed = False
-                if self._paused_until:
-                    self._paused_until = 0.0
-                    log.warning("disk cache %s is writable again", self.directory)
-            with self._condition:
-                for key, data in batch:
-                    if self._pending.pop(key, None) is not None:
-                        self._pending_bytes -= len(data)
-                if failed:
-                    self._pending.clear()
-                    self._pending_bytes = 0
-                self._condition.notify_all()
-
-    def _fit_to_disk(self, incoming: int) -> None:
-        """Cap the cache at what the disk can hold now, so writes do not meet a full disk: the
-        configured size, or less when other files take the space (LRU blocks go first)."""
-        usage = shutil.disk_usage(self.directory)
-        reserve = min(DISK_RESERVE, usage.total // 20)
-        volume = int(self._cache.volume())
-        limit = max(0, min(self.size_limit, volume + usage.free - incoming - reserve))
-        if limit != self._effective_limit:
-            self._effective_limit = limit
-            self._cache.reset("size_limit", limit)
-            if limit < volume:
-                self._cache.cull()
-
-    def _remove_orphans(self) -> None:
-        try:
-            self._cache.check(fix=True)
-        except Exception as error:  # noqa: BLE001 - a sweep that fails is tried again later
-            log.debug("disk cache check failed: %s", error)
-            return
-        self._orphans_possible = False
-
-    @property
-    def paused(self) -> bool:
-        """Writes are off for now, after a failure."""
-        return time.monotonic() < self._paused_until
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued block is written (or the tier gave up); False on timeout."""
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._pending, timeout)
-
-    @property
-    def bytes_used(self) -> int:
-        """Bytes stored (not counting blocks still queued for writing)."""
-        try:
-            return int(self._cache.volume())
-        except Exception:  # noqa: BLE001 - statistics never fail a read
-            return 0
-
-    def discard(self, key: str) -> None:
-        with contextlib.suppress(Exception):
-            self._cache.delete(key)
-
-    def close(self) -> None:
-        self.flush(timeout=30)
-        self._cache.close()
 
 
 class BlockCache:
@@ -437,7 +231,8 @@ class BlockCache:
         A failed stretch passes its error to its waiters; blocks after it that were never
         attempted are released as :class:`Abandoned`, and a waiter then fetches them itself.
         ``disk_wait``: wait for room in the disk writer's queue, or drop a block from the disk
-        tier when there is none (it stays in memory).
+        tier when there is none (it stays in memory); the blocks of a stream (no wait) are
+        also written past the page cache.
         """
         claimed = [i for i, (key, _) in enumerate(blocks) if not self.contains(key) and self._flight.claim(key)]
         unsettled = set(claimed)
@@ -491,7 +286,7 @@ class BlockCache:
             unsettled.discard(i)
             self._flight.resolve(key, block)
             if self.disk is not None:
-                self.disk.put(key, block, wait=disk_wait)
+                self.disk.put(key, block, wait=disk_wait, stream=not disk_wait)
 
     def _from_disk(self, key: str, length: int) -> bytes | None:
         """The block from the disk tier (then also kept in memory), or None."""

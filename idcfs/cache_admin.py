@@ -1,7 +1,7 @@
 """``idcfs cache info | clear``: what the cache folder holds, and emptying it safely.
 
-Clearing goes through diskcache (not ``rm -r``), so a mount using the folder keeps working: it
-simply fetches again what it no longer finds.
+Clearing goes through each store's own index (not ``rm -r``), so a mount using the folder keeps
+working: it simply fetches again what it no longer finds.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ def _folder_bytes(path: Path) -> int:
 def cache_info(cache_dir: Path) -> list[tuple[str, str]]:
     import diskcache
 
+    from idcfs import disk_tier
+
     rows = [("cache folder", str(cache_dir))]
-    blocks = cache_dir / "blocks"
-    if (blocks / "cache.db").exists():
-        with diskcache.Cache(str(blocks)) as cache:
-            rows.append(
-                ("blocks", f"{len(cache)} blocks, {cache.volume() / 1e6:.1f} MB of {cache.size_limit / 1e6:.0f} MB cap")
-            )
+    blocks = disk_tier.summary(cache_dir / "blocks")
+    if blocks is not None:
+        count, stored, cap = blocks
+        of_cap = "" if cap is None else f" of {cap / 1e6:.0f} MB cap"
+        rows.append(("blocks", f"{count} blocks, {stored / 1e6:.1f} MB{of_cap}"))
     else:
         rows.append(("blocks", "none"))
     listings = cache_dir / "listings"
@@ -44,9 +45,11 @@ def cache_info(cache_dir: Path) -> list[tuple[str, str]]:
 def cache_clear(cache_dir: Path) -> None:
     import diskcache
 
-    for name in ("blocks", "listings"):
-        folder = cache_dir / name
-        if (folder / "cache.db").exists():
-            with diskcache.Cache(str(folder)) as cache:
-                cache.clear()
+    from idcfs import disk_tier
+
+    disk_tier.clear(cache_dir / "blocks")
+    listings = cache_dir / "listings"
+    if (listings / "cache.db").exists():
+        with diskcache.Cache(str(listings)) as cache:
+            cache.clear()
     shutil.rmtree(cache_dir / "catalogs", ignore_errors=True)  # mapped files stay valid for live mounts

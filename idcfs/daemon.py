@@ -23,8 +23,9 @@ from idcfs.mounting import MountError
 from idcfs.options import default_cache_size
 
 if TYPE_CHECKING:
-    from idcfs.cache import DiskTier, ListingCache
+    from idcfs.cache import ListingCache
     from idcfs.catalog import Catalog, IndexFiles
+    from idcfs.disk_tier import DiskTier
     from idcfs.fs import IdcFs
     from idcfs.reader import Reader
     from idcfs.snapshot import Snapshot
@@ -51,7 +52,8 @@ def serve(args: argparse.Namespace) -> int:
             check_fuse_available()
             os.chdir("/")  # a daemon must not keep the caller's directory busy
         prefer_libfuse3()
-        operations = _build_filesystem(args, on_ready=lambda: _announce_ready(args, ready_fd))
+        # (``operations`` is bound by the time libfuse calls init, which calls on_ready.)
+        operations = _build_filesystem(args, on_ready=lambda: _announce_ready(args, ready_fd, operations.answering))
         args.offline_warning = _probe_store(operations.store)
         metrics = None
         if args.metrics_port is not None:
@@ -100,6 +102,8 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How long the readahead setting is watched for the kernel's INIT to lower it, at most (seconds).
+READAHEAD_SETTLE = 10.0
 #: Threads libfuse may run to answer the kernel (each a Python thread mostly waiting on I/O).
 FUSE_THREADS = 64
 #: Of those, how many may wait idle for the kernel's next request.
@@ -116,7 +120,7 @@ def _startup_failed(message: str, ready_fd: int | None) -> None:
     sd_notify(f"STATUS=failed: {message.splitlines()[0] if message else ''}")
 
 
-def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
+def _announce_ready(args: argparse.Namespace, ready_fd: int | None, answering: threading.Event) -> None:
     """The mount answers: release ``idcfs mount`` (the pipe) or systemd (``READY=1``)."""
     from idcfs.mounting import report_ready
     from idcfs.notify import sd_notify
@@ -129,27 +133,38 @@ def _announce_ready(args: argparse.Namespace, ready_fd: int | None) -> None:
     )
     if args.kernel_readahead:
         threading.Thread(
-            target=_set_kernel_readahead, args=(args.mountpoint, args.kernel_readahead), name="idcfs-readahead"
+            target=_set_kernel_readahead,
+            args=(args.mountpoint, args.kernel_readahead, answering),
+            name="idcfs-readahead",
         ).start()
     warning = getattr(args, "offline_warning", None)
     report_ready(ready_fd, f"READY {warning}" if warning else "READY")
     sd_notify("READY=1", f"STATUS=mounted {args.mountpoint} (IDC from {args.source})", f"MAINPID={os.getpid()}")
 
 
-def _set_kernel_readahead(mountpoint: Path, nbytes: int) -> None:
-    """Raise the mount's readahead once the kernel has taken libfuse's answer to INIT (which
-    can only lower it, and arrives after the ``init`` callback that starts this): a few tries
-    in the first second, checked by reading the value back."""
-    from idcfs.mounting import set_kernel_readahead
+def _set_kernel_readahead(mountpoint: Path, nbytes: int, answering: threading.Event) -> None:
+    """Raise the mount's readahead once the kernel has taken libfuse's answer to INIT, which
+    lowers it to what the kernel offered (128 KiB) whenever it is processed after our write: and
+    that answer goes out after the ``init`` callback that starts this. Read back as set is not
+    enough, then; set and held once the mount has answered a request (the kernel sends none
+    before INIT is done), or for ``READAHEAD_SETTLE`` seconds when nothing asks."""
+    from idcfs.mounting import kernel_readahead, set_kernel_readahead
 
+    wanted = max(0, nbytes) // 1024 * 1024
     problem = None
-    for _ in range(20):
-        time.sleep(0.05)
+    deadline = time.monotonic() + READAHEAD_SETTLE
+    while time.monotonic() < deadline:
+        answered = answering.wait(0.05)
+        if kernel_readahead(mountpoint) == wanted:
+            if answered:
+                log.debug("kernel readahead of %s: %d KiB", mountpoint, nbytes // 1024)
+                return
+            continue
         problem = set_kernel_readahead(mountpoint, nbytes)
-        if problem is None:
-            log.debug("kernel readahead of %s: %d KiB", mountpoint, nbytes // 1024)
-            return
-    log.log(logging.INFO if os.getuid() == 0 else logging.DEBUG, "kernel readahead left as it is: %s", problem)
+        if problem is not None and answered:
+            break
+    if problem is not None:
+        log.log(logging.INFO if os.getuid() == 0 else logging.DEBUG, "kernel readahead left as it is: %s", problem)
 
 
 def _probe_store(store: Store) -> str | None:
@@ -277,7 +292,7 @@ def _mount_info(args: argparse.Namespace, files: IndexFiles, catalog: Catalog, d
 
 def _disk_tier(args: argparse.Namespace) -> DiskTier | None:
     """The disk block cache, sized from --cache-size or the free space; None when off or unusable."""
-    from idcfs.cache import DiskTier
+    from idcfs.disk_tier import DiskTier
 
     folder = args.cache_dir / "blocks"
     size = args.cache_size

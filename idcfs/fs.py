@@ -186,6 +186,8 @@ class IdcFs(mfusepy.Operations):
         self.listings = listings
         self._on_ready = on_ready
         self.ready = False  # set once the kernel has completed the FUSE handshake
+        #: Set at the first request after INIT: the handshake is done in the kernel too.
+        self.answering = threading.Event()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._handles: dict[int, _Handle | Any] = {}
         self._direct_io: set[int] = set()
@@ -293,6 +295,8 @@ class IdcFs(mfusepy.Operations):
 
     @_errors_to_errno
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        if not self.answering.is_set():
+            self.answering.set()
         node, name = self._resolve(path)
         if isinstance(node, ControlFolder):
             if name is None:

@@ -1,18 +1,23 @@
-"""The disk tier on a real small disk (a tmpfs): it fits itself to the space there is, and after a
-real ENOSPC (someone else filled the disk) it pauses, sweeps what the failed write left, and
-works again once there is room. Needs root to mount the tmpfs."""
+"""The disk tier on real files: blocks survive a new tier on the folder (a remount), damage of
+any kind reads as a miss, the cap holds with the least recently used going first, a crash's and
+an older idcfs's leftovers go, and ``cache clear`` works under a live tier. On a real small disk
+(a tmpfs, needs root): it fits itself to the space there is, and after a real ENOSPC (someone
+else filled the disk) it pauses, sweeps what the failed write left, and works again once there
+is room."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 
 import pytest
 
-from idcfs.cache import DiskTier
+from idcfs import disk_tier
+from idcfs.disk_tier import DiskTier
 
 MIB = 1 << 20
 
@@ -62,6 +67,151 @@ def test_after_a_full_disk_the_tier_works_again_once_there_is_room(small_disk):
     data = os.urandom(MIB)
     tier.put("after", data)
     assert tier.flush(10)
-    assert tier.get("after", MIB) == data
+    assert bytes(tier.get("after", MIB)) == data
     assert shutil.disk_usage(small_disk).free > MIB  # what the failed write left was swept
+    tier.close()
+
+
+def _tier(folder, size=64 * MIB):
+    return DiskTier(folder / "blocks", size, retry_interval=0.2)
+
+
+def test_blocks_outlive_the_tier_that_wrote_them(tmp_path):
+    tier = _tier(tmp_path)
+    blocks = {f"bucket/series/{k}.dcm@1048576#{k % 3}": os.urandom(1000 + k * 70_000) for k in range(8)}
+    for key, data in blocks.items():
+        tier.put(key, data)
+        assert tier.get(key, len(data)) == data  # queued, not yet written: served all the same
+    assert tier.flush(10)
+    tier.close()
+    again = _tier(tmp_path)
+    for key, data in blocks.items():
+        assert bytes(again.get(key, len(data))) == data
+    assert again.get("bucket/series/absent.dcm@1048576#0", 10) is None
+    assert again.bytes_used == sum(len(d) for d in blocks.values())
+    assert disk_tier.summary(tmp_path / "blocks") == (8, again.bytes_used, 64 * MIB)
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "empty", "trailer"])
+def test_a_damaged_block_file_is_a_miss_and_goes(tmp_path, damage):
+    tier = _tier(tmp_path)
+    data = os.urandom(300_000)
+    tier.put("k", data)
+    assert tier.flush(10)
+    path = disk_tier.block_path(tmp_path / "blocks", "k")
+    raw = bytearray(path.read_bytes())
+    if damage == "flip":
+        raw[1234] ^= 1
+    elif damage == "truncate":
+        raw = raw[:-100]
+    elif damage == "extend":
+        raw += b"x"
+    elif damage == "empty":
+        raw = bytearray()
+    else:
+        raw[-1] ^= 1  # the magic
+    path.write_bytes(raw)
+    assert tier.get("k", len(data)) is None
+    deadline = time.monotonic() + 10  # bounds a broken run only
+    while (path.exists() or tier.bytes_used) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not path.exists() and tier.bytes_used == 0
+    tier.put("k", data)  # fetched again, and kept again
+    assert tier.flush(10)
+    assert bytes(tier.get("k", len(data))) == data
+    assert tier.get("k", len(data) + 1) is None  # a length that does not match is no block
+    tier.close()
+
+
+def test_the_cap_holds_and_the_least_recently_read_go_first(tmp_path):
+    tier = _tier(tmp_path, size=10 * MIB)
+    for k in range(8):
+        tier.put(f"k{k}", os.urandom(MIB))
+    assert tier.flush(10)
+    assert tier.get("k0", MIB) is not None  # read again: now the most recent
+    time.sleep(1.2)  # the writer indexes the read in its next turn (once a second when idle)
+    for k in range(8, 14):
+        tier.put(f"k{k}", os.urandom(MIB))
+        assert tier.flush(10)
+    assert tier.bytes_used <= 10 * MIB
+    assert tier.get("k0", MIB) is not None and tier.get("k13", MIB) is not None
+    assert tier.get("k1", MIB) is None
+    stored = sum(p.stat().st_size for p in (tmp_path / "blocks" / "v1").rglob("*") if p.is_file())
+    assert stored <= 10 * MIB + 10 * 16  # the blocks and their trailers, nothing else left behind
+    tier.close()
+
+
+def test_what_a_crash_and_an_older_idcfs_left_is_cleaned_up(tmp_path):
+    folder = tmp_path / "blocks"
+    tier = _tier(tmp_path)
+    tier.put("written", b"w" * 5000)
+    assert tier.flush(10)
+    tier.close()
+    # A crash between the index and the file: a row without its file.
+    db = sqlite3.connect(folder / "index.sqlite")
+    with db:
+        db.execute("INSERT INTO blocks VALUES (?, 'lost', 4096, 0)", (disk_tier.block_name("lost"),))
+    db.close()
+    # A crash in the middle of a write: a temporary file, old.
+    name = disk_tier.block_name("torn")
+    temporary = folder / "v1" / name[:2] / f"{name}.999999.tmp"
+    temporary.parent.mkdir(parents=True, exist_ok=True)
+    temporary.write_bytes(b"half")
+    os.utime(temporary, (time.time() - 3600, time.time() - 3600))
+    # idcfs 0.4's diskcache folder.
+    (folder / "cache.db").write_bytes(b"SQLite format 3\0")
+    (folder / "3f" / "a1").mkdir(parents=True)
+    (folder / "3f" / "a1" / "old.val").write_bytes(b"x" * 1000)
+
+    tier = _tier(tmp_path, size=8192)
+    assert tier.get("lost", 4096) is None
+    deadline = time.monotonic() + 10  # bounds a broken run only
+    while (temporary.exists() or (folder / "3f").exists()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not temporary.exists() and not (folder / "cache.db").exists() and not (folder / "3f").exists()
+    tier.put("new", b"n" * 6000)  # over the cap with the lost row: the oldest rows go first
+    assert tier.flush(10)
+    assert bytes(tier.get("new", 6000)) == b"n" * 6000
+    assert disk_tier.summary(folder)[:2] == (1, 6000)
+    tier.close()
+
+
+def test_cache_clear_under_a_live_tier(tmp_path):
+    tier = _tier(tmp_path)
+    for k in range(5):
+        tier.put(f"k{k}", os.urandom(100_000))
+    assert tier.flush(10)
+    assert disk_tier.clear(tmp_path / "blocks") == 5
+    assert tier.get("k0", 100_000) is None
+    tier.put("k0", b"a" * 100_000)
+    assert tier.flush(10)
+    assert bytes(tier.get("k0", 100_000)) == b"a" * 100_000
+    tier.close()
+    assert disk_tier.summary(tmp_path / "blocks")[:2] == (1, 100_000)
+
+
+def test_readers_and_the_writer_side_by_side(tmp_path):
+    import threading
+
+    tier = _tier(tmp_path, size=6 * MIB)
+    blocks = {f"k{k}": os.urandom(256 * 1024) for k in range(64)}
+    wrong = []
+
+    def reader():
+        for _ in range(20):
+            for key, data in blocks.items():
+                got = tier.get(key, len(data))
+                if got is not None and bytes(got) != data:
+                    wrong.append(key)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for key, data in blocks.items():
+        tier.put(key, data)
+    for thread in threads:
+        thread.join(60)
+    assert tier.flush(10)
+    assert not wrong and tier.bytes_used <= 6 * MIB
     tier.close()

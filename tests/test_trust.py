@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -181,7 +182,7 @@ def test_cache_clear_while_mounted_loses_nothing(mount_factory, s3_proxy, genera
 
 
 def test_a_damaged_disk_block_is_fetched_again(mount_factory, s3_proxy, generated):
-    import diskcache
+    from idcfs import disk_tier
 
     series = generated[3]
     mount = mount_factory(s3_proxy.url, "--prefetch", "off")
@@ -190,11 +191,13 @@ def test_a_damaged_disk_block_is_fetched_again(mount_factory, s3_proxy, generate
     path.read_bytes()
     cache_dir = mount.path.parent / "cache"
     run_idcfs("umount", str(mount.path))
-    with diskcache.Cache(str(cache_dir / "blocks")) as blocks:
-        key = next(k for k in blocks if series.files[0].name in k)
-        damaged = bytearray(blocks.get(key, read=True).read())
-        damaged[10] ^= 0xFF
-        blocks.set(key, bytes(damaged))
+    db = sqlite3.connect(cache_dir / "blocks" / "index.sqlite")
+    (key,) = db.execute("SELECT key FROM blocks WHERE key LIKE ?", (f"%{series.files[0].name}%",)).fetchone()
+    db.close()
+    block_file = disk_tier.block_path(cache_dir / "blocks", key)
+    damaged = bytearray(block_file.read_bytes())
+    damaged[10] ^= 0xFF
+    block_file.write_bytes(damaged)
     (mount.path.parent / "again").mkdir()
     again = mount_idcfs(mount.path.parent / "again", s3_proxy.url, "--prefetch", "off", "--cache-dir", str(cache_dir))
     try:
