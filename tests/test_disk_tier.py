@@ -18,6 +18,7 @@ import pytest
 
 from idcfs import disk_tier
 from idcfs.disk_tier import DiskTier
+from idcfs.transport import new_buffer
 
 MIB = 1 << 20
 
@@ -215,3 +216,33 @@ def test_readers_and_the_writer_side_by_side(tmp_path):
     assert tier.flush(10)
     assert not wrong and tier.bytes_used <= 6 * MIB
     tier.close()
+
+
+def _stream_blocks_round_trip(folder) -> bool:
+    """Whether the writer kept O_DIRECT on; every block reads back whole through a new tier."""
+    tier = DiskTier(folder / "blocks", 64 * MIB, retry_interval=0.2)
+    blocks = {}
+    for length in (4096, 3 * 4096, MIB, MIB + 1000, 1000, 70_001):
+        block = new_buffer(length)
+        block[:] = os.urandom(length)
+        blocks[f"stream#{length}"] = bytes(block)
+        tier.put(f"stream#{length}", block, stream=True)
+    assert tier.flush(10) and tier.write_failures == 0
+    direct = tier._direct
+    tier.close()
+    again = DiskTier(folder / "blocks", 64 * MIB)
+    for key, data in blocks.items():
+        assert bytes(again.get(key, len(data))) == data, key
+    again.close()
+    return direct
+
+
+def test_a_streams_blocks_go_past_the_page_cache_and_read_back_whole(tmp_path):
+    direct = _stream_blocks_round_trip(tmp_path)
+    fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout
+    if fs_type.startswith("ext"):  # the usual cache disk takes O_DIRECT (others may not)
+        assert direct
+
+
+def test_a_file_system_without_o_direct_takes_a_streams_blocks_all_the_same(small_disk):
+    assert not _stream_blocks_round_trip(small_disk)  # tmpfs refuses O_DIRECT with EINVAL

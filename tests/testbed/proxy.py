@@ -76,6 +76,9 @@ class _QuietServer(ThreadingHTTPServer):
 
     allow_reuse_address = True  # a proxy stopped and started again on its port (an outage)
     daemon_threads = True
+    # socketserver's default backlog is 5: a client opening dozens of connections at once had
+    # its SYNs dropped and retried a second later. S3 and GCS take them all.
+    request_queue_size = 256
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
         if not isinstance(sys.exc_info()[1], OSError):
