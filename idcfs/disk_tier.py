@@ -328,16 +328,19 @@ class DiskTier:
         # reads it where it is, and no page-cache pages are allocated and reclaimed for it.
         aligned = len(data) & ~(_PAGE - 1) if direct and self._direct and isinstance(data, mmap.mmap) else 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | (_O_DIRECT if aligned else 0)
-        try:
+        for _ in range(3):  # at most: the folder made, O_DIRECT dropped
+            try:
+                fd = os.open(temporary, flags, 0o600)
+                break
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as error:
+                if not aligned or error.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # a file system without O_DIRECT (ramfs): the page cache, then
+                aligned, flags = 0, flags & ~_O_DIRECT
+        else:
             fd = os.open(temporary, flags, 0o600)
-        except FileNotFoundError:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(temporary, flags, 0o600)
-        except OSError as error:
-            if not aligned or error.errno != errno.EINVAL:
-                raise
-            self._direct = False  # a file system without O_DIRECT (tmpfs): the page cache, then
-            aligned, fd = 0, os.open(temporary, flags & ~_O_DIRECT, 0o600)
         view = memoryview(data)
         try:
             trailer = _TRAILER.pack(len(data), crc32c(data), _MAGIC)
@@ -410,6 +413,9 @@ class DiskTier:
         """Cap the tier at what the disk can hold now, so writes do not meet a full disk: the
         configured size, or less when other files take the space (LRU blocks go first)."""
         usage = shutil.disk_usage(self.directory)
+        if usage.total == 0:  # a file system that reports no size (ramfs): only the cap applies
+            self._effective_limit = self.size_limit
+            return
         reserve = min(DISK_RESERVE, usage.total // 20)
         self._effective_limit = max(0, min(self.size_limit, self._total + usage.free - incoming - reserve))
         if self._total + incoming > self._effective_limit:
