@@ -25,7 +25,7 @@ from idcfs.disk_tier import DiskTier
 from idcfs.objects import ObjectInfo, ObjectTable
 from idcfs.stats import Counters
 from idcfs.store import StoreError
-from idcfs.transport import Buffer
+from idcfs.transport import Buffer, recycle_if_unreferenced
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ class _EvictionAwareLRU(LRUCache):  # type: ignore[type-arg]
     def popitem(self) -> tuple[str, bytes]:
         key, value = super().popitem()
         self._on_evict(key, value)
+        # Its buffer serves the next body, if nobody holds the block any more (``value`` is
+        # the one reference left then: cachetools' caller drops what we return).
+        recycle_if_unreferenced(value)
         return key, value
 
 

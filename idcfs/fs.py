@@ -37,6 +37,7 @@ from idcfs.reader import SERIES, ObjectRef, Reader, ReadState
 from idcfs.snapshot import Snapshot
 from idcfs.stats import Counters
 from idcfs.store import StoreError, object_url
+from idcfs.transport import RECYCLED
 from idcfs.tree import Node
 from idcfs.xattrs import folder_xattrs, series_xattrs
 
@@ -510,6 +511,7 @@ class IdcFs(mfusepy.Operations):
                 "misses": cached["memory_misses"],
                 "bytes": cache.bytes_used,
                 "capacity": cache.max_bytes,
+                "buffers_reused": RECYCLED.reused,
             },
             "disk": {
                 "hits": cached["disk_hits"],

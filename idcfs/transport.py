@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -193,11 +194,77 @@ Buffer = bytearray | mmap.mmap
 
 
 def new_buffer(size: int) -> Buffer:
-    """A buffer for ``size`` bytes of a body whose pages the kernel provides, zeroed, when they
-    are first written: by ``recv``, with the GIL released. (``bytearray(size)`` zeroes them
-    itself, holding the GIL: for a megabyte, 256 page faults every other thread waits out.)"""
+    """A buffer for ``size`` bytes of a body (its old contents are to be overwritten): one
+    recycled, else one whose pages the kernel provides, zeroed, when they are first written: by
+    ``recv``, with the GIL released. (``bytearray(size)`` zeroes them itself, holding the GIL:
+    for a megabyte, 256 page faults every other thread waits out.)"""
+    if not size:
+        return bytearray()
+    recycled = RECYCLED.take(size)
+    if recycled is not None:
+        return recycled
     # Private: a shared anonymous mapping is shmem, whose pages cost a third more to fault in.
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size else bytearray()
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
+class Recycled:
+    """Block buffers nobody refers to any more, kept for the next body of the same size, up to
+    ``max_bytes``. A new mapping costs a page fault per 4 KiB the first time it is written, and
+    an unmap when freed (about 0.45 ms a MiB here: a quarter of the daemon's CPU on a 1 GB
+    object read at random); a recycled one costs neither."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._bytes = 0
+        self.max_bytes = max_bytes
+        self.reused = 0
+
+    def take(self, size: int) -> mmap.mmap | None:
+        with self._lock:
+            free = self._free.get(size)
+            if not free:
+                return None
+            self._bytes -= size
+            self.reused += 1
+            return free.pop()
+
+    def give(self, buffer: mmap.mmap) -> None:
+        size = len(buffer)
+        with self._lock:
+            if self._bytes + size <= self.max_bytes:
+                self._free.setdefault(size, []).append(buffer)
+                self._bytes += size
+
+
+#: The daemon's one pool (the memory tier hands its evicted blocks here).
+RECYCLED = Recycled(64 << 20)
+
+
+def _references(value: object) -> int:
+    return sys.getrefcount(value)
+
+
+def _one_local() -> int:
+    probe = object()
+    return _references(probe)
+
+
+#: What :func:`_references` counts for an object held by one local variable of its caller.
+_ONE_LOCAL = _one_local()
+
+
+def recycle_if_unreferenced(block: object) -> bool:
+    """Give ``block`` (held by its caller in one local variable, and by nothing else) to the pool.
+
+    The caller must hold it in exactly one local and nowhere else; then a count of references
+    no higher than that proves nobody else holds it: every view of a mapping (a memoryview, a
+    ctypes array over it, a slice in a reader's hands, a future's result, the disk writer's
+    queue) holds a reference of its own, and nothing can reach the block to take a new one."""
+    if isinstance(block, mmap.mmap) and _references(block) <= _ONE_LOCAL + 1:  # + this parameter
+        RECYCLED.give(block)
+        return True
+    return False
 
 
 def _read_parts(response: Any, parts: list[int], give_up: float) -> list[Buffer] | None:

@@ -267,3 +267,27 @@ def test_a_sequential_reader_whose_reads_arrive_out_of_order_is_not_read_at_rand
     assert state.jumps == 0
     far = reader.read(ref, 100_000, 1000, state)  # a real jump still counts
     assert far == DATA[100_000:101_000] and state.jumps == 1
+
+
+def test_a_block_a_reader_still_holds_is_never_reused_and_the_others_are():
+    from idcfs.transport import RECYCLED, new_buffer
+
+    size = 256 * 1024
+    cache = BlockCache(max_bytes=2 * size)
+
+    def filled(byte: int):
+        def fetch():
+            block = new_buffer(size)
+            block[:] = bytes([byte]) * size
+            return block
+
+        return fetch
+
+    held = cache.get_or_fetch("k0", size, filled(1))  # a read in progress holds its block
+    reused = RECYCLED.reused
+    for i in range(1, 12):
+        cache.get_or_fetch(f"k{i}", size, filled(i + 1))  # evicts k0, and then the others
+    assert bytes(held) == bytes([1]) * size
+    assert RECYCLED.reused > reused  # the blocks nobody held served the later fetches
+    for i in range(10, 12):
+        assert bytes(cache.get_or_fetch(f"k{i}", size, filled(0))) == bytes([i + 1]) * size
