@@ -48,6 +48,9 @@ KERNEL_CACHE_TIMEOUT = 24 * 3600.0
 
 #: Reads the kernel may have in flight at once (the daemon runs up to 64 threads to answer).
 FUSE_MAX_BACKGROUND = 48
+#: Series rows whose UUID, bucket and time are kept at hand, and folders found by path
+#: (a few hundred bytes each).
+SERIES_ROWS_KEPT = 4096
 
 #: A folder with more series than this does not get their listings fetched ahead.
 MAX_LISTING_PREFETCH = 256
@@ -209,6 +212,13 @@ class IdcFs(mfusepy.Operations):
         series = self.catalog.series
         self._uuid = series.column("crdc_series_uuid")
         self._bucket = series.column("aws_bucket")
+        self._revised = series.column("series_revised_idc_version")
+        # What each file operation asks of its series row, kept for the series in use: a value
+        # out of an Arrow column costs ~20 µs, and a file's lookup, open and reads ask 5-10 times.
+        self._series_row = functools.lru_cache(maxsize=SERIES_ROWS_KEPT)(self._read_series_row)
+        # The folders of the paths in use (the tree never changes under a mount): each operation
+        # on a file resolved its folder again, a binary search per level, 3-4 times a file.
+        self._folder = functools.lru_cache(maxsize=SERIES_ROWS_KEPT)(self._lookup_folder)
         self._total_bytes = int((pc.sum(series.column("series_size_MB")).as_py() or 0) * 1e6)
         self._release_ns = int(self.catalog.release_time() * 1e9)
 
@@ -250,22 +260,29 @@ class IdcFs(mfusepy.Operations):
                 return BY_ID, parts[2] if len(parts) == 3 else None
             raise mfusepy.FuseOSError(errno.ENOENT)
         if len(parts) <= self.tree.depth:
-            node = self.tree.lookup(parts)
+            node = self._folder(tuple(parts))
             if node is None:
                 raise mfusepy.FuseOSError(errno.ENOENT)
             return node, None
         if len(parts) == self.tree.depth + 1:
-            node = self.tree.lookup(parts[:-1])
+            node = self._folder(tuple(parts[:-1]))
             if node is None:
                 raise mfusepy.FuseOSError(errno.ENOENT)
             return node, parts[-1]
         raise mfusepy.FuseOSError(errno.ENOENT)
 
+    def _lookup_folder(self, parts: tuple[str, ...]) -> Node | None:
+        return self.tree.lookup(list(parts))
+
+    def _read_series_row(self, row: int) -> tuple[str, str, int]:
+        release = self.catalog.release_time(self._revised[row].as_py())
+        return self._uuid[row].as_py(), self._bucket[row].as_py(), int(release * 1e9)
+
     def _series_uuid(self, row: int) -> str:
-        return self._uuid[row].as_py()
+        return self._series_row(row)[0]
 
     def _series_bucket(self, row: int) -> str:
-        return self._bucket[row].as_py()
+        return self._series_row(row)[1]
 
     def _listing(self, row: int) -> SeriesListing:
         uuid = self._series_uuid(row)
@@ -289,8 +306,7 @@ class IdcFs(mfusepy.Operations):
         return info
 
     def _series_time_ns(self, row: int) -> int:
-        version = self.catalog.series.column("series_revised_idc_version")[row].as_py()
-        return int(self.catalog.release_time(version) * 1e9)
+        return self._series_row(row)[2]
 
     # -- attributes ---------------------------------------------------------------------------
 
