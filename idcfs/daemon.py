@@ -68,10 +68,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from idcfs.fs import DirectIoFUSE
     from idcfs.notify import sd_notify
+    from idcfs.transport import RECYCLED
 
     if metrics is not None:
         metrics.start()
-    trimmer = Trimmer()  # after the catalog's forked build: no thread may exist across a fork
+    # After the catalog's forked build: no thread may exist across a fork.
+    trimmer = Trimmer(also=(RECYCLED.release_idle,))
     trimmer.start()
     # max_threads: libfuse's default is 10 threads answering the kernel, and mfusepy passes an
     # invalid value that libfuse ignores with a warning. Reads that wait on the network (a stall,

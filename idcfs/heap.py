@@ -22,6 +22,7 @@ import ctypes
 import functools
 import logging
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ def release_freed() -> None:
 
 
 class Trimmer:
-    """A thread calling :func:`release_freed` every ``interval`` seconds until :meth:`close`."""
+    """A thread calling :func:`release_freed` (and each of ``also``: other spare memory handed
+    back) every ``interval`` seconds until :meth:`close`."""
 
-    def __init__(self, interval: float = TRIM_INTERVAL) -> None:
+    def __init__(self, interval: float = TRIM_INTERVAL, also: tuple[Callable[[], object], ...] = ()) -> None:
         self._interval = interval
+        self._also = also
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="idcfs-heap-trim", daemon=True)
 
@@ -78,6 +81,8 @@ class Trimmer:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
+                for release in self._also:
+                    release()
                 release_freed()
             except Exception:  # noqa: BLE001 - memory held longer is no reason to stop serving
                 log.debug("malloc_trim failed", exc_info=True)

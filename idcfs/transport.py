@@ -219,6 +219,7 @@ class Recycled:
         self._bytes = 0
         self.max_bytes = max_bytes
         self.reused = 0
+        self._taken = False  # since the last release_idle
 
     def take(self, size: int) -> mmap.mmap | None:
         with self._lock:
@@ -227,7 +228,22 @@ class Recycled:
                 return None
             self._bytes -= size
             self.reused += 1
+            self._taken = True
             return free.pop()
+
+    def release_idle(self) -> int:
+        """Unmap the spare buffers if none was taken since the last call: a mount gone quiet
+        keeps no spare memory. The bytes released."""
+        with self._lock:
+            if self._taken:
+                self._taken = False
+                return 0
+            free, released = self._free, self._bytes
+            self._free, self._bytes = {}, 0
+        for buffers in free.values():
+            for buffer in buffers:
+                buffer.close()  # the pool held the only reference (that is how they got here)
+        return released
 
     def give(self, buffer: mmap.mmap) -> None:
         size = len(buffer)

@@ -291,3 +291,20 @@ def test_a_block_a_reader_still_holds_is_never_reused_and_the_others_are():
     assert RECYCLED.reused > reused  # the blocks nobody held served the later fetches
     for i in range(10, 12):
         assert bytes(cache.get_or_fetch(f"k{i}", size, filled(0))) == bytes([i + 1]) * size
+
+
+def test_spare_buffers_go_back_once_a_mount_is_quiet():
+    import mmap
+
+    from idcfs.transport import Recycled
+
+    pool = Recycled(4 << 20)
+    pool.give(mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE))
+    pool.give(mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE))
+    assert pool.take(1 << 20) is not None
+    assert pool.release_idle() == 0  # in use since the last look: kept
+    assert pool.release_idle() == 1 << 20  # quiet since: unmapped
+    assert pool.take(1 << 20) is None
+    for _ in range(5):
+        pool.give(mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE))
+    assert pool.release_idle() == 4 << 20  # never more than its cap
