@@ -113,9 +113,24 @@ def summary(directory: Path) -> tuple[int, int, int | None] | None:
         db.close()
 
 
+def remove_legacy(directory: Path) -> bool:
+    """Remove idcfs 0.3's diskcache of blocks in ``directory`` (``cache.db`` and its two-letter
+    folders of value files), if there is one; whether there was."""
+    if not (directory / "cache.db").exists():
+        return False
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            if entry.name.startswith("cache.db"):
+                entry.unlink(missing_ok=True)
+            elif entry.is_dir() and len(entry.name) == 2 and entry.name != _FORMAT:
+                shutil.rmtree(entry, ignore_errors=True)
+    return True
+
+
 def clear(directory: Path) -> int:
-    """Remove every block (safe while a mount uses the folder: it fetches again what is gone);
-    the number of blocks removed."""
+    """Remove every block (safe while a mount uses the folder: it fetches again what is gone),
+    and an earlier version's blocks; the number of blocks removed from the index."""
+    remove_legacy(directory)
     if not (directory / "index.sqlite").exists():
         return 0
     db = _connect(directory)
@@ -425,14 +440,8 @@ class DiskTier:
 
     def _sweep(self) -> None:
         """Remove what a crash, or an older idcfs, left: temporary files, diskcache's folder."""
-        legacy = self.directory / "cache.db"
-        if legacy.exists():
-            log.info("removing the disk cache of an earlier idcfs version in %s", self.directory)
-            for entry in self.directory.iterdir():
-                if entry.name.startswith("cache.db"):
-                    entry.unlink(missing_ok=True)
-                elif entry.is_dir() and len(entry.name) == 2 and entry.name != _FORMAT:
-                    shutil.rmtree(entry, ignore_errors=True)
+        if remove_legacy(self.directory):
+            log.info("removed the disk cache of an earlier idcfs version in %s", self.directory)
         stale = time.time() - _STALE_TEMPORARY
         with contextlib.suppress(OSError):
             for folder in os.scandir(self.directory / _FORMAT):

@@ -260,3 +260,12 @@ def test_a_file_system_without_o_direct_takes_a_streams_blocks_all_the_same(ramf
 
 def test_a_small_disk_takes_a_streams_blocks(small_disk):
     _stream_blocks_round_trip(small_disk)  # tmpfs takes O_DIRECT since Linux 6.6; either way
+
+
+def test_cache_clear_removes_an_earlier_versions_blocks_too(tmp_path):
+    folder = tmp_path / "blocks"
+    (folder / "3f" / "a1").mkdir(parents=True)
+    (folder / "3f" / "a1" / "old.val").write_bytes(b"x" * 1000)
+    (folder / "cache.db").write_bytes(b"SQLite format 3\0")
+    assert disk_tier.clear(folder) == 0
+    assert not (folder / "3f").exists() and not (folder / "cache.db").exists()
