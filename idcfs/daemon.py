@@ -156,7 +156,8 @@ def _set_kernel_readahead(mountpoint: Path, nbytes: int, answering: threading.Ev
     problem = None
     deadline = time.monotonic() + READAHEAD_SETTLE
     while time.monotonic() < deadline:
-        answered = answering.wait(0.05)
+        time.sleep(0.05)  # a steady pace, whether or not the mount has answered yet
+        answered = answering.is_set()
         if kernel_readahead(mountpoint) == wanted:
             if answered:
                 log.debug("kernel readahead of %s: %d KiB", mountpoint, nbytes // 1024)

@@ -84,10 +84,14 @@ def block_name(key: str) -> str:
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def _file_of(directory: Path, name: str) -> Path:
+    """The file of the block named ``name`` (see :func:`block_name`) under the tier's ``directory``."""
+    return directory / _FORMAT / name[:2] / name
+
+
 def block_path(directory: Path, key: str) -> Path:
     """Where the block ``key`` lives under the tier's ``directory`` (for ``cache`` commands and tests)."""
-    name = block_name(key)
-    return directory / _FORMAT / name[:2] / name
+    return _file_of(directory, block_name(key))
 
 
 def _connect(directory: Path) -> sqlite3.Connection:
@@ -140,7 +144,7 @@ def clear(directory: Path) -> int:
             names = [name for (name,) in rows]
             for name in names:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(directory / _FORMAT / name[:2] / name)
+                    os.unlink(_file_of(directory, name))
             with db:
                 db.executemany("DELETE FROM blocks WHERE name = ?", rows)
             removed += len(names)
@@ -199,11 +203,11 @@ class DiskTier:
         if queued is not None:
             return queued[1]
         try:
-            fd = os.open(self.directory / _FORMAT / name[:2] / name, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(_file_of(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # absent (the usual miss), or a disk in trouble: a miss either way
             return None
         try:
-            block = self._read(fd, key, length)
+            block = self._read(fd, length)
         except OSError as error:
             log.debug("disk cache read of %s failed: %s", key, error)
             return None
@@ -219,7 +223,7 @@ class DiskTier:
         return block
 
     @staticmethod
-    def _read(fd: int, key: str, length: int) -> Buffer | bytes | None:
+    def _read(fd: int, length: int) -> Buffer | bytes | None:
         if os.fstat(fd).st_size != length + _TRAILER.size:
             return None
         block: Buffer = new_buffer(length) if length >= _SMALL else bytearray(length)
@@ -289,11 +293,11 @@ class DiskTier:
         try:
             if forget:
                 self._remove(sorted(forget))
+            if touched:  # before any eviction: a block read since the last turn is recent
+                self._index_touches(touched)
             if batch:
                 self._fit_to_disk(size)
                 self._write(batch)
-            if touched:
-                self._index_touches(touched)
             if self._total > self._effective_limit:
                 self._evict()
         except Exception as error:  # noqa: BLE001 - degrade, never fail a read
@@ -337,7 +341,8 @@ class DiskTier:
             self._write_file(name, data, direct)
 
     def _write_file(self, name: str, data: Buffer | bytes, direct: bool) -> None:
-        folder = self.directory / _FORMAT / name[:2]
+        target = _file_of(self.directory, name)
+        folder = target.parent
         temporary = folder / f"{name}.{os.getpid()}.tmp"
         # A page-aligned block (a mapping) is written past the page cache when asked: the DMA
         # reads it where it is, and no page-cache pages are allocated and reclaimed for it.
@@ -374,7 +379,7 @@ class DiskTier:
         finally:
             view.release()
         os.close(fd)
-        os.replace(temporary, folder / name)
+        os.replace(temporary, target)
 
     def _index_touches(self, touched: dict[str, int]) -> None:
         with self._db:
@@ -385,7 +390,7 @@ class DiskTier:
         gone = []
         for name in names:
             try:
-                os.unlink(self.directory / _FORMAT / name[:2] / name)
+                os.unlink(_file_of(self.directory, name))
             except FileNotFoundError:
                 pass
             except OSError as error:

@@ -385,7 +385,7 @@ class IdcFs(mfusepy.Operations):
         lookups' listings are already on their way."""
         if self.reader.prefetch.mode == "off":
             return
-        parent = self.tree.lookup([part for part in path.split("/") if part][:-1])
+        parent = self._folder(tuple(part for part in path.split("/") if part)[:-1])
         if parent is None or self.tree.num_children(parent) > MAX_LISTING_PREFETCH:
             return
         with self._ahead_lock:
