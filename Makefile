@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-stop test test-big lint bench soak clean
+.PHONY: install install-python demo demo-stop test test-unit test-big lint bench soak clean
 
-install: $(STAMP)
+# The mount needs FUSE 3; the Python package, its unit tests and lint do not.
+install: install-python
+	@command -v fusermount3 >/dev/null || { echo "FUSE 3 is missing: sudo apt-get install -y fuse3 libfuse3-3"; exit 1; }
+
+install-python: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v fusermount3 >/dev/null || { echo "FUSE 3 is missing: sudo apt-get install -y fuse3 libfuse3-3"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -21,8 +24,13 @@ demo: install
 demo-stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tests.testbed.demo stop; fi
 
+# The whole suite: real mounts and real servers (see README, "Tests", for what it needs).
 test: install
 	$(BIN)/python -m pytest -q
+
+# The tests that mount nothing (the core in-process, the parts, the options): no /dev/fuse needed.
+test-unit: install-python
+	$(BIN)/python -m pytest -q -m "not integration and not big" -p no:cacheprovider
 
 # IDC's largest series (91,980 objects) listed and read on the S3 and GCS test servers.
 test-big: install
@@ -37,10 +45,12 @@ MINUTES ?= 30
 soak: install
 	$(BIN)/python scripts/soak.py --minutes $(MINUTES) --report bench/RELIABILITY.md
 
-# ruff, and the import rules of DESIGN.md (pyproject.toml's [tool.importlinter] contracts).
-lint: install
+# ruff, mypy, and the import rules of DESIGN.md (pyproject.toml's [tool.importlinter] contracts).
+# Needs no FUSE.
+lint: install-python
 	$(BIN)/ruff check idcfs tests scripts
 	$(BIN)/ruff format --check idcfs tests scripts
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 clean: demo-stop

@@ -1,5 +1,5 @@
 import sys
 
-from idcfs.cli import main
+from idcfs.cli.main import main
 
 sys.exit(main())

@@ -4,7 +4,7 @@ Most IDC users work in Jupyter or Colab, whose kernels run threads: a mount made
 that process would inherit locks held by threads that no longer exist. So a mount is made the
 way the CLI makes it, by running ``idcfs mount`` as a new program (``python -m idcfs``), which
 starts the daemon in a session of its own and waits until it answers. The options are the
-CLI's, from the one table in :mod:`idcfs.options`; a failure raises :class:`MountError` with
+CLI's, from the one table in :mod:`idcfs.config.options`; a failure raises :class:`MountError` with
 the CLI's message.
 """
 
@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from idcfs.layout import escape_name
-from idcfs.mounting import MountError, mount_info, mount_of, unmount
-from idcfs.options import OPTIONS_BY_NAME, default_cache_dir
-from idcfs.report import read_stats
+from idcfs.catalog.layout import escape_name
+from idcfs.config.options import OPTIONS_BY_NAME, default_cache_dir
+from idcfs.service.mounting import MountError, mount_info, mount_of, unmount
+from idcfs.service.report import read_stats
 
 #: Options the API does not take: it always daemonizes, and ``series=`` is its manifest.
 _NOT_API_OPTIONS = ("foreground",)
@@ -87,7 +87,7 @@ class Mount:
 
     def unmount(self, lazy: bool = False) -> None:
         """Unmount (and wait for the daemon to finish writing its cache); nothing if already gone."""
-        from idcfs.mounting import mounted_fuse_points
+        from idcfs.service.mounting import mounted_fuse_points
 
         if str(self.mountpoint) in mounted_fuse_points():
             unmount(self.mountpoint, lazy=lazy)

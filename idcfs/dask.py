@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from idcfs.api import Mount, series_identifiers
-from idcfs.catalog import shard_of
-from idcfs.mounting import MountError
+from idcfs.catalog.index import shard_of
+from idcfs.service.mounting import MountError
 
 __all__ = ["map_series", "place_series"]
 
@@ -93,7 +93,7 @@ def place_series(
 
     ``mounts``: per worker address, what :func:`_mount_facts` found (its shard, or an error).
     Unsharded mounts hold the whole selection: any of their workers will do. Sharded ones hold
-    the part :func:`idcfs.catalog.shard_of` gives the series' PatientID, known from ``patients``
+    the part :func:`idcfs.catalog.index.shard_of` gives the series' PatientID, known from ``patients``
     or else by asking each node's catalog (``ask_held``).
     """
     placement = Placement()

@@ -62,7 +62,7 @@ class Mounted:
     """An idcfs mount made with the real CLI, timed from the command to a listable root."""
 
     def __init__(self, cache_dir: Path, *options: str) -> None:
-        from idcfs.mounting import daemon_pid
+        from idcfs.service.mounting import daemon_pid
 
         self.path = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))
         started = time.perf_counter()

@@ -45,7 +45,7 @@ def prepare_data(root: Path) -> dict:
     """Generate (once) the bench objects under ``root/s3/<bucket>/``; return where they are."""
     import duckdb
 
-    from idcfs.catalog import IndexFiles
+    from idcfs.catalog.index import IndexFiles
 
     ct = generate(root / "ct", [CT_SERIES], max_instances=200, image_size=512)[0]
     index = IndexFiles.bundled().index

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from idcfs.mounting import daemon_pid
+from idcfs.service.mounting import daemon_pid
 from tests.testbed.bulk import LARGEST_SERIES, tiny_series
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import s3_server

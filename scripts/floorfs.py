@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from idcfs.mounting import prefer_libfuse3  # noqa: E402 - before mfusepy loads a libfuse
+from idcfs.service.mounting import prefer_libfuse3  # noqa: E402 - before mfusepy loads a libfuse
 
 prefer_libfuse3()
 import mfusepy  # noqa: E402
@@ -65,7 +65,7 @@ class FloorFs(mfusepy.Operations):
 
 
 def _raise_readahead(mountpoint: Path) -> None:
-    from idcfs.mounting import set_kernel_readahead
+    from idcfs.service.mounting import set_kernel_readahead
 
     for _ in range(20):  # as idcfs does: after the INIT handshake
         time.sleep(0.05)

@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the checkout: idcfs and its test bed (tests/testbed)
 
-from idcfs.mounting import daemon_pid, mounted_fuse_points  # noqa: E402
+from idcfs.service.mounting import daemon_pid, mounted_fuse_points  # noqa: E402
 from tests.testbed.bulk import PAGED_SERIES, tiny_series  # noqa: E402
 from tests.testbed.dicomgen import generate, index_rows, series_from_row  # noqa: E402
 from tests.testbed.proxy import CountingProxy  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.mounting import daemon_pid, mounted_fuse_points
+from idcfs.service.mounting import daemon_pid, mounted_fuse_points
 from tests.testbed.bulk import PAGED_SERIES, TinySeries, tiny_series
 from tests.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
 from tests.testbed.proxy import CountingProxy
@@ -48,6 +48,21 @@ class LargeObject:
     series: GeneratedSeries
     name: str
     size: int
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_catalogs(tmp_path_factory) -> Iterator[Path]:
+    """One catalog folder for the whole session: every mount (the environment reaches the
+    daemons) and every in-process tree of the same selection loads the one snapshot built first,
+    where each mount used to build its own ~400 MB copy of the whole release."""
+    folder = tmp_path_factory.mktemp("catalogs")
+    before = os.environ.get("IDCFS_CATALOG_DIR")
+    os.environ["IDCFS_CATALOG_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("IDCFS_CATALOG_DIR", None)
+    else:
+        os.environ["IDCFS_CATALOG_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from idcfs.layout import escape_name
-from idcfs.retry import RetryPolicy
-from idcfs.store import Store
+from idcfs.catalog.layout import escape_name
+from idcfs.remote.retry import RetryPolicy
+from idcfs.remote.store import open_store
 from tests.testbed.bulk import LARGEST_SERIES, tiny_series
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import gcs_server, s3_server
@@ -47,7 +47,7 @@ def big_server(request, largest):
 def test_the_largest_series_lists_whole_in_pages(big_server, largest):
     source, proxy = big_server
     # rclone serve s3 walks the whole folder for every page (~1 s a page): a long deadline.
-    store = Store(source, proxy.url, RetryPolicy(deadline=900, attempt_timeout=60))
+    store = open_store(source, proxy.url, RetryPolicy(deadline=900, attempt_timeout=60))
     proxy.log.clear()
     proxy.fault = _every_tenth_page_fails_once()
     try:

@@ -11,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from idcfs.cache import BlockCache, SingleFlight
-from idcfs.reader import ObjectRef, PrefetchPolicy, Reader, ReadState
-from idcfs.retry import RetryPolicy
-from idcfs.store import StoreError
+from idcfs.blocks.cache import BlockCache
+from idcfs.blocks.policy import PrefetchPolicy
+from idcfs.blocks.reader import ObjectRef, Reader, ReadState
+from idcfs.blocks.singleflight import SingleFlight
+from idcfs.remote.retry import RetryPolicy, StoreError
 
 
 class BytesStore:
@@ -232,7 +233,8 @@ def _settled(reader, ref) -> bool:
 def test_an_object_read_at_random_is_fetched_whole_if_the_cache_can_hold_it(cache_bytes, fetched_whole):
     """After ``random_after`` jumps, all of a cacheable object is queued once; an object larger
     than half the cache is never fetched whole (its blocks would evict each other)."""
-    from idcfs.reader import PrefetchPolicy, ReadState
+    from idcfs.blocks.policy import PrefetchPolicy
+    from idcfs.blocks.reader import ReadState
 
     store = BytesStore({"k": DATA})
     policy = PrefetchPolicy(mode="file", random_after=4, coalesce=4)
@@ -270,7 +272,7 @@ def test_a_sequential_reader_whose_reads_arrive_out_of_order_is_not_read_at_rand
 
 
 def test_a_block_a_reader_still_holds_is_never_reused_and_the_others_are():
-    from idcfs.transport import RECYCLED, new_buffer
+    from idcfs.blocks.buffers import RECYCLED, new_buffer
 
     size = 256 * 1024
     cache = BlockCache(max_bytes=2 * size)
@@ -296,7 +298,7 @@ def test_a_block_a_reader_still_holds_is_never_reused_and_the_others_are():
 def test_spare_buffers_go_back_once_a_mount_is_quiet():
     import mmap
 
-    from idcfs.transport import Recycled
+    from idcfs.blocks.buffers import Recycled
 
     pool = Recycled(4 << 20)
     pool.give(mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE))

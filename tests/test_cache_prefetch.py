@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from idcfs import disk_tier
-from idcfs.mounting import mounted_fuse_points
+from idcfs.blocks import disk_tier
+from idcfs.service.mounting import mounted_fuse_points
 
 from .conftest import TEST_BLOCK_SIZE, requires_fuse, run_idcfs, source_file, wait_until
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.config import ConfigError, parse_mount_options, read_config_file, resolve
-from idcfs.helper import helper_argv
-from idcfs.notify import sd_notify
-from idcfs.report import format_rates, format_table, prometheus_text
-from idcfs.stats import LatencyWindow
+from idcfs.cli.helper import helper_argv
+from idcfs.config.sources import ConfigError, parse_mount_options, read_config_file, resolve
+from idcfs.service.notify import sd_notify
+from idcfs.service.report import format_rates, format_table, prometheus_text
+from idcfs.util.counters import LatencyWindow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -281,7 +281,7 @@ def test_journal_lines_carry_priorities_when_stderr_is_the_journal(monkeypatch, 
     starts with its syslog priority, and journald adds the time and pid itself."""
     import logging
 
-    from idcfs.logs import setup_logging, stderr_is_journal
+    from idcfs.service.logs import setup_logging, stderr_is_journal
 
     st = os.fstat(2)
     monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
@@ -290,14 +290,17 @@ def test_journal_lines_carry_priorities_when_stderr_is_the_journal(monkeypatch, 
     saved = root.handlers[:], root.level
     try:
         setup_logging("info")
-        logging.getLogger("idcfs.store").error("GET s3://b/k failed after 3 retries")
-        logging.getLogger("idcfs.fs").warning("careful")
-        logging.getLogger("idcfs.fs").debug("not shown")
+        logging.getLogger("idcfs.remote.store").error("GET s3://b/k failed after 3 retries")
+        logging.getLogger("idcfs.fuse.operations").warning("careful")
+        logging.getLogger("idcfs.fuse.operations").debug("not shown")
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
     lines = capfd.readouterr().err.splitlines()
-    assert lines == ["<3>ERROR idcfs.store: GET s3://b/k failed after 3 retries", "<4>WARNING idcfs.fs: careful"]
+    assert lines == [
+        "<3>ERROR idcfs.remote.store: GET s3://b/k failed after 3 retries",
+        "<4>WARNING idcfs.fuse.operations: careful",
+    ]
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     assert not stderr_is_journal()
 
@@ -316,8 +319,8 @@ def test_journal_lines_carry_priorities_when_stderr_is_the_journal(monkeypatch, 
     ],
 )
 def test_only_mount8s_calls_are_helper_calls(argv, helper):
-    from idcfs.cli import COMMANDS
-    from idcfs.helper import is_helper_call
+    from idcfs.cli.helper import is_helper_call
+    from idcfs.cli.main import COMMANDS
 
     assert is_helper_call(argv, COMMANDS) is helper
 
@@ -326,7 +329,7 @@ def test_only_mount8s_calls_are_helper_calls(argv, helper):
     "word, suggestion", [("stat", "stats"), ("version", "versions"), ("umout", "umount"), ("prefech", "prefetch")]
 )
 def test_an_unknown_command_gets_a_suggestion(word, suggestion, capsys):
-    from idcfs.cli import main
+    from idcfs.cli.main import main
 
     assert main([word, "somewhere"]) == 2
     assert f"unknown command {word!r} (did you mean {suggestion!r}?)" in capsys.readouterr().err

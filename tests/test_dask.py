@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.catalog import shard_of
+from idcfs.catalog.index import shard_of
 from idcfs.dask import place_series
 
 from .conftest import requires_fuse, source_file

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from idcfs import disk_tier
-from idcfs.disk_tier import DiskTier
-from idcfs.transport import new_buffer
+from idcfs.blocks import disk_tier
+from idcfs.blocks.buffers import new_buffer
+from idcfs.blocks.disk_tier import DiskTier
 
 MIB = 1 << 20
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from idcfs.layout import (
+from idcfs.catalog.layout import (
     DEFAULT_TEMPLATE,
     EMPTY_NAME,
     NAME_MAX,
@@ -136,9 +136,9 @@ def test_sql_escaping_equals_python_escaping():
 
 def test_a_snapshot_key_changes_when_the_escaping_does(monkeypatch):
     """A stored tree holds the names the escaping made: another escaping must get another key."""
-    from idcfs import layout
-    from idcfs.catalog import IndexFiles, Selection
-    from idcfs.snapshot import snapshot_key
+    from idcfs.catalog import layout
+    from idcfs.catalog.index import IndexFiles, Selection
+    from idcfs.catalog.snapshot import snapshot_key
 
     files = IndexFiles.bundled()
     before = snapshot_key(files, "default", Selection())

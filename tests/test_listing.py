@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from idcfs.cache import ListingCache
-from idcfs.layout import escape_name
-from idcfs.listing import SeriesListing
-from idcfs.objects import ObjectInfo, ObjectTable, ObjectTableBuilder
+from idcfs.catalog.layout import escape_name
+from idcfs.remote.objects import ObjectInfo, ObjectTable, ObjectTableBuilder
+from idcfs.vfs.listing import SeriesListing
+from idcfs.vfs.listings import ListingCache
 
 AWKWARD = ["b.dcm", "a.dcm", "with space.dcm", "percent%20.dcm", "ünïcødé-画像.dcm", ".", "x/y", "plus+sign.dcm"]
 

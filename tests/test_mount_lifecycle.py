@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.mounting import mounted_fuse_points
+from idcfs.service.mounting import mounted_fuse_points
 
 from .conftest import requires_fuse, run_idcfs, source_file, start_idcfs, wait_until
 

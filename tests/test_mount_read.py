@@ -12,9 +12,9 @@ import duckdb
 import pydicom
 import pytest
 
-from idcfs.catalog import IndexFiles
-from idcfs.layout import escape_name
-from idcfs.mounting import kernel_readahead
+from idcfs.catalog.index import IndexFiles
+from idcfs.catalog.layout import escape_name
+from idcfs.service.mounting import kernel_readahead
 
 from .conftest import requires_fuse, source_file, wait_until
 

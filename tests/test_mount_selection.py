@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from idcfs.mounting import mounted_fuse_points
+from idcfs.service.mounting import mounted_fuse_points
 
 from .conftest import requires_fuse, run_idcfs, source_file, start_idcfs
 
@@ -94,9 +94,10 @@ def test_xattrs_on_every_level(mount_factory, s3_proxy, generated):
 
 def test_warm_mount_reuses_the_catalog_snapshot(mount_factory, s3_proxy, tmp_path, generated):
     cache = tmp_path / "shared-cache"
-    first = mount_factory(s3_proxy.url, "--collection", "midrc_ricord_1b", "--cache-dir", str(cache))
+    own = ("--cache-dir", str(cache), "--catalog-dir", str(cache / "catalogs"))  # not the session's shared one
+    first = mount_factory(s3_proxy.url, "--collection", "midrc_ricord_1b", *own)
     assert "built in" in first.log()
-    second = mount_factory(s3_proxy.url, "--collection", "midrc_ricord_1b", "--cache-dir", str(cache))
+    second = mount_factory(s3_proxy.url, "--collection", "midrc_ricord_1b", *own)
     assert "loaded from" in second.log()
     assert sorted(os.listdir(first.path)) == sorted(os.listdir(second.path))
     series = next(s for s in generated if s.collection_id == "midrc_ricord_1b")

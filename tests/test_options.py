@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.cli import _child_argv, _resolve_options, build_parser
-from idcfs.config import ConfigError
-from idcfs.options import MOUNT_OPTIONS, option_table_markdown, parse_bool, parse_size
+from idcfs.cli.main import _child_argv, _resolve_options, build_parser
+from idcfs.config.options import MOUNT_OPTIONS, option_table_markdown, parse_bool, parse_size
+from idcfs.config.sources import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_daemon_sees_the_same_options():
 
 def test_readme_lists_every_option():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    assert option_table_markdown() in readme, "regenerate README's option table: python -m idcfs.options"
+    assert option_table_markdown() in readme, "regenerate README's option table: python -m idcfs.config.options"
 
 
 def test_a_negative_switch_has_no_double_negative():
@@ -97,7 +97,7 @@ def test_a_negative_switch_has_no_double_negative():
     ],
 )
 def test_a_misspelt_flag_gets_its_commands_usage_and_the_nearest_flag(argv, prog, suggestion, capsys):
-    from idcfs.cli import main
+    from idcfs.cli.main import main
 
     with pytest.raises(SystemExit) as exited:
         main(argv)

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from idcfs.catalog import CatalogError, IndexFiles, Selection, release_versions
-from idcfs.layout import PRESETS
-from idcfs.manifest import ManifestError, read_manifest
-from idcfs.snapshot import open_snapshot
+from idcfs.catalog.index import CatalogError, IndexFiles, Selection, release_versions
+from idcfs.catalog.layout import PRESETS
+from idcfs.catalog.manifest import ManifestError, read_manifest
+from idcfs.catalog.snapshot import open_snapshot
 
 
 def _uuid(tag: str) -> str:
@@ -273,3 +273,14 @@ def test_every_preset_round_trips_on_the_real_index(preset):
     for row in rng.sample(range(tree.catalog.num_series), 2000):
         node = tree.lookup(tree.path_of_row(row))
         assert node is not None and node.index == row
+
+
+def test_duckdb_never_draws_its_progress_bar():
+    """It would print into stdout (a forked catalog build's answer) once a query runs past 2 s."""
+    from idcfs.catalog.index import index_connection
+
+    connection = index_connection(IndexFiles.bundled())
+    try:
+        assert connection.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
+    finally:
+        connection.close()

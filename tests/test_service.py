@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.mounting import mounted_fuse_points
+from idcfs.service.mounting import mounted_fuse_points
 
 from .conftest import IDCFS, TEST_BLOCK_SIZE, mount_idcfs, run_idcfs, source_file, wait_until
 
@@ -148,6 +148,7 @@ def test_sd_notify_ready_means_mounted_and_sigterm_leaves_no_stale_mount(tmp_pat
         notify.bind(str(tmp_path / "notify"))
         notify.settimeout(120)  # bounds a broken run only
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "CACHE_DIRECTORY": str(tmp_path / "svc")}
+        env.pop("IDCFS_CATALOG_DIR", None)  # the session's shared catalogs: not what a service has
         daemon = subprocess.Popen(
             [IDCFS, "mount", "--foreground", str(mountpoint), "--endpoint-url", s3_proxy.url, "--log-level", "warning"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

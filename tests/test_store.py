@@ -12,14 +12,20 @@ import time
 
 import pytest
 
-from idcfs.retry import FATAL, NOT_FOUND, TRANSIENT, UNREACHABLE, RetryPolicy, StoreError, classify
-from idcfs.store import AWS_TO_GCS_BUCKET, Store, bucket_for, object_url
-from idcfs.transport import CA_BUNDLE_VARIABLES, Http, HttpStatusError, error_for
+from idcfs.remote.buckets import AWS_TO_GCS_BUCKET, bucket_for, object_url
+from idcfs.remote.http import CA_BUNDLE_VARIABLES, Http, HttpStatusError, error_for
+from idcfs.remote.retry import FATAL, NOT_FOUND, TRANSIENT, UNREACHABLE, RetryPolicy, StoreError, classify
+from idcfs.remote.store import Store, open_store
 from tests.testbed.proxy import ConnectProxy
 from tests.testbed.servers import free_port, gcs_server, s3_server
 from tests.testbed.tls import make_certificates
 
 from .conftest import TESTDATA, source_file
+
+
+def read_range(store: Store, aws_bucket: str, key: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of an object, as one ``get_blocks`` of one block."""
+    return b"".join(store.get_blocks(aws_bucket, key, start, [end - start]))
 
 
 def test_bucket_mapping():
@@ -202,9 +208,9 @@ def test_a_get_survives_one_fault(faulty, generated, fault):
     series = generated[0]
     name = series.files[0].name
     expected = source_file(series, name).read_bytes()
-    store = Store("aws", faulty.url, RetryPolicy(deadline=30, attempt_timeout=1.5))
+    store = open_store("aws", faulty.url, RetryPolicy(deadline=30, attempt_timeout=1.5))
     faulty.fault = _once(fault, match=name)
-    assert store.get_range(series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, len(expected)) == expected
+    assert read_range(store, series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, len(expected)) == expected
     follows = fault in ("redirect", "moved")  # a redirect is followed, not retried
     assert store.counters.snapshot()["retries"] == (0 if follows else 1)
     if fault in ("truncate", "slow:20000"):  # the retry asked only for the bytes still missing
@@ -215,22 +221,22 @@ def test_a_get_survives_one_fault(faulty, generated, fault):
 def test_client_errors_are_not_retried(faulty, generated, fault):
     series = generated[0]
     name = series.files[0].name
-    store = Store("aws", faulty.url, RetryPolicy(deadline=30))
+    store = open_store("aws", faulty.url, RetryPolicy(deadline=30))
     faulty.fault = _once(fault, match=name)
     faulty.log.clear()
     with pytest.raises(StoreError):
-        store.get_range(series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, 10)
+        read_range(store, series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, 10)
     assert faulty.log.count("GET", name) == 1
 
 
 def test_a_retry_after_beyond_the_deadline_fails_without_another_request(faulty, generated):
     series = generated[0]
     name = series.files[0].name
-    store = Store("aws", faulty.url, RetryPolicy(deadline=5))
+    store = open_store("aws", faulty.url, RetryPolicy(deadline=5))
     faulty.fault = _once("retry-after:60", match=name)
     faulty.log.clear()
     with pytest.raises(StoreError):
-        store.get_range(series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, 10)
+        read_range(store, series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, 10)
     assert faulty.log.count("GET", name) == 1
 
 
@@ -240,7 +246,7 @@ def test_a_retry_after_beyond_the_deadline_fails_without_another_request(faulty,
 @pytest.mark.parametrize("source", ["aws", "gcs"])
 def test_a_paged_listing_resumes_from_the_failed_page(request, many_objects, source):
     proxy = request.getfixturevalue("s3_proxy" if source == "aws" else "gcs_proxy")
-    store = Store(source, proxy.url, RetryPolicy(deadline=30, attempt_timeout=5))
+    store = open_store(source, proxy.url, RetryPolicy(deadline=30, attempt_timeout=5))
     proxy.log.clear()
     token = "continuation-token" if source == "aws" else "pageToken"
     proxy.fault = _once("reset", match=token)  # page 2 fails once
@@ -261,7 +267,7 @@ def test_a_paged_listing_resumes_from_the_failed_page(request, many_objects, sou
 def test_a_listing_shares_one_deadline_across_its_pages(s3_proxy, many_objects):
     """Every page stalls longer than a request may take: the listing gives up at its deadline,
     not at (pages x deadline)."""
-    store = Store("aws", s3_proxy.url, RetryPolicy(deadline=2, attempt_timeout=0.5))
+    store = open_store("aws", s3_proxy.url, RetryPolicy(deadline=2, attempt_timeout=0.5))
     s3_proxy.fault = lambda method, path: "stall:1" if many_objects.crdc_series_uuid in path else None
     s3_proxy.log.clear()
     try:
@@ -298,17 +304,17 @@ def test_tls_with_a_private_ca_through_a_connect_proxy(monkeypatch, tls_servers,
     monkeypatch.setenv(ca_variable, str(server.tls.ca))
     with ConnectProxy() as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-        store = Store(source, server.url, RetryPolicy(deadline=10))
+        store = open_store(source, server.url, RetryPolicy(deadline=10))
         objects = store.list_series(series.aws_bucket, series.crdc_series_uuid)
         assert name in [o.name for o in objects]
-        assert store.get_range(series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, len(expected)) == expected
+        assert read_range(store, series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, len(expected)) == expected
         port = server.url.rsplit(":", 1)[1]
         assert proxy.tunnels and all(t == f"127.0.0.1:{port}" for t in proxy.tunnels)
 
         monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
         tunnels = len(proxy.tunnels)
-        direct = Store(source, server.url, RetryPolicy(deadline=10))
-        assert direct.get_range(series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, 10) == expected[:10]
+        direct = open_store(source, server.url, RetryPolicy(deadline=10))
+        assert read_range(direct, series.aws_bucket, f"{series.crdc_series_uuid}/{name}", 0, 10) == expected[:10]
         assert direct.list_series(series.aws_bucket, series.crdc_series_uuid)
         assert len(proxy.tunnels) == tunnels  # NO_PROXY: straight to the server
 
@@ -319,11 +325,11 @@ def test_without_the_ca_tls_fails_at_once_for_list_and_get(monkeypatch, tls_serv
         monkeypatch.delenv(variable, raising=False)
     server = tls_servers[source]
     series = generated[0]
-    store = Store(source, server.url, RetryPolicy(deadline=30))
+    store = open_store(source, server.url, RetryPolicy(deadline=30))
     with pytest.raises(StoreError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         store.list_series(series.aws_bucket, series.crdc_series_uuid)
     with pytest.raises(StoreError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
-        store.get_range(series.aws_bucket, f"{series.crdc_series_uuid}/{series.files[0].name}", 0, 10)
+        read_range(store, series.aws_bucket, f"{series.crdc_series_uuid}/{series.files[0].name}", 0, 10)
     assert store.counters.snapshot()["retries"] == 0
 
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from idcfs.catalog import SERIES_COLUMNS, IndexFiles, Selection
-from idcfs.layout import escape_name
-from idcfs.snapshot import open_snapshot
+from idcfs.catalog.index import SERIES_COLUMNS, IndexFiles, Selection
+from idcfs.catalog.layout import escape_name
+from idcfs.catalog.snapshot import open_snapshot
 
 
 def build_tree(files, layout="default", selection=None, cache_dir=None):
@@ -94,8 +94,8 @@ def test_catalog_keeps_the_series_metadata(small_tree):
 
 
 @pytest.fixture(scope="module")
-def real_tree():
-    return build_tree(IndexFiles.bundled())
+def real_tree(shared_catalogs):
+    return build_tree(IndexFiles.bundled(), cache_dir=shared_catalogs)
 
 
 def test_real_index_round_trips_a_sample(real_tree):
@@ -123,8 +123,8 @@ def test_real_index_children_are_sorted_and_unique(real_tree):
 BUILD_APART = """
 import sys
 from pathlib import Path
-from idcfs.catalog import IndexFiles, Selection
-from idcfs.snapshot import open_snapshot
+from idcfs.catalog.index import IndexFiles, Selection
+from idcfs.catalog.snapshot import open_snapshot
 
 selection = Selection(collections=("nlst",))
 snapshot = open_snapshot(IndexFiles.bundled(), "default", selection, Path(sys.argv[1]), build_apart=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.layout import escape_name
-from idcfs.mounting import mounted_fuse_points
+from idcfs.catalog.layout import escape_name
+from idcfs.service.mounting import mounted_fuse_points
 from tests.testbed.bulk import AWKWARD_NAMES
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import free_port
@@ -182,7 +182,7 @@ def test_cache_clear_while_mounted_loses_nothing(mount_factory, s3_proxy, genera
 
 
 def test_a_damaged_disk_block_is_fetched_again(mount_factory, s3_proxy, generated):
-    from idcfs import disk_tier
+    from idcfs.blocks import disk_tier
 
     series = generated[3]
     mount = mount_factory(s3_proxy.url, "--prefetch", "off")

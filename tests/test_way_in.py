@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import idcfs
-from idcfs.catalog import CatalogError, canonical_value, shard_of
-from idcfs.mounting import mounted_fuse_points
+from idcfs.catalog.index import CatalogError, canonical_value, shard_of
+from idcfs.service.mounting import mounted_fuse_points
 
 from .conftest import TEST_BLOCK_SIZE, requires_fuse, run_idcfs, source_file, start_idcfs
 
@@ -161,7 +161,7 @@ def test_python_api_mounts_a_dataframe_of_series_from_a_threaded_process(s3_prox
 def test_shard_of_is_the_sql_of_the_mount():
     import duckdb
 
-    from idcfs.catalog import _shard_condition
+    from idcfs.catalog.index import _shard_condition
 
     ids = ["LIDC-IDRI-0001", "C3L-00629", "", "Lung_Dx-A0002", "ÄÖ-1"]
     connection = duckdb.connect()
@@ -172,15 +172,23 @@ def test_shard_of_is_the_sql_of_the_mount():
             assert chosen == {p for p in ids if shard_of(p, count) == part}
 
 
-def test_package_import_stays_light():
-    """``import idcfs`` (which the daemon does before blocking SIGHUP) loads no API module."""
+def _modules_after(statement: str) -> set[str]:
     import subprocess
     import sys
 
-    code = "import sys, idcfs; print(sorted(m for m in sys.modules if m.startswith(('idcfs.', 'numpy'))))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_package_import_stays_light():
+    """``import idcfs`` (which the daemon does before blocking SIGHUP) loads no API module, and
+    the CLI (``idcfs --help``, the command that starts a mount) no module of the data path."""
+    assert {m for m in _modules_after("import idcfs") if m.startswith(("idcfs.", "numpy"))} == {"idcfs.version"}
     assert Path(idcfs.__file__).name == "__init__.py"
+    loaded = _modules_after("import idcfs.cli.main")
+    heavy = ("numpy", "pyarrow", "duckdb", "urllib3", "mfusepy", "cachetools", "idcfs.vfs", "idcfs.catalog")
+    assert not {m for m in loaded if m.startswith(heavy)}
+    assert not {"idcfs.blocks.reader", "idcfs.blocks.cache", "idcfs.remote.http", "idcfs.remote.store"} & loaded
 
 
 def test_example_notebook_runs_against_the_test_servers(s3_proxy, generated, tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ Stop with: make demo-stop
 
 
 def stop(quiet: bool = False) -> int:
-    from idcfs.mounting import MountError, mounted_fuse_points, unmount
+    from idcfs.service.mounting import MountError, mounted_fuse_points, unmount
 
     mnt = Path(os.path.realpath(MOUNTPOINT))
     if str(mnt) in mounted_fuse_points():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from idcfs.store import AWS_TO_GCS_BUCKET
+from idcfs.remote.buckets import AWS_TO_GCS_BUCKET
 
 #: Real series of the current index: CT + SR of one study (idc-open-data), an MR
 #: (idc-open-data-two) and a CT under a non-commercial license (idc-open-data-cr).
@@ -71,7 +71,7 @@ def index_rows(series_uuids: tuple[str, ...] | list[str], index_file: str | None
     """The index rows of ``series_uuids`` (in that order)."""
     import duckdb
 
-    from idcfs.catalog import IndexFiles
+    from idcfs.catalog.index import IndexFiles
 
     files = IndexFiles.from_path(index_file) if index_file else IndexFiles.bundled()
     connection = duckdb.connect()

@@ -1,0 +1,216 @@
+"""Blocks and series listings kept in memory and on disk, with one fetch per key however many
+readers wait.
+
+IDC objects are immutable (a new version of a series gets a new UUID), so nothing here is ever
+revalidated: an entry is good until evicted, and the disk tier survives remounts. Blocks live in
+a byte-capped memory LRU in front of a size-capped :class:`~idcfs.blocks.disk_tier.DiskTier` (block
+files, LRU eviction, CRC-checked); listings are small and kept on disk forever (diskcache).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from cachetools import LRUCache
+
+from idcfs.blocks.buffers import Block, Buffer, recycle_if_unreferenced
+from idcfs.blocks.disk_tier import DiskTier
+from idcfs.blocks.singleflight import Abandoned, SingleFlight
+from idcfs.remote.retry import StoreError
+from idcfs.util.counters import Counters
+
+log = logging.getLogger(__name__)
+
+
+class _EvictionAwareLRU(LRUCache[str, Block]):
+    """An LRU that tells ``on_evict`` what it pushes out (for prefetch bytes wasted)."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[str, Block], None]) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=len)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, Block]:
+        key, value = super().popitem()
+        self._on_evict(key, value)
+        # Its buffer serves the next body, if nobody holds the block any more (``value`` is
+        # the one reference left then: cachetools' caller drops what we return).
+        recycle_if_unreferenced(value)
+        return key, value
+
+
+class BlockCache:
+    """Memory LRU in front of an optional :class:`DiskTier`, with single-flight fetches."""
+
+    def __init__(self, max_bytes: int, disk: DiskTier | None = None, wait_timeout: float = 90.0) -> None:
+        self._lru = _EvictionAwareLRU(max(1, max_bytes), self._evicted)
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._flight: SingleFlight[Block] = SingleFlight(wait_timeout)
+        self.disk = disk
+        #: Blocks fetched ahead of demand (settled) and not read yet: key -> its length. Bounded
+        #: by the memory tier, since eviction removes them.
+        self._unread: dict[str, int] = {}
+        #: Demand lookups per tier (``memory_hits``...), and prefetched bytes later read
+        #: (``prefetch_useful_bytes``) or evicted unread (``prefetch_wasted_bytes``).
+        self.counters = Counters(
+            "memory_hits", "memory_misses", "disk_hits", "disk_misses", "prefetch_useful_bytes", "prefetch_wasted_bytes"
+        )
+
+    def _evicted(self, key: str, value: Block) -> None:  # called with self._lock held
+        size = self._unread.pop(key, None)
+        if size is not None:
+            self.counters.add("prefetch_wasted_bytes", size)
+
+    def _memory(self, key: str) -> Block | None:
+        with self._lock:
+            return self._lru.get(key)
+
+    def _mark_read(self, key: str) -> None:
+        """A demand read used ``key``: if it was fetched ahead, that prefetch was useful."""
+        with self._lock:
+            size = self._unread.pop(key, None)
+        if size is not None:
+            self.counters.add("prefetch_useful_bytes", size)
+
+    @property
+    def unread_prefetched_bytes(self) -> int:
+        with self._lock:
+            return sum(self._unread.values())
+
+    def _remember(self, key: str, data: Block, ahead_of_demand: bool = False) -> None:
+        if len(data) <= self._max_bytes:
+            with self._lock:
+                self._lru[key] = data
+                if ahead_of_demand:
+                    self._unread[key] = len(data)
+
+    def contains(self, key: str) -> bool:
+        """Held in memory (cheap check; the disk is consulted only by a fetch)."""
+        with self._lock:
+            return key in self._lru
+
+    def in_flight(self, key: str) -> bool:
+        return self._flight.pending(key)
+
+    def get_or_fetch(self, key: str, length: int, fetch: Callable[[], Block], wait: float | None = None) -> Block:
+        """The block ``key`` of ``length`` bytes: from memory, disk, or ``fetch`` (once). A
+        demand read never waits for room in the disk writer's queue (background work does, in
+        :meth:`fill`)."""
+        block = self._memory(key)
+        if block is not None:
+            self.counters.add("memory_hits")
+            if self._unread:
+                self._mark_read(key)
+            return block
+        self.counters.add("memory_misses")
+
+        def load() -> Block:
+            block = self._memory(key)  # a fetch that finished since our miss
+            if block is None:
+                block = self._from_disk(key, length)
+                if self.disk is not None:
+                    self.counters.add("disk_hits" if block is not None else "disk_misses")
+            if block is not None:
+                return block
+            data = fetch()
+            if len(data) != length:  # a cache must never hold a short block
+                raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
+            self._remember(key, data)
+            if self.disk is not None:
+                self.disk.put(key, data, wait=False)
+            return data
+
+        block = self._flight.run(key, load, wait)
+        if self._unread:  # joined a prefetch that was on the wire
+            self._mark_read(key)
+        return block
+
+    def fill(
+        self,
+        blocks: list[tuple[str, int]],
+        fetch: Callable[[int, int], list[Buffer]],
+        disk_wait: bool = True,
+    ) -> None:
+        """Fetch ahead of demand the blocks of ``blocks`` (key, length) that are neither in memory
+        nor on the wire: from disk where it has them, the rest with one ``fetch(first, last)``
+        per contiguous stretch (positions in ``blocks``; it returns the stretch's blocks).
+
+        Claim, fetch and settle happen here and only here: every block claimed is settled or
+        released on every path (``finally``), so no reader can wait on a block nobody fetches.
+        A failed stretch passes its error to its waiters; blocks after it that were never
+        attempted are released as :class:`Abandoned`, and a waiter then fetches them itself.
+        ``disk_wait``: wait for room in the disk writer's queue, or drop a block from the disk
+        tier when there is none (it stays in memory); the blocks of a stream (no wait) are
+        also written past the page cache.
+        """
+        claimed = [i for i, (key, _) in enumerate(blocks) if not self.contains(key) and self._flight.claim(key)]
+        unsettled = set(claimed)
+        attempted: list[int] = []
+        failure: BaseException | None = None
+        try:
+            stretch: list[int] = []
+            for i in claimed:
+                key, length = blocks[i]
+                block = self._from_disk(key, length)
+                if block is not None:
+                    unsettled.discard(i)
+                    self._flight.resolve(key, block)
+                    continue
+                if stretch and stretch[-1] != i - 1:
+                    attempted = stretch
+                    self._fetch_stretch(blocks, stretch, fetch, unsettled, disk_wait)
+                    stretch = []
+                stretch.append(i)
+            if stretch:
+                attempted = stretch
+                self._fetch_stretch(blocks, stretch, fetch, unsettled, disk_wait)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            for i in unsettled:
+                key = blocks[i][0]
+                if failure is not None and i in attempted:
+                    self._flight.reject(key, failure)
+                else:
+                    self._flight.reject(key, Abandoned(f"block {key} was not fetched"))
+
+    def _fetch_stretch(
+        self,
+        blocks: list[tuple[str, int]],
+        stretch: list[int],
+        fetch: Callable[[int, int], list[Buffer]],
+        unsettled: set[int],
+        disk_wait: bool,
+    ) -> None:
+        fetched = fetch(stretch[0], stretch[-1])
+        lengths = [blocks[i][1] for i in stretch]
+        if [len(block) for block in fetched] != lengths:  # a cache must never hold a short block
+            raise StoreError(
+                f"run of {len(stretch)} blocks came back as {[len(b) for b in fetched]}, expected {lengths}"
+            )
+        for i, block in zip(stretch, fetched, strict=True):
+            key = blocks[i][0]
+            self._remember(key, block, ahead_of_demand=True)
+            unsettled.discard(i)
+            self._flight.resolve(key, block)
+            if self.disk is not None:
+                self.disk.put(key, block, wait=disk_wait, stream=not disk_wait)
+
+    def _from_disk(self, key: str, length: int) -> Block | None:
+        """The block from the disk tier (then also kept in memory), or None."""
+        block = self.disk.get(key, length) if self.disk is not None else None
+        if block is not None:
+            self._remember(key, block)
+        return block
+
+    @property
+    def bytes_used(self) -> int:
+        with self._lock:
+            return int(self._lru.currsize)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes

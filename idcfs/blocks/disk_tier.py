@@ -1,0 +1,482 @@
+"""The disk tier of the block cache: one plain file per block, and SQLite as the index only.
+
+Why not a key-value store: diskcache (idcfs up to 0.4) created a file and wrote a SQLite row per
+block through its own layers, and on two cores that one writer thread was the bottleneck of a
+cold 500 MB read (~1 ms of CPU per MiB, with the fetchers waiting on it). Here a block is one
+``writev`` of its buffer and a 16-byte trailer, and the index costs one row per block in batched
+transactions.
+
+The read path never touches SQLite: a block's file name is a hash of its key, so a lookup is an
+``open``, and the trailer (length, CRC32C, magic) says whether the file is whole. Hits are noted
+in memory and written to the index as access times in the writer's next batch (the LRU order
+survives remounts). The index exists for the size cap and eviction (least recently used first),
+and it is written before the files it names: a crash can leave a row without its file (a miss,
+evicted in time), never a file nobody knows of. A file is written under a temporary name and
+renamed, so a reader (or another mount sharing the folder) never sees half a block.
+
+A disk that fails (full, read-only, removed) pauses the writes with one warning and is tried
+again later; reads go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import shutil
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+
+from crc32c import crc32c
+
+from idcfs.blocks.buffers import Buffer, new_buffer
+
+log = logging.getLogger(__name__)
+
+#: length, CRC32C of the block (in hardware: a fifth of zlib's CRC32 time), magic; after the block, so
+#: the block starts at offset 0.
+_TRAILER = struct.Struct("<QI4s")
+_MAGIC = b"IDCB"
+#: The folder of this format's block files (a new format gets a new folder).
+_FORMAT = "v1"
+#: Free space the disk cache leaves on its disk (at most 5% of the disk), for everyone else.
+DISK_RESERVE = 256 << 20
+#: A background fetch waits this long at most for room in the disk write queue, then drops.
+PUT_WAIT_TIMEOUT = 10.0
+#: A batch (one transaction) holds at most this many blocks, or bytes.
+_BATCH_BLOCKS, _BATCH_BYTES = 32, 32 << 20
+#: Hits noted for the index at most (beyond that, a hit's access time is not recorded).
+_MAX_TOUCHES = 100_000
+#: A temporary file older than this is left over from a crash (a live writer renames in ms).
+_STALE_TEMPORARY = 60.0
+#: Below this, a block read from disk goes to a bytearray rather than its own mapping.
+_SMALL = 64 << 10
+_PAGE = mmap.PAGESIZE
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: How often eviction reads the stored total again from the index, at most (seconds).
+_TOTAL_REREAD = 5.0
+#: SQLite waits this long at most for another process holding the index (a mount sharing it).
+_BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (name TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL,
+                                   atime INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_atime ON blocks (atime);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+def _now() -> int:
+    """An access time for the index: microseconds, so that blocks written or read in one second
+    keep their order."""
+    return time.time_ns() // 1000
+
+
+def block_name(key: str) -> str:
+    """The file name of a block: 128 bits of hash, so keys of any length or character are fine."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _file_of(directory: Path, name: str) -> Path:
+    """The file of the block named ``name`` (see :func:`block_name`) under the tier's ``directory``."""
+    return directory / _FORMAT / name[:2] / name
+
+
+def block_path(directory: Path, key: str) -> Path:
+    """Where the block ``key`` lives under the tier's ``directory`` (for ``cache`` commands and tests)."""
+    return _file_of(directory, block_name(key))
+
+
+def _connect(directory: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(
+        directory / "index.sqlite", timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a cache: a power cut may lose the last rows, never corrupt
+    db.executescript(_SCHEMA)
+    return db
+
+
+def summary(directory: Path) -> tuple[int, int, int | None] | None:
+    """(blocks, bytes, cap of the last mount) of the tier in ``directory``; None if there is none."""
+    if not (directory / "index.sqlite").exists():
+        return None
+    db = _connect(directory)
+    try:
+        count, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blocks").fetchone()
+        cap = db.execute("SELECT value FROM meta WHERE name = 'size_limit'").fetchone()
+        return int(count), int(total), None if cap is None else int(cap[0])
+    finally:
+        db.close()
+
+
+def remove_legacy(directory: Path) -> bool:
+    """Remove idcfs 0.3's diskcache of blocks in ``directory`` (``cache.db`` and its two-letter
+    folders of value files), if there is one; whether there was."""
+    if not (directory / "cache.db").exists():
+        return False
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            if entry.name.startswith("cache.db"):
+                entry.unlink(missing_ok=True)
+            elif entry.is_dir() and len(entry.name) == 2 and entry.name != _FORMAT:
+                shutil.rmtree(entry, ignore_errors=True)
+    return True
+
+
+def clear(directory: Path) -> int:
+    """Remove every block (safe while a mount uses the folder: it fetches again what is gone),
+    and an earlier version's blocks; the number of blocks removed from the index."""
+    remove_legacy(directory)
+    if not (directory / "index.sqlite").exists():
+        return 0
+    db = _connect(directory)
+    removed = 0
+    try:
+        while rows := db.execute("SELECT name FROM blocks LIMIT 1000").fetchall():
+            names = [name for (name,) in rows]
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(_file_of(directory, name))
+            with db:
+                db.executemany("DELETE FROM blocks WHERE name = ?", rows)
+            removed += len(names)
+    finally:
+        db.close()
+    return removed
+
+
+class DiskTier:
+    """Block files in ``directory``, capped at ``size_limit`` bytes, least recently used out first.
+
+    Writes go through one writer thread: a fetch hands its block over and moves on. Blocks
+    waiting to be written are served by :meth:`get`. The queue is bounded by bytes: background
+    fetches wait for room (a bounded time), a demand read's block is dropped instead.
+    """
+
+    def __init__(
+        self, directory: Path, size_limit: int, queue_bytes: int = 128 << 20, retry_interval: float = 30.0
+    ) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (directory / _FORMAT).mkdir(exist_ok=True, mode=0o700)
+        self.directory = directory
+        self.size_limit = size_limit
+        self._db = _connect(directory)
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('size_limit', ?)", (size_limit,))
+        self._total = self._stored_bytes()
+        self._total_read_at = time.monotonic()
+        self._effective_limit = size_limit
+        #: After a failed write (a full disk, a removed folder) writes pause until this
+        #: ``time.monotonic()`` value, then are tried again: a full disk is not remembered past
+        #: the moment space is back. Reads go on meanwhile.
+        self._paused_until = 0.0
+        self._retry_interval = retry_interval
+        self.write_failures = 0
+        self.dropped = 0
+        self._queue_bytes = queue_bytes
+        self._condition = threading.Condition()
+        self._pending: dict[str, tuple[str, Buffer | bytes, bool]] = {}  # name -> (key, block, stream), in order
+        self._direct = bool(_O_DIRECT)  # until a file system refuses it
+        self._pending_bytes = 0
+        self._touched: dict[str, int] = {}  # name -> access time, for the index
+        self._forget: set[str] = set()  # names whose file and row must go (damaged, failed)
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="idcfs-disk-writer", daemon=True)
+        self._writer.start()
+        threading.Thread(target=self._sweep, name="idcfs-disk-sweep", daemon=True).start()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, key: str, length: int) -> Buffer | bytes | None:
+        """The block, if stored (or queued) whole and intact; a damaged one is a miss, and goes."""
+        name = block_name(key)
+        with self._condition:
+            queued = self._pending.get(name)
+        if queued is not None:
+            return queued[1]
+        try:
+            fd = os.open(_file_of(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # absent (the usual miss), or a disk in trouble: a miss either way
+            return None
+        try:
+            block = self._read(fd, length)
+        except OSError as error:
+            log.debug("disk cache read of %s failed: %s", key, error)
+            return None
+        finally:
+            os.close(fd)
+        if block is None:
+            log.warning("disk cache block %s is damaged; fetching it again", key)
+            self.discard(key)
+            return None
+        with self._condition:
+            if len(self._touched) < _MAX_TOUCHES:
+                self._touched[name] = _now()
+        return block
+
+    @staticmethod
+    def _read(fd: int, length: int) -> Buffer | bytes | None:
+        if os.fstat(fd).st_size != length + _TRAILER.size:
+            return None
+        block: Buffer = new_buffer(length) if length >= _SMALL else bytearray(length)
+        trailer = bytearray(_TRAILER.size)
+        if os.preadv(fd, [block, trailer], 0) != length + _TRAILER.size:
+            return None
+        stored_length, crc, magic = _TRAILER.unpack(trailer)
+        if magic != _MAGIC or stored_length != length or crc32c(block) != crc:
+            return None
+        return block
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(self, key: str, data: Buffer | bytes, wait: bool = True, stream: bool = False) -> None:
+        """Queue ``data`` for writing; with ``wait=False`` drop it rather than wait for room.
+
+        A ``stream``'s block (an object read from start to end) is written past the page cache
+        where the file system allows: it is rarely read again at once, and gigabytes of it would
+        push everything else out of memory."""
+        name = block_name(key)
+        with self._condition:
+            if self.paused or self._closed or name in self._pending:
+                return
+            give_up = time.monotonic() + PUT_WAIT_TIMEOUT
+            while self._pending_bytes + len(data) > self._queue_bytes and self._pending:
+                left = give_up - time.monotonic()
+                if not wait or left <= 0:
+                    self.dropped += 1
+                    return
+                self._condition.wait(left)
+                if self.paused or self._closed:
+                    return
+            self._pending[name] = (key, data, stream)
+            self._pending_bytes += len(data)
+            self._condition.notify_all()
+
+    def discard(self, key: str) -> None:
+        """Forget the block ``key`` (its file and its row), in the writer's next turn."""
+        with self._condition:
+            self._forget.add(block_name(key))
+            self._condition.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._condition:
+                if not (self._pending or self._forget or self._closed):
+                    self._condition.wait(1.0)
+                if self._closed and not self._pending:
+                    break
+                batch: list[tuple[str, str, Buffer | bytes, bool]] = []
+                size = 0
+                for name, (key, data, stream) in self._pending.items():
+                    if len(batch) == _BATCH_BLOCKS or (batch and size + len(data) > _BATCH_BYTES):
+                        break
+                    batch.append((name, key, data, stream))
+                    size += len(data)
+                touched, self._touched = self._touched, {}
+                forget, self._forget = self._forget, set()
+            self._one_turn(batch, size, touched, forget)
+        with contextlib.suppress(Exception):
+            self._index_touches(self._touched)
+        self._db.close()
+
+    def _one_turn(
+        self, batch: list[tuple[str, str, Buffer | bytes, bool]], size: int, touched: dict[str, int], forget: set[str]
+    ) -> None:
+        failed = False
+        try:
+            if forget:
+                self._remove(sorted(forget))
+            if touched:  # before any eviction: a block read since the last turn is recent
+                self._index_touches(touched)
+            if batch:
+                self._fit_to_disk(size)
+                self._write(batch)
+            if self._total > self._effective_limit:
+                self._evict()
+        except Exception as error:  # noqa: BLE001 - degrade, never fail a read
+            failed = True
+            with self._condition:
+                self.write_failures += 1
+                self._forget.update(forget)
+                # Rows of blocks not written are removed in a later turn (the disk may refuse even that now).
+                self._forget.update(item[0] for item in batch)
+                if not self.paused:
+                    log.warning(
+                        "disk cache %s cannot be written (%s); not caching on disk for %gs, then trying again",
+                        self.directory,
+                        error,
+                        self._retry_interval,
+                    )
+                self._paused_until = time.monotonic() + self._retry_interval
+        else:
+            if batch and self._paused_until:
+                self._paused_until = 0.0
+                log.warning("disk cache %s is writable again", self.directory)
+        with self._condition:
+            for name, _, data, _ in batch:
+                if self._pending.pop(name, None) is not None:
+                    self._pending_bytes -= len(data)
+            if failed:
+                self._pending.clear()
+                self._pending_bytes = 0
+            self._condition.notify_all()
+
+    def _write(self, batch: list[tuple[str, str, Buffer | bytes, bool]]) -> None:
+        """Index the batch, then write its files (so a crash leaves rows without files, never
+        files without rows)."""
+        now = _now()
+        with self._db:
+            for i, (name, key, data, _) in enumerate(batch):  # + i: the order of the batch is the LRU's
+                row = (name, key, len(data), now + i)
+                if self._db.execute("INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)", row).rowcount:
+                    self._total += len(data)
+        for name, _, data, direct in batch:
+            self._write_file(name, data, direct)
+
+    def _write_file(self, name: str, data: Buffer | bytes, direct: bool) -> None:
+        target = _file_of(self.directory, name)
+        folder = target.parent
+        temporary = folder / f"{name}.{os.getpid()}.tmp"
+        # A page-aligned block (a mapping) is written past the page cache when asked: the DMA
+        # reads it where it is, and no page-cache pages are allocated and reclaimed for it.
+        aligned = len(data) & ~(_PAGE - 1) if direct and self._direct and isinstance(data, mmap.mmap) else 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | (_O_DIRECT if aligned else 0)
+        for _ in range(3):  # at most: the folder made, O_DIRECT dropped
+            try:
+                fd = os.open(temporary, flags, 0o600)
+                break
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as error:
+                if not aligned or error.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # a file system without O_DIRECT (ramfs): the page cache, then
+                aligned, flags = 0, flags & ~_O_DIRECT
+        else:
+            fd = os.open(temporary, flags, 0o600)
+        view = memoryview(data)
+        try:
+            trailer = _TRAILER.pack(len(data), crc32c(data), _MAGIC)
+            written = 0
+            if aligned:
+                written = os.pwritev(fd, [view[:aligned]], 0)
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)  # the tail
+            written += os.pwritev(fd, [view[aligned:], trailer], written)
+            if written != len(data) + len(trailer):
+                raise OSError(errno.ENOSPC, f"short write of {name}: {written} bytes")
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        finally:
+            view.release()
+        os.close(fd)
+        os.replace(temporary, target)
+
+    def _index_touches(self, touched: dict[str, int]) -> None:
+        with self._db:
+            self._db.executemany("UPDATE blocks SET atime = ? WHERE name = ?", [(t, n) for n, t in touched.items()])
+
+    def _remove(self, names: list[str]) -> None:
+        """Delete the files and rows of ``names`` (a file that will not go keeps its row)."""
+        gone = []
+        for name in names:
+            try:
+                os.unlink(_file_of(self.directory, name))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.debug("cannot remove disk cache block %s: %s", name, error)
+                continue
+            gone.append((name,))
+        with self._db:
+            for (name,) in gone:  # (no DELETE ... RETURNING: SQLite 3.35 or later only)
+                row = self._db.execute("SELECT size FROM blocks WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
+                    self._total -= row[0]
+
+    def _evict(self) -> None:
+        """Least recently used blocks out until the tier fits its limit. The total is first read
+        again from the index (every few seconds at most: it is a scan): another mount sharing the
+        folder, or ``idcfs cache clear``, changes it."""
+        if time.monotonic() - self._total_read_at > _TOTAL_REREAD:
+            self._total = self._stored_bytes()
+            self._total_read_at = time.monotonic()
+        while self._total > self._effective_limit:
+            rows = self._db.execute("SELECT name, size FROM blocks ORDER BY atime LIMIT 256").fetchall()
+            if not rows:
+                break
+            names, excess = [], self._total - self._effective_limit
+            for name, size in rows:  # just enough of the oldest
+                if excess <= 0:
+                    break
+                names.append(name)
+                excess -= size
+            before = self._total
+            self._remove(names)
+            if self._total == before:
+                break  # nothing could be removed: try again next turn
+
+    def _stored_bytes(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM blocks").fetchone()[0])
+
+    def _fit_to_disk(self, incoming: int) -> None:
+        """Cap the tier at what the disk can hold now, so writes do not meet a full disk: the
+        configured size, or less when other files take the space (LRU blocks go first)."""
+        usage = shutil.disk_usage(self.directory)
+        if usage.total == 0:  # a file system that reports no size (ramfs): only the cap applies
+            self._effective_limit = self.size_limit
+            return
+        reserve = min(DISK_RESERVE, usage.total // 20)
+        self._effective_limit = max(0, min(self.size_limit, self._total + usage.free - incoming - reserve))
+        if self._total + incoming > self._effective_limit:
+            saved, self._effective_limit = self._effective_limit, max(0, self._effective_limit - incoming)
+            self._evict()
+            self._effective_limit = saved
+
+    def _sweep(self) -> None:
+        """Remove what a crash, or an older idcfs, left: temporary files, diskcache's folder."""
+        if remove_legacy(self.directory):
+            log.info("removed the disk cache of an earlier idcfs version in %s", self.directory)
+        stale = time.time() - _STALE_TEMPORARY
+        with contextlib.suppress(OSError):
+            for folder in os.scandir(self.directory / _FORMAT):
+                with contextlib.suppress(OSError), os.scandir(folder.path) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(".tmp") and entry.stat().st_mtime < stale:
+                            with contextlib.suppress(OSError):
+                                os.unlink(entry.path)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """Writes are off for now, after a failure."""
+        return time.monotonic() < self._paused_until
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued block is written (or the tier gave up); False on timeout."""
+        with self._condition:
+            return self._condition.wait_for(lambda: not self._pending, timeout)
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes stored (not counting blocks still queued for writing)."""
+        return self._total
+
+    def close(self) -> None:
+        self.flush(timeout=30)
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        self._writer.join(timeout=10)

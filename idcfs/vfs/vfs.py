@@ -1,0 +1,335 @@
+"""The tree as files, for every face: paths to entries, folder listings, open files, metadata.
+
+This is the one place that knows what a path of the tree means. Above the series level every
+name comes from the catalog (closed world: an unknown name is not found at once, with no
+network); a series folder's files come from its listing (one paged LIST, cached for good); the
+bytes come from the block reader. The hidden ``/.idcfs`` folder (:mod:`idcfs.vfs.control`) sits
+beside the collections at the root.
+
+Faces (the FUSE mount, ``idc://``, WebDAV) translate their protocol onto :class:`Vfs` and add
+no naming, caching or fetching of their own. Errors are ``OSError`` kinds with their errno
+(:mod:`idcfs.vfs.errors`); a network failure after retries is a ``StoreError``.
+
+Locks: each of this module's caches has a lock of its own, held only around the cache itself;
+none is held while another lock is taken, or across a fetch.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import logging
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+from cachetools import LRUCache
+
+from idcfs.blocks.reader import ObjectRef, Reader
+from idcfs.catalog.snapshot import Snapshot
+from idcfs.catalog.tree import Node
+from idcfs.remote.objects import ObjectInfo
+from idcfs.util.counters import Counters
+from idcfs.vfs import errors
+from idcfs.vfs.control import BY_ID, BY_ID_DIR, CONTROL, CONTROL_DIR, LIVE_FILES, ControlFiles, ControlFolder
+from idcfs.vfs.files import BytesFile, File, SeriesFile
+from idcfs.vfs.listing import SeriesListing
+from idcfs.vfs.listings import ListingCache, ListingPath
+from idcfs.vfs.series_rows import ROWS_KEPT, SeriesRows
+from idcfs.vfs.xattrs import folder_xattrs, series_xattrs
+
+log = logging.getLogger(__name__)
+
+#: Per entry of a folder's listing kept (a tuple, a list slot, its name).
+_BYTES_PER_ENTRY = 120
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a path is: a folder (``children`` entries) or a file of ``size`` bytes."""
+
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    children: int = 0
+
+    @property
+    def mode(self) -> int:
+        """The POSIX mode: read-only for everyone."""
+        return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The tree's size, as ``statfs`` and a WebDAV quota tell it."""
+
+    total_bytes: int
+    num_series: int
+
+
+_Place = tuple[Node | ControlFolder, str | None]
+
+
+class Vfs:
+    """The tree of a catalog snapshot, its series' files listed and read through ``reader``."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        reader: Reader,
+        listings: ListingCache[SeriesListing],
+        entries_bytes: int,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.tree = snapshot.tree
+        self.catalog = self.tree.catalog
+        self.reader = reader
+        self.store = reader.store
+        self.info = info or {}
+        self.series = SeriesRows(self.catalog)
+        self.listings = ListingPath(listings, self.store, self.series, reader.run_ahead if reader.prefetching else None)
+        self.control = ControlFiles(self.tree, self.info, snapshot.manifest, self.stats)
+        self._started = time.monotonic()
+        #: Reads that reached the tree (a face's own cache could not answer them), their bytes,
+        #: files closed with no read, unexpected exceptions (counted by the faces).
+        self.counters = Counters("reads", "read_bytes", "files_without_reads", "internal_errors")
+        self._open_files = 0
+        self._open_lock = threading.Lock()
+        # Entries of recent folders above the series level, ready to hand out again (a face may
+        # ask at every opendir). Capped in (estimated) bytes: the root of a flat layout alone is
+        # a million entries. A series folder's entries come from its listing, never copied here.
+        self._entries: LRUCache[Node | ControlFolder, list[tuple[str, bool]]] = LRUCache(
+            maxsize=max(1, entries_bytes // _BYTES_PER_ENTRY), getsizeof=len
+        )
+        self._entries_lock = threading.Lock()
+        # The folders of the paths in use (the tree never changes): each operation on a file
+        # resolved its folder again, a binary search per level.
+        self._folder = _lru(self._lookup_folder, ROWS_KEPT)
+        self._total_bytes = int((pc.sum(self.catalog.series.column("series_size_MB")).as_py() or 0) * 1e6)
+        self._release_ns = int(self.catalog.release_time() * 1e9)
+
+    @property
+    def block_size(self) -> int:
+        return self.reader.block_size
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def _resolve(self, path: str) -> _Place:
+        """The folder of ``path``, and the file name when ``path`` names a file in it."""
+        parts = [p for p in path.split("/") if p]
+        if parts and parts[0] == CONTROL_DIR:
+            if len(parts) == 1:
+                return CONTROL, None
+            if len(parts) == 2 and parts[1] in self.control.names:
+                return CONTROL, parts[1]
+            if parts[1] == BY_ID_DIR and len(parts) <= 3:
+                return BY_ID, parts[2] if len(parts) == 3 else None
+            raise errors.not_found(path)
+        depth = self.tree.depth
+        if len(parts) > depth + 1:
+            raise errors.not_found(path)
+        folder = self._folder(tuple(parts[:depth]))
+        if folder is None:
+            raise errors.not_found(path)
+        return folder, parts[depth] if len(parts) == depth + 1 else None
+
+    def _lookup_folder(self, parts: tuple[str, ...]) -> Node | None:
+        return self.tree.lookup(list(parts))
+
+    def _object(self, node: Node, name: str, path: str) -> ObjectInfo:
+        info = self.listings.get(node.index).get(name)
+        if info is None:
+            raise errors.not_found(path)
+        return info
+
+    # -- what a path is -------------------------------------------------------------------------
+
+    def stat(self, path: str) -> Entry:
+        """The entry of ``path``. A series folder looked up may have its listing fetched ahead
+        (it is usually listed next)."""
+        folder, name = self._resolve(path)
+        if isinstance(folder, ControlFolder):
+            if name is None:
+                return Entry(True, 0, self._release_ns)
+            return Entry(False, len(self._control_file(folder, name, path)), self._release_ns)
+        tree = self.tree
+        if name is None:
+            if tree.is_series(folder):
+                self._looked_up_series(path, folder.index)
+                return Entry(True, 0, self.series.time_ns(folder.index))
+            return Entry(True, 0, self._release_ns, children=tree.num_children(folder))
+        if not tree.is_series(folder):  # a name one level too deep for a folder above series
+            raise errors.not_found(path)
+        info = self._object(folder, name, path)
+        return Entry(False, info.size, self.series.time_ns(folder.index))
+
+    def _looked_up_series(self, path: str, row: int) -> None:
+        parts = [p for p in path.split("/") if p]
+        parent = self._folder(tuple(parts[:-1]))
+        if parent is not None:
+            self.listings.series_looked_up(row, self.tree.num_children(parent))
+
+    def require_folder(self, path: str) -> None:
+        """Nothing when ``path`` is a folder; else why not (not found, or not a folder)."""
+        folder, name = self._resolve(path)
+        if name is not None:
+            self._control_or_object(folder, name, path)
+            raise errors.not_a_folder(path)
+
+    def list(self, path: str) -> Iterable[tuple[str, bool]]:
+        """The entries of the folder ``path`` as (name, is a folder), sorted; without ``.`` and
+        ``..``. A series folder's names come straight from its listing, one at a time (a
+        92,000-entry folder costs no copy)."""
+        folder, name = self._resolve(path)
+        if name is not None:
+            self._control_or_object(folder, name, path)  # not found, or a file
+            raise errors.not_a_folder(path)
+        if isinstance(folder, Node) and self.tree.is_series(folder):
+            return _files(self.listings.get(folder.index).entry_names())
+        with self._entries_lock:
+            entries = self._entries.get(folder)
+        if entries is None:
+            entries = self._entries_of(folder)
+            with self._entries_lock, contextlib.suppress(ValueError):  # over the cap: not kept
+                self._entries[folder] = entries
+            if isinstance(folder, Node) and folder.depth == self.tree.depth - 1:
+                self.listings.folder_listed(self.tree.rows(folder))
+        return entries
+
+    def _entries_of(self, folder: Node | ControlFolder) -> builtins.list[tuple[str, bool]]:
+        if folder is BY_ID:
+            return []  # answers lookups only: its names are every identifier
+        if folder is CONTROL:
+            return [(BY_ID_DIR, True), *((name, False) for name in self.control.names)]
+        assert isinstance(folder, Node)
+        entries = [(name, True) for name in self.tree.children(folder)]
+        if folder == self.tree.root:
+            entries.append((CONTROL_DIR, True))
+        return entries
+
+    def _control_or_object(self, folder: Node | ControlFolder, name: str, path: str) -> None:
+        if isinstance(folder, ControlFolder):
+            self._control_file(folder, name, path)
+        elif self.tree.is_series(folder):
+            self._object(folder, name, path)
+        else:
+            raise errors.not_found(path)
+
+    def _control_file(self, folder: ControlFolder, name: str, path: str) -> bytes | Any:
+        data = self.control.folders_of(name) if folder is BY_ID else self.control.contents(name)
+        if data is None:
+            raise errors.not_found(path)
+        return data
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def open(self, path: str) -> File:
+        """An open file of ``path``, to read ranges from; close it when done."""
+        folder, name = self._resolve(path)
+        if name is None:
+            raise errors.is_a_folder(path)
+        if isinstance(folder, ControlFolder):
+            data = self._control_file(folder, name, path)  # a snapshot, consistent while read
+            opened: File = BytesFile(data, live=folder is CONTROL and name in LIVE_FILES)
+        elif not self.tree.is_series(folder):
+            raise errors.not_found(path)
+        else:
+            info = self._object(folder, name, path)
+            row = folder.index
+            ref = self._object_ref(row, info)
+            opened = SeriesFile(self.reader, ref, lambda ref: self._queue_series(row, ref), self.counters, self._closed)
+            with self._open_lock:
+                self._open_files += 1
+        return opened
+
+    def _object_ref(self, row: int, info: ObjectInfo) -> ObjectRef:
+        return ObjectRef(self.series.bucket(row), f"{self.series.uuid(row)}/{info.name}", info.size)
+
+    def _queue_series(self, row: int, opened: ObjectRef) -> None:
+        """Queue the rest of the series, the first time one of its files is read. Everything
+        per-object happens inside ``objects``, which the reader calls once per series."""
+        uuid = self.series.uuid(row)
+        if not self.reader.wants_series(uuid):
+            return
+        if self.series.modality(row) == "SM":
+            return  # slide microscopy is read as random tiles, never whole
+
+        def objects() -> list[ObjectRef]:
+            return [self._object_ref(row, info) for info in self.listings.get(row)]
+
+        self.reader.prefetch_series(uuid, objects, opened)
+
+    def _closed(self) -> None:
+        with self._open_lock:
+            self._open_files -= 1
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    def xattrs(self, path: str) -> dict[str, str]:
+        """``user.idc.*`` metadata of a folder (the values its path stands for, counts) or of a
+        series' file (its series, URL, ETag, size)."""
+        folder, name = self._resolve(path)
+        if isinstance(folder, ControlFolder):
+            if name is not None:
+                self._control_file(folder, name, path)
+            return {}
+        if not self.tree.is_series(folder):
+            if name is not None:
+                raise errors.not_found(path)
+            return folder_xattrs(self.catalog, folder.depth, self.tree.rows(folder))
+        info = self._object(folder, name, path) if name is not None else None
+        return series_xattrs(self.catalog, folder.index, self.store.source, info)
+
+    def usage(self) -> Usage:
+        return Usage(self._total_bytes, self.catalog.num_series)
+
+    def stats(self) -> dict[str, Any]:
+        """The live statistics (``/.idcfs/stats``, ``idcfs stats``, ``--metrics-port``)."""
+        store = self.store
+        fetched = store.counters.snapshot()
+        served = self.counters.snapshot()
+        blocks = self.reader.stats()
+        with self._open_lock:
+            open_files = self._open_files
+        return {
+            "mountpoint": self.info.get("mountpoint"),
+            "idc_version": self.catalog.idc_version,
+            "source": store.source,
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "store": store.breaker.state(),
+            "requests": {"GET": fetched["GET"], "LIST": fetched["LIST"]},
+            "bytes_fetched": fetched["bytes_fetched"],
+            "retries": fetched["retries"],
+            "errors": fetched["errors"],
+            "not_found": fetched["not_found"],
+            "internal_errors": served["internal_errors"],
+            "get_latency": store.get_latency.snapshot(),
+            "cache": {
+                **blocks["cache"],
+                "listings": {"bytes": self.listings.cache.bytes_used, "capacity": self.listings.cache.max_bytes},
+                "kernel": {
+                    "reads": served["reads"],
+                    "bytes": served["read_bytes"],
+                    "files_without_reads": served["files_without_reads"],
+                },
+            },
+            "prefetch": blocks["prefetch"],
+            "open_files": open_files,
+        }
+
+    def close(self) -> None:
+        self.reader.close()
+        self.store.close()
+
+
+def _files(names: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    return ((name, False) for name in names)
+
+
+def _lru(function: Any, size: int) -> Any:
+    return functools.lru_cache(maxsize=size)(function)
