@@ -45,7 +45,7 @@ MINUTES ?= 30
 soak: install
 	$(BIN)/python scripts/soak.py --minutes $(MINUTES) --report bench/RELIABILITY.md
 
-# ruff, mypy, and the import rules of DESIGN.md (pyproject.toml's [tool.importlinter] contracts).
+# ruff, mypy, and the import rules of README's "How it works" (pyproject.toml's [tool.importlinter]).
 # Needs no FUSE.
 lint: install-python
 	$(BIN)/ruff check idcfs tests scripts

@@ -125,6 +125,9 @@ class Tool:
 
 class Idcfs(Tool):
     name = "idcfs"
+    #: The command that mounts (``idcfs mount ...``).
+    command: list[str] = [IDCFS]
+    environment: dict[str, str] | None = None
 
     def mount(self, endpoint: str, cache: Path | None) -> Path:
         self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-idcfs-"))
@@ -132,7 +135,7 @@ class Idcfs(Tool):
         # The catalog snapshot is shared by every run, so each mount starts in a fraction of a second.
         result = subprocess.run(
             [
-                IDCFS,
+                *self.command,
                 "mount",
                 str(self.root),
                 "--endpoint-url",
@@ -146,6 +149,7 @@ class Idcfs(Tool):
             capture_output=True,
             text=True,
             check=False,
+            env=self.environment,
         )
         if result.returncode:
             raise RuntimeError(result.stderr)
@@ -153,6 +157,23 @@ class Idcfs(Tool):
 
     def unmount(self) -> None:
         _unmount(self.root)
+
+
+class IdcfsBefore(Idcfs):
+    """Another checkout of idcfs (``BENCH_IDCFS_BEFORE=DIR``, e.g. a ``git worktree`` of an
+    earlier commit), run with this interpreter and its packages: before and after a change,
+    measured side by side in one run."""
+
+    name = "idcfs (before)"
+
+    def __init__(self) -> None:
+        checkout = os.environ.get("BENCH_IDCFS_BEFORE", "")
+        self.checkout = checkout
+        self.command = [sys.executable, "-m", "idcfs"]
+        self.environment = {**os.environ, "PYTHONPATH": checkout}
+
+    def available(self) -> bool:
+        return bool(self.checkout) and (Path(self.checkout) / "idcfs" / "__main__.py").exists()
 
     def series_dir(self, info: dict, uuid: str, idcfs_path: str) -> Path:
         return self.root / idcfs_path
@@ -376,7 +397,9 @@ def bench_reads(runs: int, latency: float, bandwidth: float | None, workdir: Pat
         endpoint = proxy.url
         folders = [CT_SERIES, SM_SERIES, BIG_SLIDE_SERIES, *(s.crdc_series_uuid for s in info["small"])]
         warm_server_etags(server.url, folders)
-        tools: list[Tool] = [Idcfs(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"]), Floor(info["data"])]
+        tools: list[Tool] = [
+            Idcfs(), IdcfsBefore(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"]), Floor(info["data"])
+        ]  # fmt: skip
         skipped = [t.name for t in tools if not t.available()]
         tools = [t for t in tools if t.available()]
         idcfs_cache = Path(tempfile.mkdtemp(prefix="bench-idcfs-catalog-"))
