@@ -10,7 +10,6 @@ the CLI's message.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import subprocess
@@ -20,15 +19,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from idcfs.catalog.identifiers import SERIES_ID_COLUMNS
 from idcfs.catalog.layout import escape_name
 from idcfs.config.options import OPTIONS_BY_NAME, default_cache_dir
 from idcfs.service.mounting import MountError, mount_info, mount_of, unmount
 from idcfs.service.report import read_stats
+from idcfs.util.suggest import did_you_mean
 
 #: Options the API does not take: it always daemonizes, and ``series=`` is its manifest.
 _NOT_API_OPTIONS = ("foreground",)
 #: Columns ``series=`` takes identifiers from, in order of preference (exact objects first).
-SERIES_ID_COLUMNS = ("crdc_series_uuid", "SeriesInstanceUID")
 
 __all__ = ["Mount", "MountError", "folders_of", "mount"]
 
@@ -163,9 +163,7 @@ def _flags(options: dict[str, Any]) -> list[str]:
         option = OPTIONS_BY_NAME.get(key)
         if option is None or key in _NOT_API_OPTIONS:
             known = [name for name in OPTIONS_BY_NAME if name not in _NOT_API_OPTIONS]
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(f"mount() got an unknown option {key!r}{hint}")
+            raise TypeError(f"mount() got an unknown option {key!r}{did_you_mean(key, known)}")
         if value is None:
             continue
         if option.kind == "bool":

@@ -12,8 +12,6 @@ from idcfs.catalog.layout import (
     TemplateError,
     escape_name,
     parse_template,
-    segment_name,
-    sql_segment_name,
     unescape_name,
 )
 
@@ -150,3 +148,18 @@ def test_a_snapshot_key_changes_when_the_escaping_does(monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(layout, "EMPTY_NAME", "%empty")
         assert snapshot_key(files, "default", Selection()) != before
+
+
+def sql_segment_name(segment) -> str:
+    """The DuckDB expression the catalog builds a path component with."""
+    from idcfs.catalog.layout import sql_finish_name, sql_segment_join
+
+    return sql_finish_name(f"({sql_segment_join(segment)})")
+
+
+def segment_name(segment, row: dict) -> str:
+    """Its Python twin: the two must agree on every value."""
+    from idcfs.catalog.layout import escape_value, finish_name
+
+    joined = "".join(escape_value(row.get(text)) if is_column else text for is_column, text in segment.parts)
+    return finish_name(joined)

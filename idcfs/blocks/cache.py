@@ -1,10 +1,13 @@
-"""Blocks and series listings kept in memory and on disk, with one fetch per key however many
-readers wait.
+"""Blocks kept in memory and on disk, with one fetch per key however many readers wait.
 
 IDC objects are immutable (a new version of a series gets a new UUID), so nothing here is ever
 revalidated: an entry is good until evicted, and the disk tier survives remounts. Blocks live in
 a byte-capped memory LRU in front of a size-capped :class:`~idcfs.blocks.disk_tier.DiskTier` (block
-files, LRU eviction, CRC-checked); listings are small and kept on disk forever (diskcache).
+files, LRU eviction, CRC-checked).
+
+Locks: ``_lock`` guards the memory LRU and the prefetch bookkeeping only; held, it may take the
+buffer pool's lock (an evicted block's buffer goes back), never the single-flight lock, and it
+is never held across a fetch or a disk read (see :mod:`idcfs.blocks.reader` for the order).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The disk tier of the block cache: one plain file per block, and SQLite as the index only.
 
-Why not a key-value store: diskcache (idcfs up to 0.4) created a file and wrote a SQLite row per
+Why not a key-value store: diskcache (earlier versions' block store) created a file and wrote a SQLite row per
 block through its own layers, and on two cores that one writer thread was the bottleneck of a
 cold 500 MB read (~1 ms of CPU per MiB, with the fetchers waiting on it). Here a block is one
 ``writev`` of its buffer and a 16-byte trailer, and the index costs one row per block in batched
@@ -118,7 +118,7 @@ def summary(directory: Path) -> tuple[int, int, int | None] | None:
 
 
 def remove_legacy(directory: Path) -> bool:
-    """Remove idcfs 0.3's diskcache of blocks in ``directory`` (``cache.db`` and its two-letter
+    """Remove an earlier version's diskcache of blocks in ``directory`` (``cache.db`` and its two-letter
     folders of value files), if there is one; whether there was."""
     if not (directory / "cache.db").exists():
         return False

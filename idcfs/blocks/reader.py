@@ -18,6 +18,12 @@ latency-bound, so two kinds of work run ahead of demand, in a pool of background
 Demand reads never queue behind this work: they fetch inline, joining a background fetch of the
 same block only when it is already on the wire. Background fetches hold an in-flight byte
 budget, so prefetch cannot balloon memory.
+
+Lock order (the blocks package's locks, where they nest; no lock is held across a fetch):
+``Reader._queued_lock`` before ``BlockCache._lock`` and ``SingleFlight._lock`` (planning a run
+asks the cache what it holds); ``BlockCache._lock`` before ``Recycled._lock`` (an eviction hands
+its buffer back). ``ReadState.lock``, ``Reader._series_lock``, ``BackgroundFetcher._condition``
+and the disk tier's ``_condition`` nest no other lock.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 
 from idcfs.catalog.layout import Template, parse_template, sql_finish_name, sql_literal, sql_segment_join
 from idcfs.catalog.manifest import Manifest
+from idcfs.util.suggest import closest
 
 if TYPE_CHECKING:
     import duckdb
@@ -461,7 +461,7 @@ def canonical_value(value: str, known: list[str], flag: str) -> str:
         return same[0]
     if same:
         raise CatalogError(f"{flag} {value!r} could be any of {', '.join(map(repr, same))}: give one as written")
-    near_keys = difflib.get_close_matches(_loose(value), list(by_key), n=3, cutoff=0.6)
+    near_keys = closest(_loose(value), by_key, n=3)
     near = [candidate for key in near_keys for candidate in by_key[key]]
     hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
     raise CatalogError(f"{flag} {value!r} is not in the index{hint}")

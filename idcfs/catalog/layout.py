@@ -11,10 +11,11 @@ checks the two agree on hostile values.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 from dataclasses import dataclass
+
+from idcfs.util.suggest import closest
 
 #: idc-index's default ``dirTemplate``; the default tree of a mount.
 DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
@@ -89,7 +90,7 @@ def parse_template(text: str, known_columns: set[str]) -> Template:
     at mount time with a message naming the bad token instead of producing a tree of empty names.
     """
     if "%" not in text and text.strip() and text not in PRESETS:  # meant as a preset name
-        close = difflib.get_close_matches(text.lower(), PRESETS, n=1)
+        close = closest(text.lower(), PRESETS)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise TemplateError(
             f"unknown layout {text!r} ({hint}presets: {', '.join(PRESETS)}; "
@@ -207,17 +208,6 @@ def sql_finish_name(joined_sql: str) -> str:
         f"WHEN strlen({j}) > {NAME_MAX} THEN left({j}, {_LONG_NAME_KEEP}) || '%~' || md5({j}) "
         f"ELSE {j} END)"
     )
-
-
-def sql_segment_name(segment: Segment) -> str:
-    """DuckDB expression for the path component of ``segment``; equal to the Python escaping."""
-    return sql_finish_name(f"({sql_segment_join(segment)})")
-
-
-def segment_name(segment: Segment, row: dict[str, str | None]) -> str:
-    """Python twin of :func:`sql_segment_name`, for tests and one-off lookups."""
-    joined = "".join(escape_value(row.get(text)) if is_column else text for is_column, text in segment.parts)
-    return finish_name(joined)
 
 
 def sql_literal(text: str) -> str:

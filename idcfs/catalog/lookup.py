@@ -10,22 +10,14 @@ keeping an index: memory stays what the catalog costs, whatever is looked up.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from idcfs.catalog.identifiers import SERIES_ID_COLUMNS, is_crdc_uuid, is_dicom_uid
 from idcfs.catalog.tree import Tree
-
-#: The identifiers a lookup understands, in the order they are tried.
-ID_KINDS = ("crdc_series_uuid", "SeriesInstanceUID", "StudyInstanceUID", "PatientID")
-#: Kinds whose folder is the series folder itself, whatever the layout.
-_SERIES_KINDS = ("crdc_series_uuid", "SeriesInstanceUID")
-
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 
 @dataclass(frozen=True)
@@ -39,9 +31,9 @@ class Found:
 def kinds_for(identifier: str) -> tuple[str, ...]:
     """The kinds ``identifier`` can be, most likely first: a PatientID can look like anything,
     a DICOM UID is digits and dots, a crdc_series_uuid is a UUID."""
-    if _UUID.match(identifier):
+    if is_crdc_uuid(identifier):
         return ("crdc_series_uuid", "PatientID")
-    if _DICOM_UID.match(identifier):
+    if is_dicom_uid(identifier):
         return ("SeriesInstanceUID", "StudyInstanceUID", "PatientID")
     return ("PatientID",)
 
@@ -68,7 +60,7 @@ def _matching_rows(column: pa.ChunkedArray, value: str) -> np.ndarray:
 
 def _folders(tree: Tree, kind: str, rows: np.ndarray) -> tuple[str, ...]:
     depth = tree.depth
-    if kind not in _SERIES_KINDS:
+    if kind not in SERIES_ID_COLUMNS:
         levels = [k for k, segment in enumerate(tree.catalog.template.segments) if kind in segment.columns]
         depth = levels[0] + 1 if levels else depth
     folders = ("/".join(tree.path_of_row(int(row))[:depth]) for row in rows)

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+from idcfs.catalog.identifiers import is_crdc_uuid, is_dicom_uid
+
 _URL = re.compile(r"(?:s3|gs)://[^/\s]+/([^/\s]+)/")
 
 
@@ -109,9 +109,9 @@ def _read_lines(text: str, manifest: Manifest) -> None:
 
 
 def _kind_of(value: str) -> str | None:
-    if _UUID.match(value):
+    if is_crdc_uuid(value):
         return "crdc_series_uuid"
-    if _DICOM_UID.match(value) and len(value) <= 64:
+    if is_dicom_uid(value) and len(value) <= 64:
         return "SeriesInstanceUID"
     return None
 

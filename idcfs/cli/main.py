@@ -1,9 +1,9 @@
-"""``idcfs mount | umount``: argument parsing, logging, and wiring the parts together."""
+"""The ``idcfs`` command: its subcommands (mount, umount, path, stats, prefetch, cache, versions), their
+arguments and messages; the work is done by the parts they call."""
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
@@ -15,6 +15,7 @@ from idcfs.cli.helper import helper_argv, is_helper_call
 from idcfs.config.options import MOUNT_OPTIONS, add_options, default_cache_dir, parse_seconds
 from idcfs.config.sources import ConfigError, as_flags, resolve
 from idcfs.service.mounting import MountError
+from idcfs.util.suggest import did_you_mean
 from idcfs.version import __version__
 
 log = logging.getLogger("idcfs")
@@ -169,8 +170,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     command = _subparsers(parser).get(args.command, parser)
     flags = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
     words = [word for word in unknown if word.startswith("-")]
-    close = difflib.get_close_matches(words[0].split("=")[0], flags, n=1) if words else []
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    hint = did_you_mean(words[0].split("=")[0], flags, quote=False) if words else ""
     command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     raise AssertionError("unreachable")  # error() exits
 
@@ -198,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_helper_call(argv, COMMANDS):  # mount.fuse3 running an fstab line's fuse.idcfs
             argv = helper_argv(argv)
         elif argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-            close = difflib.get_close_matches(argv[0], sorted(COMMANDS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(argv[0], sorted(COMMANDS))
             print(f"idcfs: error: unknown command {argv[0]!r}{hint}; see: idcfs --help", file=sys.stderr)
             return 2
         args = _parse(build_parser(), argv)

@@ -11,7 +11,6 @@ something else quietly.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from idcfs.config.options import MOUNT_OPTIONS, OPTIONS_BY_NAME, Option, default_cache_dir
+from idcfs.util.suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,8 +55,7 @@ class MountOptions:
 
 
 def _unknown(key: str, origin: str, keys: Iterable[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, list(keys), n=1)
-    hint = f" (did you mean {close[0]}?)" if close else " (see idcfs mount --help)"
+    hint = did_you_mean(key, keys, quote=False) or " (see idcfs mount --help)"
     return ConfigError(f"{origin}: unknown option {key!r}{hint}")
 
 

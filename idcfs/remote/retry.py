@@ -112,7 +112,6 @@ class Breaker:
         self._reason = ""
         self._prober: threading.Thread | None = None
         self._closed = threading.Event()
-        self.trips = 0
 
     @property
     def offline(self) -> bool:
@@ -154,7 +153,6 @@ class Breaker:
     def _trip(self, reason: str) -> None:  # with self._lock held
         self._offline_since = time.monotonic()
         self._reason = reason
-        self.trips += 1
         log.warning("store unreachable (%s): uncached reads fail at once until it answers again", reason)
         if self._prober is None or not self._prober.is_alive():
             self._prober = threading.Thread(target=self._probe_loop, name="idcfs-probe", daemon=True)

@@ -21,7 +21,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 #: syslog priorities by logging level, for journald's ``<N>`` line prefix.
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 #: Libraries whose own messages are noise unless debugging.
-_NOISY = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "urllib3", "asyncio", "google")
+_NOISY = ("urllib3", "asyncio")
 #: Whether fd 2 is the log file (the detached daemon's): then a reopen moves fd 2 along.
 _redirected_stderr = False
 

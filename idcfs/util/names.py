@@ -10,7 +10,7 @@ name costs its bytes plus eight.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where used: a listing needs neither (and numpy starts threads)
@@ -51,13 +51,6 @@ class NameArray:
             raise ValueError("path names must not be null")
         offsets, data = arrow_string_bytes(array_)
         return cls(memoryview(offsets.tobytes()).cast("q"), data)
-
-    @classmethod
-    def from_strings(cls, names: Iterable[str]) -> NameArray:
-        builder = NameArrayBuilder()
-        for name in names:
-            builder.append(name.encode())
-        return builder.build()
 
     @property
     def offsets(self) -> memoryview:

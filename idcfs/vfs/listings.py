@@ -96,7 +96,7 @@ class ListingCache(Generic[V]):
             stored = self._disk.get(series_uuid)
             if not isinstance(stored, bytes):
                 return None  # absent, or an entry of a format older still
-            if stored.startswith(b"["):  # idcfs 0.3's JSON, [[name, size, etag], ...]
+            if stored.startswith(b"["):  # an earlier version's JSON, [[name, size, etag], ...]
                 return ObjectTable.of(ObjectInfo(name, int(size), etag) for name, size, etag in json.loads(stored))
             return ObjectTable.from_bytes(stored)
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
