@@ -158,6 +158,9 @@ class Idcfs(Tool):
     def unmount(self) -> None:
         _unmount(self.root)
 
+    def series_dir(self, info: dict, uuid: str, idcfs_path: str) -> Path:
+        return self.root / idcfs_path
+
 
 class IdcfsBefore(Idcfs):
     """Another checkout of idcfs (``BENCH_IDCFS_BEFORE=DIR``, e.g. a ``git worktree`` of an
@@ -174,9 +177,6 @@ class IdcfsBefore(Idcfs):
 
     def available(self) -> bool:
         return bool(self.checkout) and (Path(self.checkout) / "idcfs" / "__main__.py").exists()
-
-    def series_dir(self, info: dict, uuid: str, idcfs_path: str) -> Path:
-        return self.root / idcfs_path
 
 
 class S3fsFuse(Tool):

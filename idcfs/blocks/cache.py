@@ -5,94 +5,51 @@ revalidated: an entry is good until evicted, and the disk tier survives remounts
 a byte-capped memory LRU in front of a size-capped :class:`~idcfs.blocks.disk_tier.DiskTier` (block
 files, LRU eviction, CRC-checked).
 
-Locks: ``_lock`` guards the memory LRU and the prefetch bookkeeping only; held, it may take the
-buffer pool's lock (an evicted block's buffer goes back), never the single-flight lock, and it
-is never held across a fetch or a disk read (see :mod:`idcfs.blocks.reader` for the order).
+Locks: the cache has none of its own; the memory tier's and the single-flight's are never held
+across a fetch or a disk read, nor one inside the other (see :mod:`idcfs.blocks.reader` for the
+order where locks nest).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
-from cachetools import LRUCache
-
-from idcfs.blocks.buffers import Block, Buffer, recycle_if_unreferenced
-from idcfs.blocks.disk_tier import DiskTier
+from idcfs.blocks.buffers import Block, Buffer
 from idcfs.blocks.singleflight import Abandoned, SingleFlight
+from idcfs.blocks.tiers import MemoryTier, Tier
 from idcfs.remote.retry import StoreError
 from idcfs.util.counters import Counters
 
 log = logging.getLogger(__name__)
 
 
-class _EvictionAwareLRU(LRUCache[str, Block]):
-    """An LRU that tells ``on_evict`` what it pushes out (for prefetch bytes wasted)."""
-
-    def __init__(self, maxsize: int, on_evict: Callable[[str, Block], None]) -> None:
-        super().__init__(maxsize=maxsize, getsizeof=len)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[str, Block]:
-        key, value = super().popitem()
-        self._on_evict(key, value)
-        # Its buffer serves the next body, if nobody holds the block any more (``value`` is
-        # the one reference left then: cachetools' caller drops what we return).
-        recycle_if_unreferenced(value)
-        return key, value
-
-
 class BlockCache:
-    """Memory LRU in front of an optional :class:`DiskTier`, with single-flight fetches."""
+    """A memory tier in front of an optional disk tier, with single-flight fetches."""
 
-    def __init__(self, max_bytes: int, disk: DiskTier | None = None, wait_timeout: float = 90.0) -> None:
-        self._lru = _EvictionAwareLRU(max(1, max_bytes), self._evicted)
-        self._max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._flight: SingleFlight[Block] = SingleFlight(wait_timeout)
-        self.disk = disk
-        #: Blocks fetched ahead of demand (settled) and not read yet: key -> its length. Bounded
-        #: by the memory tier, since eviction removes them.
-        self._unread: dict[str, int] = {}
+    def __init__(self, max_bytes: int, disk: Tier | None = None, wait_timeout: float = 90.0) -> None:
         #: Demand lookups per tier (``memory_hits``...), and prefetched bytes later read
         #: (``prefetch_useful_bytes``) or evicted unread (``prefetch_wasted_bytes``).
         self.counters = Counters(
             "memory_hits", "memory_misses", "disk_hits", "disk_misses", "prefetch_useful_bytes", "prefetch_wasted_bytes"
         )
-
-    def _evicted(self, key: str, value: Block) -> None:  # called with self._lock held
-        size = self._unread.pop(key, None)
-        if size is not None:
-            self.counters.add("prefetch_wasted_bytes", size)
-
-    def _memory(self, key: str) -> Block | None:
-        with self._lock:
-            return self._lru.get(key)
+        self.memory = MemoryTier(max_bytes, lambda size: self.counters.add("prefetch_wasted_bytes", size))
+        self.disk = disk
+        self._flight: SingleFlight[Block] = SingleFlight(wait_timeout)
 
     def _mark_read(self, key: str) -> None:
         """A demand read used ``key``: if it was fetched ahead, that prefetch was useful."""
-        with self._lock:
-            size = self._unread.pop(key, None)
+        size = self.memory.take_unread(key)
         if size is not None:
             self.counters.add("prefetch_useful_bytes", size)
 
     @property
     def unread_prefetched_bytes(self) -> int:
-        with self._lock:
-            return sum(self._unread.values())
-
-    def _remember(self, key: str, data: Block, ahead_of_demand: bool = False) -> None:
-        if len(data) <= self._max_bytes:
-            with self._lock:
-                self._lru[key] = data
-                if ahead_of_demand:
-                    self._unread[key] = len(data)
+        return self.memory.unread_bytes
 
     def contains(self, key: str) -> bool:
         """Held in memory (cheap check; the disk is consulted only by a fetch)."""
-        with self._lock:
-            return key in self._lru
+        return self.memory.contains(key)
 
     def in_flight(self, key: str) -> bool:
         return self._flight.pending(key)
@@ -101,16 +58,15 @@ class BlockCache:
         """The block ``key`` of ``length`` bytes: from memory, disk, or ``fetch`` (once). A
         demand read never waits for room in the disk writer's queue (background work does, in
         :meth:`fill`)."""
-        block = self._memory(key)
+        block = self.memory.get(key)
         if block is not None:
             self.counters.add("memory_hits")
-            if self._unread:
-                self._mark_read(key)
+            self._mark_read(key)
             return block
         self.counters.add("memory_misses")
 
         def load() -> Block:
-            block = self._memory(key)  # a fetch that finished since our miss
+            block = self.memory.get(key)  # a fetch that finished since our miss
             if block is None:
                 block = self._from_disk(key, length)
                 if self.disk is not None:
@@ -120,14 +76,13 @@ class BlockCache:
             data = fetch()
             if len(data) != length:  # a cache must never hold a short block
                 raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
-            self._remember(key, data)
+            self.memory.put(key, data)
             if self.disk is not None:
                 self.disk.put(key, data, wait=False)
             return data
 
         block = self._flight.run(key, load, wait)
-        if self._unread:  # joined a prefetch that was on the wire
-            self._mark_read(key)
+        self._mark_read(key)  # joined a prefetch that was on the wire
         return block
 
     def fill(
@@ -196,7 +151,7 @@ class BlockCache:
             )
         for i, block in zip(stretch, fetched, strict=True):
             key = blocks[i][0]
-            self._remember(key, block, ahead_of_demand=True)
+            self.memory.put(key, block, ahead=True)
             unsettled.discard(i)
             self._flight.resolve(key, block)
             if self.disk is not None:
@@ -206,14 +161,13 @@ class BlockCache:
         """The block from the disk tier (then also kept in memory), or None."""
         block = self.disk.get(key, length) if self.disk is not None else None
         if block is not None:
-            self._remember(key, block)
+            self.memory.put(key, block)
         return block
 
     @property
     def bytes_used(self) -> int:
-        with self._lock:
-            return int(self._lru.currsize)
+        return self.memory.bytes_used
 
     @property
     def max_bytes(self) -> int:
-        return self._max_bytes
+        return self.memory.capacity

@@ -474,6 +474,10 @@ class DiskTier:
         """Bytes stored (not counting blocks still queued for writing)."""
         return self._total
 
+    @property
+    def capacity(self) -> int:
+        return self.size_limit
+
     def close(self) -> None:
         self.flush(timeout=30)
         with self._condition:

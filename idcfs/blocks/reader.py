@@ -20,8 +20,8 @@ same block only when it is already on the wire. Background fetches hold an in-fl
 budget, so prefetch cannot balloon memory.
 
 Lock order (the blocks package's locks, where they nest; no lock is held across a fetch):
-``Reader._queued_lock`` before ``BlockCache._lock`` and ``SingleFlight._lock`` (planning a run
-asks the cache what it holds); ``BlockCache._lock`` before ``Recycled._lock`` (an eviction hands
+``Reader._queued_lock`` before ``MemoryTier._lock`` and ``SingleFlight._lock`` (planning a run
+asks the cache what it holds); ``MemoryTier._lock`` before ``Recycled._lock`` (an eviction hands
 its buffer back). ``ReadState.lock``, ``Reader._series_lock``, ``BackgroundFetcher._condition``
 and the disk tier's ``_condition`` nest no other lock.
 """
@@ -250,7 +250,7 @@ class Reader:
         speed of a download and every later read is a cache hit. A header read and a frame or two
         never get here (``random_after`` jumps first); objects too large for the caches never do.
         """
-        capacity = self.cache.disk.size_limit if self.cache.disk is not None else self.cache.max_bytes
+        capacity = self.cache.disk.capacity if self.cache.disk is not None else self.cache.max_bytes
         if obj.size <= self.block_size or obj.size > min(self.prefetch.max_random_object_bytes, capacity // 2):
             return
         with self._series_lock:
@@ -358,8 +358,8 @@ class Reader:
                     "hits": cached["disk_hits"],
                     "misses": cached["disk_misses"],
                     "bytes": disk.bytes_used if disk is not None else 0,
-                    "capacity": disk.size_limit if disk is not None else 0,
-                    "paused": disk.paused if disk is not None else False,
+                    "capacity": disk.capacity if disk is not None else 0,
+                    "paused": bool(getattr(disk, "paused", False)),
                 },
             },
             "prefetch": {

@@ -19,6 +19,7 @@ from idcfs.version import __version__
 if TYPE_CHECKING:
     from idcfs.blocks.disk_tier import DiskTier
     from idcfs.blocks.reader import Reader
+    from idcfs.blocks.tiers import Tier
     from idcfs.catalog.index import Catalog, IndexFiles
     from idcfs.catalog.snapshot import Snapshot
     from idcfs.remote.store import Store
@@ -145,7 +146,7 @@ def _data_path(args: argparse.Namespace) -> tuple[Store, Reader, ListingCache[Se
 
 
 def _tree_info(
-    args: argparse.Namespace, where: str | None, files: IndexFiles, catalog: Catalog, disk: DiskTier | None
+    args: argparse.Namespace, where: str | None, files: IndexFiles, catalog: Catalog, disk: Tier | None
 ) -> dict[str, Any]:
     """What ``/.idcfs/version`` says: what is served, from where, with which cache."""
     return {
@@ -160,7 +161,7 @@ def _tree_info(
         "source": args.source,
         "endpoint_url": args.endpoint_url,
         "cache_dir": str(args.cache_dir),
-        "cache_size": disk.size_limit if disk else 0,
+        "cache_size": disk.capacity if disk else 0,
         "block_size": args.block_size,
         "prefetch": args.prefetch,
         "warnings": catalog.info.get("warnings", []),

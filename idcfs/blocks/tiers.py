@@ -1,0 +1,120 @@
+"""Where blocks are kept: the tier interface, and the memory tier.
+
+The block cache (:mod:`idcfs.blocks.cache`) composes a memory tier in front of an optional disk
+tier (:class:`~idcfs.blocks.disk_tier.DiskTier`); both answer :class:`Tier`, so a tier can be
+added or left out without the cache's claim, fetch and settle logic changing (mountpoint-s3's
+``DataCache`` and its multilevel cache are the model).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from cachetools import LRUCache
+
+from idcfs.blocks.buffers import Block, recycle_if_unreferenced
+
+
+class Tier(Protocol):
+    """Blocks by key. A block is immutable: a key's bytes never change, so nothing is
+    revalidated; a tier may drop any block at any time."""
+
+    def get(self, key: str, length: int) -> Block | None:
+        """The block of exactly ``length`` bytes, or None (absent, or not as expected)."""
+        ...
+
+    def put(self, key: str, block: Block, wait: bool = True, stream: bool = False) -> None:
+        """Keep ``block`` if there is room (``wait``: for room in a write queue; ``stream``: a
+        block of a sequential read, not worth the page cache)."""
+        ...
+
+    @property
+    def bytes_used(self) -> int: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    def close(self) -> None:
+        """Finish what is under way (a disk tier's writes); the tier is not used after."""
+        ...
+
+
+class _EvictionAwareLRU(LRUCache[str, Block]):
+    """An LRU that tells ``on_evict`` what it pushes out."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[str], None]) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=len)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, Block]:
+        key, value = super().popitem()
+        self._on_evict(key)
+        # Its buffer serves the next body, if nobody holds the block any more (``value`` is
+        # the one reference left then: cachetools' caller drops what we return).
+        recycle_if_unreferenced(value)
+        return key, value
+
+
+class MemoryTier:
+    """A byte-capped LRU of blocks, and which of them were fetched ahead of demand and not read
+    yet (so the cache can tell prefetch that was useful from prefetch that was wasted).
+
+    Locks: ``_lock`` guards the LRU and that bookkeeping, nothing else; held, it may take the
+    buffer pool's lock (an evicted block's buffer goes back), never another.
+    """
+
+    def __init__(self, max_bytes: int, on_wasted: Callable[[int], None]) -> None:
+        self._lru = _EvictionAwareLRU(max(1, max_bytes), self._evicted)
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._on_wasted = on_wasted
+        #: Blocks fetched ahead of demand and not read yet: key -> its length (bounded by the
+        #: LRU, since eviction removes them).
+        self._unread: dict[str, int] = {}
+
+    def _evicted(self, key: str) -> None:  # with self._lock held
+        size = self._unread.pop(key, None)
+        if size is not None:
+            self._on_wasted(size)
+
+    def get(self, key: str, length: int = 0) -> Block | None:
+        with self._lock:
+            return self._lru.get(key)
+
+    def put(self, key: str, block: Block, wait: bool = True, stream: bool = False, ahead: bool = False) -> None:
+        """``ahead``: fetched ahead of demand (counted useful when read, wasted when evicted)."""
+        if len(block) <= self._max_bytes:
+            with self._lock:
+                self._lru[key] = block
+                if ahead:
+                    self._unread[key] = len(block)
+
+    def contains(self, key: str) -> bool:
+        with self._lock:
+            return key in self._lru
+
+    def take_unread(self, key: str) -> int | None:
+        """A demand read used ``key``: its length if it was fetched ahead and not read before."""
+        if not self._unread:  # the common case, without the lock (a stale answer costs a count)
+            return None
+        with self._lock:
+            return self._unread.pop(key, None)
+
+    @property
+    def unread_bytes(self) -> int:
+        with self._lock:
+            return sum(self._unread.values())
+
+    @property
+    def bytes_used(self) -> int:
+        with self._lock:
+            return int(self._lru.currsize)
+
+    @property
+    def capacity(self) -> int:
+        return self._max_bytes
+
+    def close(self) -> None:
+        pass
