@@ -63,6 +63,7 @@ def shared_catalogs(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("IDCFS_CATALOG_DIR", None)
     else:
         os.environ["IDCFS_CATALOG_DIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)  # ~700 MB; the next run builds its own (a mapped file stays valid)
 
 
 @pytest.fixture(scope="session")
