@@ -22,6 +22,7 @@ from typing import Any
 from idcfs.catalog.identifiers import SERIES_ID_COLUMNS
 from idcfs.catalog.layout import escape_name
 from idcfs.config.options import OPTIONS_BY_NAME, default_cache_dir
+from idcfs.config.sources import ConfigError, as_flags, check_given
 from idcfs.service.mounting import MountError, mount_info, mount_of, unmount
 from idcfs.service.report import read_stats
 from idcfs.util.suggest import did_you_mean
@@ -158,27 +159,15 @@ def _cli_message(stderr: str) -> str:
 
 def _flags(options: dict[str, Any]) -> list[str]:
     """Keyword options as the CLI's flags (which win over the environment and a config file)."""
-    argv: list[str] = []
-    for key, value in options.items():
-        option = OPTIONS_BY_NAME.get(key)
-        if option is None or key in _NOT_API_OPTIONS:
-            known = [name for name in OPTIONS_BY_NAME if name not in _NOT_API_OPTIONS]
+    known = [name for name in OPTIONS_BY_NAME if name not in _NOT_API_OPTIONS]
+    for key in options:
+        if key not in known:
             raise TypeError(f"mount() got an unknown option {key!r}{did_you_mean(key, known)}")
-        if value is None:
-            continue
-        if option.kind == "bool":
-            if not isinstance(value, bool):
-                raise TypeError(f"mount() option {key!r} must be True or False, not {value!r}")
-            if value:
-                argv.append(option.flag)
-            elif not key.startswith("no_"):
-                argv.append("--no-" + option.flag[2:])
-        elif option.kind == "list":
-            for item in [value] if isinstance(value, str) else list(value):
-                argv += [option.flag, str(item)]
-        else:
-            argv.append(f"{option.flag}={os.fspath(value) if isinstance(value, os.PathLike) else value}")
-    return argv
+    try:
+        checked = check_given(options, "mount()")
+    except ConfigError as error:
+        raise TypeError(str(error)) from None
+    return as_flags(checked, skip=_NOT_API_OPTIONS, given_only=True)
 
 
 def series_identifiers(series: Any) -> list[str]:

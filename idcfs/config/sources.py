@@ -222,14 +222,18 @@ def resolve(
     return values, dash_o
 
 
-def as_flags(values: Mapping[str, Any], skip: Iterable[str] = ("foreground", "config")) -> list[str]:
-    """Resolved values as command-line flags again (they win over every other source), so a
-    daemon started with them sees exactly what the resolving command saw."""
+def as_flags(
+    values: Mapping[str, Any], skip: Iterable[str] = ("foreground", "config"), given_only: bool = False
+) -> list[str]:
+    """Values as command-line flags again (they win over every other source): every resolved
+    value, so a daemon started with them sees exactly what the resolving command saw; or, with
+    ``given_only``, just the options in ``values`` (the environment and a file still apply to
+    the rest, as for a command typed with those flags)."""
     skipped = set(skip)
     argv: list[str] = []
     for option in MOUNT_OPTIONS:
         value = values.get(option.name)
-        if option.name in skipped:
+        if option.name in skipped or (given_only and option.name not in values):
             continue
         if option.kind == "bool" and option.name.startswith("no_"):
             argv += [option.flag] if value else []  # off is its default: nothing to say
@@ -239,8 +243,28 @@ def as_flags(values: Mapping[str, Any], skip: Iterable[str] = ("foreground", "co
             for item in value or ():
                 argv += [option.flag, item]
         elif value is not None:
-            argv += [option.flag, str(value)]
+            argv.append(f"{option.flag}={value}")  # one word: a value may start with '-'
     return argv
+
+
+def check_given(given: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """Values given by option name from Python (keyword arguments), checked and converted as a
+    config file's are; None means not given. Paths may be ``os.PathLike``, lists any iterable."""
+    names = [option.name for option in MOUNT_OPTIONS]
+    checked: dict[str, Any] = {}
+    for key, value in given.items():
+        name = _key(key)
+        if name not in OPTIONS_BY_NAME:
+            raise _unknown(name, origin, names)
+        if value is None:
+            continue
+        option = OPTIONS_BY_NAME[name]
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        elif option.kind == "list" and not isinstance(value, str):
+            value = [os.fspath(item) if isinstance(item, os.PathLike) else item for item in value]
+        checked[name] = convert(option, value, origin)
+    return checked
 
 
 def tree_options(
@@ -249,19 +273,7 @@ def tree_options(
     """Every option's value for a face opened from Python (``idc://``, a test): keyword values
     by option name, checked and converted as a config file's are, over the environment and the
     defaults. An ``argparse.Namespace``, as the daemon's options are."""
-    names = [option.name for option in MOUNT_OPTIONS]
-    checked: dict[str, Any] = {}
-    for key, value in given.items():
-        name = _key(key)
-        if name not in OPTIONS_BY_NAME:
-            raise _unknown(name, origin, names)
-        option = OPTIONS_BY_NAME[name]
-        if value is None:
-            continue
-        if option.is_path:
-            value = str(value)
-        checked[name] = convert(option, value, origin)
-    values, _ = resolve(checked, environ=environ)
+    values, _ = resolve(check_given(given, origin), environ=environ)
     options = argparse.Namespace(**values)
     options.cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     return options
