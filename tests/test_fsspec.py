@@ -1,0 +1,138 @@
+"""``idc://``: the tree through fsspec, in this process, with no FUSE, against the local S3 server
+(through the counting proxy). Real clients: fsspec's own API and pydicom."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import fsspec
+import pydicom
+import pytest
+
+from idcfs.config.sources import ConfigError
+from idcfs.fsspec import IdcFileSystem
+from tests.conftest import source_file
+from tests.testbed.dicomgen import GeneratedSeries
+
+
+@pytest.fixture(scope="module")
+def idc(generated, s3_proxy, tmp_path_factory) -> Iterator[IdcFileSystem]:
+    fs = fsspec.filesystem(
+        "idc",
+        skip_instance_cache=True,
+        endpoint_url=s3_proxy.url,
+        cache_dir=tmp_path_factory.mktemp("idc-fsspec"),
+        collection=sorted({s.collection_id for s in generated}),
+        block_size="64K",
+    )
+    yield fs
+    fs.vfs.close()
+
+
+def first(generated: list[GeneratedSeries]) -> GeneratedSeries:
+    return next(s for s in generated if s.modality != "SM" and len(s.files) > 1)
+
+
+def test_the_protocol_is_registered_and_opens_a_file_as_fsspec_does(idc, generated):
+    assert fsspec.get_filesystem_class("idc") is IdcFileSystem
+    series = first(generated)
+    name = series.files[0].name
+    with idc.open(f"idc://{series.path}/{name}", "rb") as f:
+        assert f.read() == source_file(series, name).read_bytes()
+
+
+def test_ls_info_and_exact_sizes(idc, generated):
+    series = first(generated)
+    collection = series.path.split("/")[0]
+    assert collection in idc.ls("", detail=False)
+    assert idc.info(collection)["type"] == "directory"
+    listed = idc.ls(f"idc://{series.path}", detail=True)
+    assert sorted((d["name"].rsplit("/", 1)[1], d["size"], d["type"]) for d in listed) == sorted(
+        (f.name, f.size, "file") for f in series.files
+    )
+    info = idc.info(f"{series.path}/{series.files[0].name}")
+    assert info["size"] == series.files[0].size and info["type"] == "file"
+    assert info["user.idc.crdc_series_uuid"] == series.crdc_series_uuid
+    assert idc.isdir(series.path) and idc.isfile(f"{series.path}/{series.files[0].name}")
+
+
+def test_walking_above_the_series_level_needs_no_request(idc, s3_proxy, generated):
+    series = first(generated)
+    patient = "/".join(series.path.split("/")[:2])
+    s3_proxy.log.clear()
+    studies = idc.ls(patient, detail=False)
+    assert series.path.rsplit("/", 1)[0] in studies
+    assert s3_proxy.log.count(contains="list-type") == 0  # (an earlier read's series prefetch may be GETting)
+
+
+def test_ranges_seek_and_cat(idc, generated):
+    series = first(generated)
+    name = series.files[0].name
+    path = f"{series.path}/{name}"
+    expected = source_file(series, name).read_bytes()
+    assert idc.cat_file(path, 100, 200) == expected[100:200]
+    assert idc.cat_file(path, -10) == expected[-10:]
+    assert idc.cat_file(path, 0, 10**9) == expected
+    assert idc.cat(path) == expected
+    with idc.open(path) as f:
+        f.seek(1000)
+        assert f.read(5) == expected[1000:1005]
+        f.seek(-3, 2)
+        assert f.read() == expected[-3:]
+
+
+def test_pydicom_reads_a_file_object(idc, generated):
+    series = first(generated)
+    name = series.files[0].name
+    with idc.open(f"{series.path}/{name}") as f:
+        dataset = pydicom.dcmread(f)
+    assert dataset.SeriesInstanceUID == series.series_uid
+
+
+def test_errors_are_pythons(idc, generated):
+    series = first(generated)
+    with pytest.raises(FileNotFoundError):
+        idc.info("no_such_collection")
+    with pytest.raises(FileNotFoundError):
+        idc.open(f"{series.path}/no_such_object.dcm")
+    assert not idc.exists(f"{series.path}/no_such_object.dcm") and idc.exists(series.path)
+    with pytest.raises(IsADirectoryError):
+        idc.open(series.path)
+    for write in (
+        lambda: idc.open(f"{series.path}/new.dcm", "wb"),
+        lambda: idc.rm(f"{series.path}/{series.files[0].name}"),
+        lambda: idc.mkdir(f"{series.path}/sub"),
+        lambda: idc.pipe_file(f"{series.path}/x", b"x"),
+    ):
+        with pytest.raises(PermissionError):
+            write()
+
+
+def test_identifiers_to_paths(idc, generated):
+    series = first(generated)
+    assert idc.path(series.series_uid) == [series.path]
+    assert idc.path("1.2.3.4.no.such.uid") == []
+
+
+def test_options_come_from_the_one_table(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean cache_size"):
+        IdcFileSystem(skip_instance_cache=True, cache_sise="1G", cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="prefetch"):
+        IdcFileSystem(skip_instance_cache=True, prefetch="always", cache_dir=tmp_path)
+
+
+def test_the_face_never_imports_fuse():
+    code = "import sys, idcfs.fsspec; print(sorted(m for m in sys.modules if 'fuse' in m))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_find_and_glob_of_a_series(idc, generated):
+    series = first(generated)
+    expected = sorted(f"{series.path}/{f.name}" for f in series.files)
+    assert idc.find(series.path) == expected
+    assert sorted(idc.glob(f"idc://{series.path}/*.dcm")) == expected
+    study = series.path.rsplit("/", 1)[0]
+    assert f"{series.path}/{series.files[0].name}" in idc.find(study)
