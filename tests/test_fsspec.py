@@ -13,7 +13,7 @@ import pytest
 
 from idcfs.config.sources import ConfigError
 from idcfs.fsspec import IdcFileSystem
-from tests.conftest import source_file
+from tests.conftest import requires_fuse, source_file, wait_until
 from tests.testbed.dicomgen import GeneratedSeries
 
 
@@ -136,3 +136,47 @@ def test_find_and_glob_of_a_series(idc, generated):
     assert sorted(idc.glob(f"idc://{series.path}/*.dcm")) == expected
     study = series.path.rsplit("/", 1)[0]
     assert f"{series.path}/{series.files[0].name}" in idc.find(study)
+
+
+@pytest.mark.integration
+@requires_fuse
+def test_one_cache_folder_serves_idc_and_a_mount_both_ways(generated, s3_proxy, mount_factory, tmp_path):
+    """A series read through ``idc://`` is warm for a mount on the same cache folder, and the
+    reverse, while both are live (block files are found by name; listings by their store)."""
+    cache = tmp_path / "shared-cache"
+    by_idc, by_mount = [s for s in generated if s.modality != "SM" and s.files][:2]
+    collections = sorted({by_idc.collection_id, by_mount.collection_id})
+    options = {"endpoint_url": s3_proxy.url, "cache_dir": cache, "block_size": "64K", "prefetch": "off"}
+    fs = IdcFileSystem(skip_instance_cache=True, collection=collections, **options)
+    mount = mount_factory(
+        s3_proxy.url, "--cache-dir", str(cache), "--prefetch", "off", *(f"--collection={c}" for c in collections)
+    )
+    try:
+        for series, reader, other in ((by_idc, "idc", "mount"), (by_mount, "mount", "idc")):
+            total = sum(f.size for f in series.files)
+            for f in series.files:
+                data = (
+                    fs.cat_file(f"{series.path}/{f.name}")
+                    if reader == "idc"
+                    else (mount.series_dir(series) / f.name).read_bytes()
+                )
+                assert data == source_file(series, f.name).read_bytes()
+            writer_stats = (lambda: fs.vfs.stats()) if reader == "idc" else (lambda: _mount_stats(mount))
+            assert wait_until(lambda ws=writer_stats, t=total: ws()["cache"]["disk"]["bytes"] >= t, 30)
+            s3_proxy.log.clear()
+            for f in series.files:
+                data = (
+                    fs.cat_file(f"{series.path}/{f.name}")
+                    if other == "idc"
+                    else (mount.series_dir(series) / f.name).read_bytes()
+                )
+                assert data == source_file(series, f.name).read_bytes()
+            assert s3_proxy.log.count() == 0, f"{other} after {reader}: {s3_proxy.log.requests}"
+    finally:
+        fs.vfs.close()
+
+
+def _mount_stats(mount) -> dict:
+    import json
+
+    return json.loads((mount.path / ".idcfs" / "stats").read_text())
