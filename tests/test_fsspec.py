@@ -151,27 +151,24 @@ def test_one_cache_folder_serves_idc_and_a_mount_both_ways(generated, s3_proxy, 
     mount = mount_factory(
         s3_proxy.url, "--cache-dir", str(cache), "--prefetch", "off", *(f"--collection={c}" for c in collections)
     )
+    faces = {
+        "idc": (lambda series, name: fs.cat_file(f"{series.path}/{name}"), lambda: fs.vfs.stats()),
+        "mount": (lambda series, name: (mount.series_dir(series) / name).read_bytes(), lambda: _mount_stats(mount)),
+    }
+
+    def read_whole_series(face: str, series: GeneratedSeries) -> None:
+        read = faces[face][0]
+        for f in series.files:
+            assert read(series, f.name) == source_file(series, f.name).read_bytes()
+
     try:
-        for series, reader, other in ((by_idc, "idc", "mount"), (by_mount, "mount", "idc")):
-            total = sum(f.size for f in series.files)
-            for f in series.files:
-                data = (
-                    fs.cat_file(f"{series.path}/{f.name}")
-                    if reader == "idc"
-                    else (mount.series_dir(series) / f.name).read_bytes()
-                )
-                assert data == source_file(series, f.name).read_bytes()
-            writer_stats = (lambda: fs.vfs.stats()) if reader == "idc" else (lambda: _mount_stats(mount))
+        for series, writer, other in ((by_idc, "idc", "mount"), (by_mount, "mount", "idc")):
+            read_whole_series(writer, series)
+            total, writer_stats = sum(f.size for f in series.files), faces[writer][1]
             assert wait_until(lambda ws=writer_stats, t=total: ws()["cache"]["disk"]["bytes"] >= t, 30)
             s3_proxy.log.clear()
-            for f in series.files:
-                data = (
-                    fs.cat_file(f"{series.path}/{f.name}")
-                    if other == "idc"
-                    else (mount.series_dir(series) / f.name).read_bytes()
-                )
-                assert data == source_file(series, f.name).read_bytes()
-            assert s3_proxy.log.count() == 0, f"{other} after {reader}: {s3_proxy.log.requests}"
+            read_whole_series(other, series)
+            assert s3_proxy.log.count() == 0, f"{other} after {writer}: {s3_proxy.log.requests}"
     finally:
         fs.vfs.close()
 

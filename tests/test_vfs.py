@@ -17,7 +17,7 @@ from idcfs.config.sources import ConfigError, tree_options
 from idcfs.remote.retry import StoreError
 from idcfs.service.stack import open_tree
 from idcfs.vfs.vfs import Vfs
-from tests.conftest import source_file
+from tests.conftest import source_file, wait_until
 from tests.testbed.dicomgen import GeneratedSeries
 
 
@@ -205,8 +205,7 @@ def test_series_prefetch_fetches_the_rest_of_a_series_after_the_first_read(gener
     try:
         read_all(tree, f"{series.path}/{series.files[0].name}")
         total = sum(f.size for f in series.files)
-        deadline_ok = _wait(lambda: tree.stats()["prefetch"]["completed"] >= len(series.files) - 1)
-        assert deadline_ok
+        assert wait_until(lambda: tree.stats()["prefetch"]["completed"] >= len(series.files) - 1, 20)
         s3_proxy.log.clear()
         for f in series.files[1:]:
             assert read_all(tree, f"{series.path}/{f.name}") == source_file(series, f.name).read_bytes()
@@ -253,7 +252,9 @@ def test_the_core_imports_no_fuse():
     assert result.stdout.strip() == "[]"
 
 
-def _wait(condition, timeout: float = 20.0) -> bool:
-    from tests.conftest import wait_until
-
-    return wait_until(condition, timeout)
+def test_listing_with_sizes_matches_stat(vfs, generated):
+    series = first(generated)
+    assert list(vfs.list_sized(series.path)) == sorted((f.name, False, f.size) for f in series.files)
+    control = {name: (is_dir, size) for name, is_dir, size in vfs.list_sized("/.idcfs")}
+    assert control["by-id"] == (True, 0) and control["version"] == (False, vfs.stat("/.idcfs/version").size)
+    assert all(is_dir and size == 0 for _, is_dir, size in vfs.list_sized(series.path.split("/")[0]))

@@ -81,16 +81,10 @@ class IdcFileSystem(AbstractFileSystem):
 
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         path = self._strip_protocol(path)
-        listing = self.vfs.list(path)
         prefix = f"{path}/" if path else ""
         if not detail:
-            return [prefix + name for name, _ in listing]
-        out = []
-        for name, is_dir in listing:
-            full = prefix + name
-            size = 0 if is_dir else self.vfs.stat(full).size  # a file's size: from the cached listing
-            out.append(self._details(full, is_dir, size))
-        return out
+            return [prefix + name for name, _ in self.vfs.list(path)]
+        return [self._details(prefix + name, is_dir, size) for name, is_dir, size in self.vfs.list_sized(path)]
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         try:

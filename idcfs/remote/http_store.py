@@ -70,14 +70,11 @@ class HttpStore:
         prefix = f"{series_uuid}/"
         what = f"LIST {object_url(self.source, aws_bucket, prefix)}"
         deadline = time.monotonic() + self.retry.deadline
-        page = self._page
         objects = ObjectTableBuilder()  # each page goes into its buffers and is gone
         token: str | None = None
         while True:
             try:
-                items, token = self._with_retries(
-                    what, functools.partial(_page_of, page, bucket, prefix, token), deadline
-                )
+                items, token = self._with_retries(what, functools.partial(self._page, bucket, prefix, token), deadline)
             except NotFoundError:
                 return ObjectTableBuilder().build()  # a bucket or prefix that is not there holds no objects
             objects.extend(items)
@@ -212,13 +209,3 @@ def _split(data: bytes | bytearray, sizes: list[int], allocate: Allocate) -> lis
         out.append(block)
         offset += size
     return out
-
-
-def _page_of(
-    page: Callable[[str, str, str | None, float], tuple[list[ObjectInfo], str | None]],
-    bucket: str,
-    prefix: str,
-    token: str | None,
-    timeout: float,
-) -> tuple[list[ObjectInfo], str | None]:
-    return page(bucket, prefix, token, timeout)

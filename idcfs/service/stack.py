@@ -104,7 +104,7 @@ def _open_catalog(args: argparse.Namespace) -> tuple[IndexFiles, Snapshot]:
 
 def catalog_dir(args: argparse.Namespace) -> Path:
     """Where built catalogs are kept: ``--catalog-dir``, else ``CACHE_DIR/catalogs``."""
-    return Path(args.catalog_dir) if getattr(args, "catalog_dir", None) else args.cache_dir / "catalogs"
+    return Path(args.catalog_dir) if args.catalog_dir else args.cache_dir / "catalogs"
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

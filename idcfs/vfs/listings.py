@@ -13,13 +13,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
 from idcfs.blocks.singleflight import SingleFlight
+from idcfs.remote.buckets import object_url
 from idcfs.remote.objects import ObjectInfo, ObjectTable
 from idcfs.vfs.listing import SeriesListing
+
+if TYPE_CHECKING:
+    from idcfs.remote.store import Store
+    from idcfs.vfs.series_rows import SeriesRows
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +160,13 @@ class ListingPath:
     def __init__(
         self,
         listings: ListingCache[SeriesListing],
-        store: Any,
-        series: Any,
+        store: Store,
+        series: SeriesRows,
         run_ahead: Callable[[Callable[[], None]], None] | None,
     ) -> None:
         self.cache = listings
         self._store = store
-        self._series = series  # a SeriesRows: a row's UUID and bucket
+        self._series = series
         self._run_ahead = run_ahead  # None: never ahead of demand (prefetch off)
         self._ahead: set[str] = set()  # series whose listing is queued or being fetched ahead
         self._ahead_lock = threading.Lock()
@@ -181,8 +186,6 @@ class ListingPath:
     def _warn_empty(self, uuid: str, bucket: str) -> None:
         """An empty series is asked again at every lookup (it may not be there yet): logged
         once, not at each of them (a ``find`` would write a line per lookup)."""
-        from idcfs.remote.buckets import object_url
-
         with self._ahead_lock:
             if uuid in self._warned:
                 return

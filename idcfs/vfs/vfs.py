@@ -109,7 +109,7 @@ class Vfs:
         self._entries_lock = threading.Lock()
         # The folders of the paths in use (the tree never changes): each operation on a file
         # resolved its folder again, a binary search per level.
-        self._folder = _lru(self._lookup_folder, ROWS_KEPT)
+        self._folder = functools.lru_cache(maxsize=ROWS_KEPT)(self._lookup_folder)
         self._total_bytes = int((pc.sum(self.catalog.series.column("series_size_MB")).as_py() or 0) * 1e6)
         self._release_ns = int(self.catalog.release_time() * 1e9)
 
@@ -176,21 +176,38 @@ class Vfs:
 
     def require_folder(self, path: str) -> None:
         """Nothing when ``path`` is a folder; else why not (not found, or not a folder)."""
+        self._folder_at(path)
+
+    def _folder_at(self, path: str) -> Node | ControlFolder:
         folder, name = self._resolve(path)
         if name is not None:
-            self._control_or_object(folder, name, path)
+            self._control_or_object(folder, name, path)  # not found, or a file
             raise errors.not_a_folder(path)
+        return folder
 
     def list(self, path: str) -> Iterable[tuple[str, bool]]:
         """The entries of the folder ``path`` as (name, is a folder), sorted; without ``.`` and
         ``..``. A series folder's names come straight from its listing, one at a time (a
         92,000-entry folder costs no copy)."""
-        folder, name = self._resolve(path)
-        if name is not None:
-            self._control_or_object(folder, name, path)  # not found, or a file
-            raise errors.not_a_folder(path)
+        folder = self._folder_at(path)
         if isinstance(folder, Node) and self.tree.is_series(folder):
             return _files(self.listings.get(folder.index).entry_names())
+        return self._folder_entries(folder)
+
+    def list_sized(self, path: str) -> Iterable[tuple[str, bool, int]]:
+        """:meth:`list` with each file's exact size (0 for a folder), from the listing itself: a
+        face that shows sizes (fsspec's ``ls``, a WebDAV PROPFIND) needs no lookup per file."""
+        folder = self._folder_at(path)
+        if isinstance(folder, Node) and self.tree.is_series(folder):
+            listing = self.listings.get(folder.index)
+            return ((name, False, size) for name, size in zip(listing.entry_names(), listing.sizes, strict=True))
+        if folder is CONTROL:
+            return ((name, is_dir, 0 if is_dir else self.stat(f"{CONTROL_DIR}/{name}").size)
+                    for name, is_dir in self._folder_entries(folder))  # fmt: skip
+        return ((name, is_dir, 0) for name, is_dir in self._folder_entries(folder))
+
+    def _folder_entries(self, folder: Node | ControlFolder) -> builtins.list[tuple[str, bool]]:
+        """The entries of a folder above the series level (or of a control folder), kept."""
         with self._entries_lock:
             entries = self._entries.get(folder)
         if entries is None:
@@ -329,7 +346,3 @@ class Vfs:
 
 def _files(names: Iterator[str]) -> Iterator[tuple[str, bool]]:
     return ((name, False) for name in names)
-
-
-def _lru(function: Any, size: int) -> Any:
-    return functools.lru_cache(maxsize=size)(function)
