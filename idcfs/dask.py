@@ -19,7 +19,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from idcfs.api import Mount, series_identifiers
@@ -31,13 +30,17 @@ __all__ = ["map_series", "place_series"]
 
 def map_series(
     client: Any,
-    func: Callable[[Path], Any],
+    func: Callable[[Any], Any],
     series: Any,
-    mountpoint: str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str] | None = None,
     *,
+    fs: Any = None,
     retries: int = 0,
 ) -> Any:
     """Run ``func(series_folder)`` for every series on the cluster of ``client``; a DataFrame.
+
+    Through the workers' mounts at ``mountpoint`` (``func`` gets a ``Path``), or through
+    ``idc://`` with the options of ``fs``, an ``IdcFileSystem`` (``func`` gets a ``UPath``).
 
     ``series``: a DataFrame (an idc-index ``sql_query`` result) with a crdc_series_uuid or
     SeriesInstanceUID column, or identifiers. When the workers' mounts are shards, a
@@ -48,19 +51,27 @@ def map_series(
     """
     import pandas as pd
 
+    if (mountpoint is None) == (fs is None):
+        raise TypeError("map_series: give the workers' mountpoint or an idc:// filesystem (fs=), one of them")
     identifiers = series_identifiers(series)
-    mounts = client.run(_mount_facts, str(mountpoint))
-    placement = place_series(
-        identifiers, mounts, _patients(series), lambda ids: client.run(_held, str(mountpoint), ids)
-    )
     futures, rows = [], []
+    if fs is not None:
+        placement = Placement()
+        placement.groups.append(([], identifiers))  # any worker: each opens idc:// itself
+        where: dict[str, Any] = {"fs": fs}
+    else:
+        mounts = client.run(_mount_facts, str(mountpoint))
+        placement = place_series(
+            identifiers, mounts, _patients(series), lambda ids: client.run(_held, str(mountpoint), ids)
+        )
+        where = {"mountpoint": str(mountpoint)}
     for workers, group in placement.groups:
         futures += client.map(
             _run_one,
             group,
             function=func,
-            mountpoint=str(mountpoint),
-            workers=workers,
+            **where,
+            workers=workers or None,
             allow_other_workers=False,
             pure=False,
             retries=retries,
@@ -162,15 +173,29 @@ def _held(mountpoint: str, identifiers: list[str]) -> list[str]:
     return [identifier for identifier in identifiers if mount.paths(identifier)]
 
 
-def _run_one(identifier: str, function: Callable[[Path], Any], mountpoint: str) -> dict[str, Any]:
+def _series_folder(identifier: str, mountpoint: str | None, fs: Any) -> Any:
+    """On a worker: the series' folder, in the node's mount (a Path) or in ``idc://`` (a UPath)."""
+    if fs is None:
+        folders = Mount(str(mountpoint)).paths(identifier)
+        if not folders:
+            raise LookupError(f"not in the mount {mountpoint} of {socket.gethostname()}")
+        return folders[0]
+    from upath import UPath
+
+    found = fs.path(identifier)
+    if not found:
+        raise LookupError("not in the idc:// tree of the options given")
+    return UPath(f"idc://{found[0]}", **fs.storage_options)
+
+
+def _run_one(
+    identifier: str, function: Callable[[Any], Any], mountpoint: str | None = None, fs: Any = None
+) -> dict[str, Any]:
     """On a worker: ``func`` over the series folder, as a row (its error caught, as text)."""
     started = time.perf_counter()
     folder = None
     try:
-        folders = Mount(mountpoint).paths(identifier)
-        if not folders:
-            raise LookupError(f"not in the mount {mountpoint} of {socket.gethostname()}")
-        folder = folders[0]
+        folder = _series_folder(identifier, mountpoint, fs)
         result = function(folder)
     except Exception as error:  # noqa: BLE001 - one series' failure is its row, not the cohort's end
         reason = f"{type(error).__name__}: {error}"
@@ -179,7 +204,7 @@ def _run_one(identifier: str, function: Callable[[Path], Any], mountpoint: str) 
 
 
 def _row(
-    identifier: str, folder: Path | None, result: Any, seconds: float, error: str | None, host: str | None
+    identifier: str, folder: Any, result: Any, seconds: float, error: str | None, host: str | None
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "series": identifier,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from idcfs.config.sources import ConfigError
 from idcfs.fsspec import IdcFileSystem
 from tests.conftest import requires_fuse, source_file, wait_until
 from tests.testbed.dicomgen import GeneratedSeries
+from tests.testbed.proxy import CountingProxy
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +179,127 @@ def _mount_stats(mount) -> dict:
     import json
 
     return json.loads((mount.path / ".idcfs" / "stats").read_text())
+
+
+def test_walk_stays_above_the_series_and_get_copies_a_series(idc, s3_proxy, generated, tmp_path):
+    series = first(generated)
+    patient = "/".join(series.path.split("/")[:2])
+    s3_proxy.log.clear()
+    walked = {folder: (sorted(dirs), sorted(files)) for folder, dirs, files in idc.walk(patient, maxdepth=2)}
+    assert walked[series.path.rsplit("/", 1)[0]][0].count(series.path.rsplit("/", 1)[1]) == 1
+    assert s3_proxy.log.count(contains="list-type") == 0  # a series folder is listed only when entered
+    idc.get(f"idc://{series.path}/", str(tmp_path / "copy"), recursive=True)
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == sorted(f.name for f in series.files)
+    for f in series.files:
+        assert (tmp_path / "copy" / f.name).read_bytes() == source_file(series, f.name).read_bytes()
+
+
+def test_cat_ranges_reads_many_ranges_and_returns_each_failure_in_place(idc, generated):
+    series = first(generated)
+    names = [f.name for f in series.files[:3]]
+    data = {name: source_file(series, name).read_bytes() for name in names}
+    paths = [f"{series.path}/{name}" for name in names for _ in range(4)]
+    starts = [0, 100, -50, 7] * len(names)
+    ends = [10, 4000, None, 7] * len(names)
+    got = idc.cat_ranges(paths, starts, ends)
+    for path, start, end, seen in zip(paths, starts, ends, got, strict=True):
+        assert seen == data[path.rsplit("/", 1)[1]][start:end]
+    missing = f"{series.path}/no_such_object.dcm"
+    mixed = idc.cat_ranges([paths[0], missing], [0, 0], [5, 5])
+    assert mixed[0] == data[names[0]][:5] and isinstance(mixed[1], FileNotFoundError)
+    with pytest.raises(FileNotFoundError):
+        idc.cat_ranges([missing], [0], [5], on_error="raise")
+    with pytest.raises(ValueError):
+        idc.cat_ranges(paths[:2], [0], [5])
+
+
+def test_prefetch_fills_the_cache_that_a_new_tree_then_reads_without_a_request(generated, s3_proxy, tmp_path, capsys):
+    series = [s for s in generated if s.modality != "SM" and len(s.files) > 1][1]
+    options = {"endpoint_url": s3_proxy.url, "cache_dir": tmp_path / "cache", "block_size": "64K"}
+    fs = IdcFileSystem(skip_instance_cache=True, collection=[series.collection_id], prefetch="off", **options)
+    try:
+        result = fs.prefetch(f"idc://{series.path}", progress=True)
+        assert (result.files, result.bytes, result.failures) == (
+            len(series.files),
+            sum(f.size for f in series.files),
+            [],
+        )
+        assert "prefetch" in capsys.readouterr().err  # tqdm's bar, asked for
+        assert wait_until(lambda: fs.vfs.stats()["cache"]["disk"]["bytes"] >= result.bytes, 30)
+    finally:
+        fs.vfs.close()
+    again = IdcFileSystem(skip_instance_cache=True, collection=[series.collection_id], **options)
+    try:
+        s3_proxy.log.clear()
+        for f in series.files:
+            assert again.cat_file(f"{series.path}/{f.name}") == source_file(series, f.name).read_bytes()
+        assert s3_proxy.log.count("GET") == 0
+    finally:
+        again.vfs.close()
+
+
+def test_prefetch_refuses_what_the_disk_cache_cannot_hold(large_object, s3_proxy, tmp_path):
+    fs = IdcFileSystem(
+        skip_instance_cache=True,
+        endpoint_url=s3_proxy.url,
+        cache_dir=tmp_path,
+        cache_size="4M",
+        collection=[large_object.series.collection_id],
+    )
+    try:
+        s3_proxy.log.clear()
+        with pytest.raises(OSError, match="would not fit in the disk cache") as raised:
+            fs.prefetch(large_object.series.path, progress=False)
+        assert raised.value.errno == errno.ENOSPC and "8.0 MiB" in str(raised.value)
+        assert s3_proxy.log.count("GET") == s3_proxy.log.count(contains="list-type")  # no object read
+    finally:
+        fs.vfs.close()
+
+
+def test_a_network_failure_is_an_oserror_with_its_reason_never_partial_bytes(s3_upstream, generated, tmp_path):
+    series = first(generated)
+    name = series.files[0].name
+    with CountingProxy(s3_upstream.url) as proxy:
+        fs = IdcFileSystem(
+            skip_instance_cache=True,
+            endpoint_url=proxy.url,
+            cache_dir=tmp_path,
+            collection=[series.collection_id],
+            retry_deadline="1",
+            request_timeout="1",
+        )
+        try:
+            assert fs.info(f"{series.path}/{name}")["size"] == series.files[0].size  # listings still answer
+            proxy.fault = lambda method, path: 503 if "list-type" not in path else None
+            with pytest.raises(OSError) as raised:
+                fs.cat_file(f"{series.path}/{name}")
+            assert not isinstance(raised.value, FileNotFoundError) and "503" in str(raised.value)
+            with fs.open(f"{series.path}/{name}") as f, pytest.raises(OSError):
+                f.read()
+            proxy.fault = None  # the cause gone, nothing of it is remembered
+            assert fs.cat_file(f"{series.path}/{name}") == source_file(series, name).read_bytes()
+        finally:
+            fs.vfs.close()
+
+
+def _read_in_child(fs: IdcFileSystem, path: str, answer) -> None:
+    answer.put(fs.cat_file(path))
+
+
+def test_a_forked_child_reads_with_a_tree_of_its_own(idc, generated):
+    """A DataLoader's or a process pool's forked worker: the parent's threads are gone there."""
+    import multiprocessing
+
+    series = first(generated)
+    path = f"{series.path}/{series.files[-1].name}"
+    idc.cat_file(path, 0, 10)  # the parent's tree is live, its threads running
+    context = multiprocessing.get_context("fork")
+    answer = context.Queue()
+    child = context.Process(target=_read_in_child, args=(idc, path, answer))
+    child.start()
+    try:
+        assert answer.get(timeout=60) == source_file(series, series.files[-1].name).read_bytes()
+    finally:
+        child.join(30)
+    assert child.exitcode == 0

@@ -7,10 +7,13 @@ block's length is checked against the object's size from the series listing befo
 Behind real cloud latency (10-50 ms a request) a reader that fetches one block at a time is
 latency-bound, so two kinds of work run ahead of demand, in a pool of background threads:
 
-- **readahead** (per open file): a read that continues where the last one ended doubles a
-  window of blocks fetched ahead in parallel, up to ``max_window`` blocks (mountpoint-s3's
-  prefetcher is the model); any other read resets it, so a DICOM header read or a random tile
-  read of a slide costs about one block, not a stream.
+- **readahead** (per open file): a read that continues where the last one ended and reaches a
+  block the stream had not reached, once the stream has read one block from end to end,
+  doubles a window of blocks fetched ahead in parallel, up to ``max_window`` blocks
+  (mountpoint-s3's prefetcher is the model); any other read resets it. A stream grows by
+  blocks consumed, not by read calls: a DICOM header parsed in hundreds of tiny reads inside
+  its first block, or a frame read after a jump (a tile, a lazy frame), costs the blocks it
+  touches, not a stream.
 - **series prefetch**: people read a series whole (viewers, dcm2niix, SimpleITK), so opening one
   instance queues the series' other objects, in listing order from the opened one, unless the
   series is larger than ``max_series_bytes``.
@@ -70,6 +73,8 @@ class ReadState:
 
     next_offset: int = 0
     window: int = 0
+    run_start: int = 0  # where the current run of sequential reads began
+    reached: int = 0  # the furthest block the current run has read
     ahead_until: int = 0  # the last block readahead has been scheduled for
     jumps: int = 0  # reads that did not continue where the last one ended
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -214,13 +219,16 @@ class Reader:
             # synchronous read and the readahead beside it are taken in either order, a few
             # blocks apart. A read starting within a few blocks of where the last ended counts.
             sequential = abs(offset - state.next_offset) <= SEQUENTIAL_SLACK_BLOCKS * self.block_size
-            state.window = min(max(1, state.window * 2), self.prefetch.max_window) if sequential else 0
             state.next_offset = max(end, state.next_offset) if sequential else end
             first, last, at_random = 1, 0, False
             if sequential:
+                first_whole = -(-state.run_start // self.block_size)  # the run's first block read from its start
+                if last_block > state.reached and last_block > first_whole:  # a whole block consumed, and more
+                    state.window = min(max(1, state.window * 2), self.prefetch.max_window)
+                state.reached = max(state.reached, last_block)
                 first, last = self._window_step(obj, last_block, state)
             else:
-                state.ahead_until = last_block
+                state.window, state.run_start, state.reached, state.ahead_until = 0, offset, last_block, last_block
                 state.jumps += 1
                 at_random = state.jumps == self.prefetch.random_after
         if at_random:

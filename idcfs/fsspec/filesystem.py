@@ -15,18 +15,28 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from idcfs.config.sources import tree_options
 from idcfs.service.stack import open_tree
+from idcfs.service.warm import WarmResult, read_files
+from idcfs.util.sizes import binary_size
 from idcfs.vfs.files import File
 from idcfs.vfs.vfs import Vfs
 
 #: What fsspec's file asks of the core per read, at least (the core's blocks are larger).
 READ_BLOCK = 1 << 20
+#: What one read of ``prefetch`` asks for: the core's readahead makes it sequential and wide.
+PREFETCH_CHUNK = 8 << 20
+#: Ranges of ``cat_ranges`` read at once (each a blocking read of the core when cold).
+RANGE_READERS = 8
 
 
 def _read_only(path: str) -> PermissionError:
@@ -48,12 +58,21 @@ class IdcFileSystem(AbstractFileSystem):
         }
         super().__init__(**fsspec_options)
         self._options = tree_options(options, origin="idc://")  # checked now; the tree is built at first use
+        self._forget_tree()
+
+    def _forget_tree(self) -> None:
+        self._pid = os.getpid()
         self._vfs_lock = threading.Lock()
         self._vfs: Vfs | None = None
 
     @property
     def vfs(self) -> Vfs:
-        """The tree, built at first use (a catalog snapshot loads in a fraction of a second)."""
+        """The tree, built at first use (a catalog snapshot loads in a fraction of a second).
+
+        A forked child (a DataLoader's or a process pool's worker) gets a tree of its own: the
+        parent's threads do not exist in it, and its locks may be held by one of them."""
+        if self._pid != os.getpid():
+            self._forget_tree()
         with self._vfs_lock:
             if self._vfs is None:
                 self._vfs = open_tree(self._options, where="idc://")
@@ -85,6 +104,9 @@ class IdcFileSystem(AbstractFileSystem):
         if not detail:
             return [prefix + name for name, _ in self.vfs.list(path)]
         return [self._details(prefix + name, is_dir, size) for name, is_dir, size in self.vfs.list_sized(path)]
+
+    def modified(self, path: Any) -> datetime:
+        return datetime.fromtimestamp(self.vfs.stat(self._strip_protocol(path)).mtime_ns / 1e9, tz=timezone.utc)
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         try:
@@ -125,8 +147,93 @@ class IdcFileSystem(AbstractFileSystem):
         path = self._strip_protocol(path)
         opened = self.vfs.open(path)
         try:
-            first, last = _span(opened.size, start, end)
-            return bytes(opened.read(first, last - first)) if last > first else b""
+            return _read_span(opened, start, end)
+        finally:
+            opened.close()
+
+    def cat_ranges(
+        self,
+        paths: list[Any],
+        starts: int | list[int | None] | None,
+        ends: int | list[int | None] | None,
+        max_gap: int | None = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[bytes | Exception]:
+        """Many ranges (zarr's chunks, kerchunk's references, a slide's tiles) read
+        ``RANGE_READERS`` at a time, each file opened once. With ``on_error="return"`` (fsspec's
+        default) a range that fails is its exception in the list; otherwise the first failure
+        is raised. ``max_gap`` is accepted and ignored: the core's blocks already merge nearby
+        ranges into one request."""
+        count = len(paths)
+        starts_list = starts if isinstance(starts, list) else [starts] * count
+        ends_list = ends if isinstance(ends, list) else [ends] * count
+        if not (len(starts_list) == len(ends_list) == count):
+            raise ValueError("cat_ranges: paths, starts and ends differ in length")
+        names = [self._strip_protocol(path) for path in paths]
+        opened: dict[str, File | Exception] = {}
+        for name in dict.fromkeys(names):
+            try:
+                opened[name] = self.vfs.open(name)
+            except (OSError, ValueError) as error:
+                opened[name] = error
+
+        def one(k: int) -> bytes | Exception:
+            handle = opened[names[k]]
+            try:
+                if isinstance(handle, Exception):
+                    raise handle
+                return _read_span(handle, starts_list[k], ends_list[k])
+            except (OSError, ValueError) as error:
+                if on_error != "return":
+                    raise
+                return error
+
+        try:
+            with ThreadPoolExecutor(min(RANGE_READERS, max(1, count))) as pool:
+                return list(pool.map(one, range(count)))
+        finally:
+            for handle in opened.values():
+                if not isinstance(handle, Exception):
+                    handle.close()
+
+    def prefetch(
+        self, path: Any | Iterable[Any], *, jobs: int = 8, force: bool = False, progress: bool | None = None
+    ) -> WarmResult:
+        """Read every file under ``path`` (a file, a series or any folder above; or a list of
+        them) into the disk cache, so that later reads in this process, in another, or through
+        a mount on the same cache folder need no request. A byte bar shows progress on a
+        terminal or in a notebook (``progress`` forces it on or off). Refuses, before reading,
+        what would not fit in the disk cache, unless ``force``. A file that fails is listed in
+        the result's ``failures``; the rest are still read."""
+        roots = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        files: dict[str, int] = {}
+        for root in roots:
+            name = self._strip_protocol(root)
+            entry = self.vfs.stat(name)
+            if entry.is_dir:
+                files.update({key: info["size"] for key, info in self.find(name, detail=True).items()})
+            else:
+                files[name] = entry.size
+        total, capacity = sum(files.values()), self.vfs.stats()["cache"]["disk"]["capacity"]
+        if not force and capacity and total > capacity:
+            raise OSError(
+                errno.ENOSPC,
+                f"{binary_size(total)} would not fit in the disk cache ({binary_size(capacity)}): choose less, "
+                "give a larger cache_size, or prefetch(..., force=True)",
+            )
+        from tqdm.auto import tqdm
+
+        show = progress if progress is not None else (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        return read_files(sorted(files.items()), self._read_whole, jobs, tqdm, show_bar=show)
+
+    def _read_whole(self, path: str) -> int:
+        opened = self.vfs.open(path)
+        try:
+            offset = 0
+            while offset < opened.size:
+                offset += len(opened.read(offset, min(PREFETCH_CHUNK, opened.size - offset)))
+            return offset
         finally:
             opened.close()
 
@@ -136,6 +243,11 @@ class IdcFileSystem(AbstractFileSystem):
         raise _read_only(self._strip_protocol(path) if isinstance(path, (str, os.PathLike)) else "")
 
     mkdir = makedirs = rmdir = rm_file = _rm = rm = touch = mv = cp_file = pipe_file = put_file = _refuse
+
+
+def _read_span(opened: File, start: int | None, end: int | None) -> bytes:
+    first, last = _span(opened.size, start, end)
+    return bytes(opened.read(first, last - first)) if last > first else b""
 
 
 def _span(size: int, start: int | None, end: int | None) -> tuple[int, int]:
@@ -154,8 +266,7 @@ class IdcFile(AbstractBufferedFile):
         super().__init__(fs, path, mode="rb", block_size=block_size or READ_BLOCK, cache_type="none", size=opened.size)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        first, last = _span(self.size, start, end)
-        return bytes(self._opened.read(first, last - first)) if last > first else b""
+        return _read_span(self._opened, start, end)
 
     def close(self) -> None:
         if not self.closed:

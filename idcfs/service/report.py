@@ -10,15 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from idcfs.service.mounting import MountError, control_file, mount_of
-
-
-def _bytes(n: int | float | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return ""  # unreachable
+from idcfs.util.sizes import binary_size
 
 
 def _ms(seconds: float | None) -> str:
@@ -28,7 +20,7 @@ def _ms(seconds: float | None) -> str:
 def _hits(tier: dict[str, int]) -> str:
     hits, misses = tier["hits"], tier["misses"]
     ratio = f" ({100 * hits / (hits + misses):.1f}% hits)" if hits + misses else ""
-    return f"{hits:,} hits / {misses:,} misses{ratio}, {_bytes(tier['bytes'])} of {_bytes(tier['capacity'])}"
+    return f"{hits:,} hits / {misses:,} misses{ratio}, {binary_size(tier['bytes'])} of {binary_size(tier['capacity'])}"
 
 
 def _duration(seconds: float) -> str:
@@ -56,17 +48,18 @@ def format_table(stats: dict[str, Any]) -> str:
         ("store", _store_state(stats.get("store", {}))),
         ("requests", f"GET {requests['GET']:,}   LIST {requests['LIST']:,}   retries {stats['retries']:,}   "
                      f"errors {stats['errors']:,}   not found {stats['not_found']:,}"),
-        ("fetched", _bytes(stats["bytes_fetched"])),
+        ("fetched", binary_size(stats["bytes_fetched"])),
         ("GET latency", f"p50 {_ms(latency['p50'])}   p99 {_ms(latency['p99'])}   (last {latency['window']:,} GETs)"),
         ("memory cache", _hits(memory)),
         ("disk cache", (_hits(disk) if disk["capacity"] else "off")
                        + ("   (writes paused)" if disk.get("paused") else "")),
-        ("listings", f"{_bytes(cache.get('listings', {}).get('bytes'))} of "
-                     f"{_bytes(cache.get('listings', {}).get('capacity'))} in memory"),
-        ("kernel cache", f"{kernel['reads']:,} reads reached idcfs ({_bytes(kernel['bytes'])}); "
+        ("listings", f"{binary_size(cache.get('listings', {}).get('bytes'))} of "
+                     f"{binary_size(cache.get('listings', {}).get('capacity'))} in memory"),
+        ("kernel cache", f"{kernel['reads']:,} reads reached idcfs ({binary_size(kernel['bytes'])}); "
                          f"{kernel['files_without_reads']:,} opened files needed none"),
-        ("prefetch", f"useful {_bytes(prefetch['useful_bytes'])}   wasted {_bytes(prefetch['wasted_bytes'])}   "
-                     f"unread {_bytes(prefetch['unread_bytes'])}   failed {prefetch['failed']:,}"),
+        ("prefetch", f"useful {binary_size(prefetch['useful_bytes'])}   "
+                     f"wasted {binary_size(prefetch['wasted_bytes'])}   "
+                     f"unread {binary_size(prefetch['unread_bytes'])}   failed {prefetch['failed']:,}"),
         ("open files", f"{stats['open_files']:,}"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
@@ -82,8 +75,8 @@ def format_rates(before: dict[str, Any], after: dict[str, Any]) -> str:
 
     return (
         f"{'rates':<12}  GET {rate(lambda s: s['requests']['GET']):.1f}/s   "
-        f"fetched {_bytes(rate(lambda s: s['bytes_fetched']))}/s   "
-        f"read by apps {_bytes(rate(lambda s: s['cache']['kernel']['bytes']))}/s   "
+        f"fetched {binary_size(rate(lambda s: s['bytes_fetched']))}/s   "
+        f"read by apps {binary_size(rate(lambda s: s['cache']['kernel']['bytes']))}/s   "
         f"errors {rate(lambda s: s['errors']):.1f}/s"
     )
 

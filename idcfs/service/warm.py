@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from idcfs.service.mounting import MountError, mount_info, mount_of
 
@@ -25,7 +26,48 @@ CHUNK = 1 << 20
 class WarmResult:
     files: int = 0
     bytes: int = 0
+    seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        failed = f"; {len(self.failures)} failed" if self.failures else ""
+        size = f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s ({rate:.0f} MB/s)"
+        return f"prefetched {self.files} files, {size}{failed}"
+
+
+Key = TypeVar("Key")
+
+
+def read_files(
+    files: list[tuple[Key, int]],
+    read_whole: Callable[[Key], int],
+    jobs: int,
+    bar: Callable[..., Any],
+    show_bar: bool,
+) -> WarmResult:
+    """Read every file of ``files`` (a key and its size) with ``jobs`` readers, under one byte
+    bar made by ``bar`` (tqdm's class: the terminal's, or a notebook's from ``tqdm.auto``). A
+    file that fails is a line in ``failures`` (the ``OSError``'s reason), not the end of the rest."""
+    started = time.monotonic()
+    result = WarmResult()
+    total = sum(size for _, size in files)
+    with (
+        bar(total=total, unit="B", unit_scale=True, desc="prefetch", disable=not show_bar) as shown,
+        ThreadPoolExecutor(max(1, jobs)) as pool,
+    ):
+        futures = {pool.submit(read_whole, key): key for key, _ in files}
+        for future in as_completed(futures):
+            try:
+                count = future.result()
+            except OSError as error:
+                result.failures.append(f"{futures[future]}: {error.strerror or error}")
+                continue
+            result.files += 1
+            result.bytes += count
+            shown.update(count)
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def estimate_bytes(path: Path) -> int:
@@ -85,28 +127,10 @@ def warm(paths: list[Path], jobs: int = 16, force: bool = False, quiet: bool = F
     no_bars = quiet or not sys.stderr.isatty()
     with tqdm(desc="listing", unit=" files", disable=no_bars, leave=False) as listing:
         files = collect_files(paths, lambda n: listing.update(n - listing.n))
-    result = WarmResult()
-    with (
-        tqdm(total=sum(size for _, size in files), unit="B", unit_scale=True, desc="prefetch", disable=no_bars) as bar,
-        ThreadPoolExecutor(max(1, jobs)) as pool,
-    ):
-        futures = {pool.submit(read_whole, path): path for path, _ in files}
-        for future in as_completed(futures):
-            try:
-                count = future.result()
-            except OSError as error:
-                result.failures.append(f"{futures[future]}: {error.strerror or error}")
-                continue
-            result.files += 1
-            result.bytes += count
-            bar.update(count)
-    elapsed = time.monotonic() - started
+    result = read_files(files, read_whole, jobs, tqdm, show_bar=not no_bars)
+    result.seconds = time.monotonic() - started  # the listing included
     if not quiet:
-        rate = result.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
-        print(
-            f"prefetched {result.files} files, {result.bytes / 1e6:.1f} MB in {elapsed:.1f}s ({rate:.0f} MB/s)"
-            + (f"; {len(result.failures)} failed" if result.failures else "")
-        )
+        print(result.summary())
         for failure in result.failures[:20]:
             print(f"  failed: {failure}")
     return result
