@@ -20,6 +20,9 @@ Sections:
            folder is opened, and the endpoint given to the mounts never answers.
   dask     series per second of idcfs.dask.map_series over 1, 2 and 4 local worker processes, on
            the same 50-series cohort, each through a cold mount (see bench_dask.py).
+  fsspec   idc:// in Python beside fsspec's s3fs on the raw UUID keys, the mount and s5cmd: a cold
+           200-file series (file by file, and all at once), 2000 random 64 KiB reads in 1 GB,
+           the warm re-read in a new process (s3fs under fsspec's filecache); see bench_fsspec.py.
   scale    daemon CPU per file read in a 40-file and in IDC's 91,980-file series; peak daemon RSS
            during a find over 502,482 objects (tiny objects at real paths; see bench_scale.py).
 """
@@ -177,6 +180,7 @@ def bench_idcclient(runs: int) -> list[tuple[str, str, str]]:
 CATALOG_HEADER = ("measure", "result", "note")
 READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "vs floor", "requests", "fetched")
 DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "requests")
+FSSPEC_HEADER = ("workload", "tool", "time", "idc:// vs it", "requests", "fetched")
 
 
 def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
@@ -195,6 +199,14 @@ def bench_scale_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return bench_scale(workdir)
 
 
+def bench_fsspec_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    from bench_fsspec import bench_fsspec
+
+    workdir = REPO / ".bench"
+    workdir.mkdir(exist_ok=True)
+    return bench_fsspec(args.runs, args.latency, args.bandwidth, workdir)
+
+
 def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_dask import bench_dask
 
@@ -208,6 +220,7 @@ SECTIONS = {
     "scale": (CATALOG_HEADER, bench_scale_section),
     "catalog": (CATALOG_HEADER, lambda args: bench_catalog(args.runs)),
     "dask": (DASK_HEADER, bench_dask_section),
+    "fsspec": (FSSPEC_HEADER, bench_fsspec_section),
 }
 
 

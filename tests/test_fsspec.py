@@ -212,6 +212,9 @@ def test_cat_ranges_reads_many_ranges_and_returns_each_failure_in_place(idc, gen
         idc.cat_ranges([missing], [0], [5], on_error="raise")
     with pytest.raises(ValueError):
         idc.cat_ranges(paths[:2], [0], [5])
+    whole = idc.cat(f"idc://{series.path}", recursive=True)  # many files: a dict, as fsspec's cat
+    assert whole == {f"{series.path}/{f.name}": source_file(series, f.name).read_bytes() for f in series.files}
+    assert idc.cat([paths[0], missing], on_error="omit") == {paths[0]: data[names[0]]}
 
 
 def test_prefetch_fills_the_cache_that_a_new_tree_then_reads_without_a_request(generated, s3_proxy, tmp_path, capsys):
