@@ -306,3 +306,27 @@ def test_a_forked_child_reads_with_a_tree_of_its_own(idc, generated):
     finally:
         child.join(30)
     assert child.exitcode == 0
+
+
+def test_get_and_open_files_as_fsspecs_abstract_get_tests_ask(idc, generated, tmp_path):
+    """fsspec's abstract tests (fsspec.tests.abstract) build their source tree by writing it, so
+    none runs on a read-only tree; what its get tests check is checked here on a series: a file
+    into an existing folder, a glob into a new one, a list of files, and fsspec.open_files."""
+    series = first(generated)
+    names = [f.name for f in series.files]
+    expected = {name: source_file(series, name).read_bytes() for name in names}
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    idc.get(f"{series.path}/{names[0]}", f"{existing}/")
+    assert (existing / names[0]).read_bytes() == expected[names[0]]
+    idc.get(f"{series.path}/*.dcm", str(tmp_path / "new"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "new").iterdir()} == expected
+    idc.get([f"{series.path}/{n}" for n in names[:2]], str(tmp_path / "listed") + "/")
+    assert sorted(p.name for p in (tmp_path / "listed").iterdir()) == sorted(names[:2])
+    opened = fsspec.open_files(f"idc://{series.path}/*.dcm", **idc.storage_options)
+    try:
+        assert len(opened) == len(names)
+        with opened[0] as f:
+            assert f.read() == expected[opened[0].path.rsplit("/", 1)[1]]
+    finally:
+        opened.fs.vfs.close()  # the options say skip_instance_cache: a tree of its own

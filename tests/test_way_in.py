@@ -192,8 +192,9 @@ def test_package_import_stays_light():
 
 
 def test_example_notebook_runs_against_the_test_servers(s3_proxy, generated, tmp_path, monkeypatch):
-    """scripts/idcfs_notebook.ipynb, executed in a real kernel (nbclient): pydicom through a
-    mount, then idc-index's sql_query result mounted with series=."""
+    """scripts/idcfs_notebook.ipynb, executed in a real kernel (nbclient): pydicom through
+    idc:// (what a Colab user runs), through a mount, then idc-index's sql_query result mounted
+    with series=."""
     import nbclient
     import nbformat
 
@@ -214,6 +215,7 @@ def test_example_notebook_runs_against_the_test_servers(s3_proxy, generated, tmp
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     ct = _ct(generated)
+    assert f"CT {ct.series_uid}: {len(ct.files)} files through idc://" in text
     assert f"CT   {ct.series_uid}: {len(ct.files)} files, (256, 256)" in text
     assert "unmounted: True" in text
 

@@ -8,6 +8,7 @@ Nothing here knows about FUSE or the network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -282,8 +283,10 @@ def index_connection(files: IndexFiles) -> duckdb.DuckDBPyConnection:
     connection.execute("SET allowed_paths = $1", [allowed])
     connection.execute("SET enable_external_access = false")
     # No progress bar: DuckDB draws one on stdout once a query runs past 2 s (a busy machine),
-    # and stdout is where a forked catalog build's or a command's answer goes.
-    connection.execute("SET enable_progress_bar = false")
+    # and stdout is where a forked catalog build's or a command's answer goes. In a Jupyter
+    # kernel without ipywidgets (idc:// in a notebook) DuckDB refuses the change, and draws none.
+    with contextlib.suppress(duckdb.InvalidInputException):
+        connection.execute("SET enable_progress_bar = false")
     connection.execute("SET lock_configuration = true")
     return connection
 
