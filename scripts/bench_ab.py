@@ -3,7 +3,12 @@
 machine whose load drifts during a run biases neither: for telling a small change in speed from
 noise, which one run of ``bench.py`` per checkout cannot.
 
-    python scripts/bench_ab.py --before ../base --runs 5 [--workloads a,c,d,f]
+    python scripts/bench_ab.py --before ../base --runs 5 [--workloads a,c,d,e,f,hdr]
+
+Workloads as bench_io's rows: a (cold series, cat), c (warm re-read after remount), d (500 MB
+dd), e (2,000 random 64 KiB preads in 1 GB, cold), f (ls -lR of 50 series), and hdr (Python's
+``open(path, "rb").read(65536)`` of the 1 GB object: its bytes fetched, once background work has
+settled, are what matters).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_io import (  # noqa: E402 - the checkout's test bed first
+    BIG_RANDOM,
     BIG_SEQUENTIAL,
     CT_SERIES,
     SM_SERIES,
@@ -30,6 +36,7 @@ from bench_io import (  # noqa: E402 - the checkout's test bed first
     dd,
     ls_recursive,
     prepare_data,
+    random_reads,
     warm_server_etags,
 )
 
@@ -49,6 +56,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="idcfs-ab-"))
     info = prepare_data(Path(os.environ.get("BENCH_DATA", REPO_DATA)))
     times: dict[str, dict[str, list[float]]] = {}
+    fetched: dict[str, dict[str, list[int]]] = {}
     with (
         s3_server(info["data"], log_path=work / "rclone.log") as server,
         CountingProxy(server.url, latency=args.latency) as proxy,
@@ -73,21 +81,36 @@ def main() -> int:
                         cat_one_by_one(ct_dir)
                         tool.unmount()
                         tool.mount(proxy.url, caches[name])
+                    if workload in ("e", "hdr"):
+                        os.stat(sm_dir / BIG_RANDOM)  # the series listed, outside the count
                     os.sync()
+                    proxy.log.clear()
                     started = time.perf_counter()
                     if workload in ("a", "c"):
                         cat_one_by_one(ct_dir)
                     elif workload == "d":
                         dd(sm_dir / BIG_SEQUENTIAL)
+                    elif workload == "e":
+                        random_reads(sm_dir / BIG_RANDOM)
+                    elif workload == "hdr":
+                        with open(sm_dir / BIG_RANDOM, "rb") as handle:
+                            handle.read(65536)
                     else:
                         ls_recursive(small)
                     times.setdefault(workload, {}).setdefault(name, []).append(time.perf_counter() - started)
+                    proxy.settle()
+                    fetched.setdefault(workload, {}).setdefault(name, []).append(proxy.log.body_bytes)
                     tool.unmount()
-    print(f"| workload (median of {args.runs}, interleaved) | after | before | after / before |")
-    print("| --- | --- | --- | --- |")
+    columns = "after | before | after / before | fetched after | before"
+    print(f"| workload (median of {args.runs}, interleaved) | {columns} |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for workload in wanted:
         after, before = (statistics.median(times[workload][k]) for k in ("after", "before"))
-        print(f"| {workload} | {after:.3f} s | {before:.3f} s | {after / before:.2f}x |")
+        bytes_after, bytes_before = (statistics.median(fetched[workload][k]) / 1e6 for k in ("after", "before"))
+        print(
+            f"| {workload} | {after:.3f} s | {before:.3f} s | {after / before:.2f}x "
+            f"| {bytes_after:.1f} MB | {bytes_before:.1f} MB |"
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -160,19 +160,8 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 
 
 def settled(proxy: CountingProxy, quiet_for: float = 0.5, timeout: float = 30.0) -> bool:
-    """Wait until no request is in flight at ``proxy`` and no body byte has passed for
-    ``quiet_for`` seconds: background work (readahead, prefetch) has landed or never started.
-    Counts are read after it; nothing about time is asserted."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        now = proxy.log.body_bytes
-        if now != last or proxy.log.in_flight:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_for:
-            return True
-        time.sleep(0.05)
-    return False
+    """Background work (readahead, prefetch) has landed at ``proxy``: see ``CountingProxy.settle``."""
+    return proxy.settle(quiet_for, timeout)
 
 
 def start_idcfs(base: Path, endpoint: str, *options: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:

@@ -120,6 +120,21 @@ class CountingProxy:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
 
+    def settle(self, quiet_for: float = 0.5, timeout: float = 30.0) -> bool:
+        """Wait until no request is in flight and no body byte has passed for ``quiet_for``
+        seconds: background work (readahead, prefetch) has landed or never started. Counts are
+        read after it; nothing about time is asserted."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.log.body_bytes
+            if now != last or self.log.in_flight:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_for:
+                return True
+            time.sleep(0.05)
+        return False
+
     def __enter__(self) -> CountingProxy:
         return self.start()
 
