@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -284,3 +285,25 @@ def test_duckdb_never_draws_its_progress_bar():
         assert connection.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
     finally:
         connection.close()
+
+
+def test_one_snapshot_for_every_spelling_and_a_warm_spelling_needs_no_query(files, tmp_path, monkeypatch):
+    """``Lung-PET-CT-Dx``, ``lung_pet_ct_dx`` and ``LUNG-PET-CT-DX`` are one selection: one snapshot,
+    never three pushing others out; a spelling seen before finds it without querying the index."""
+    import idcfs.catalog.snapshot as snapshot
+
+    spellings = [("c1",), ("C-1",), ("C_1",)]
+    opened = [open_snapshot(files, "default", Selection(collections=c, modalities=("ct",)), tmp_path) for c in spellings]
+    assert [s.built for s in opened] == [True, False, False]
+    assert len({s.folder for s in opened}) == 1 and tags(opened[1].tree) == {"a1"}
+    assert len([p for p in tmp_path.iterdir() if (p / "info.json").exists()]) == 1
+
+    def no_query(*args):
+        raise AssertionError("the index was queried for a spelling seen before")
+
+    monkeypatch.setattr(snapshot, "spelt_as_indexed", no_query)
+    again = open_snapshot(files, "default", Selection(collections=("C-1",), modalities=("ct",)), tmp_path)
+    assert again.folder == opened[0].folder and not again.built
+    shutil.rmtree(opened[0].folder)
+    snapshot._prune(tmp_path)  # an alias of a snapshot gone goes too
+    assert not list(tmp_path.glob("*.alias"))

@@ -425,6 +425,25 @@ _CHECKED_VALUES = (
 )
 
 
+def spelt_as_indexed(files: IndexFiles, selection: Selection) -> Selection:
+    """The selection with its --collection, --modality and --license values as the index spells
+    them (see :func:`_canonical_values`), with no other work: what names a catalog snapshot, so
+    ``Lung-PET-CT-Dx`` and ``lung_pet_ct_dx`` share one."""
+    import duckdb
+
+    if not any(getattr(selection, field) for field, _, _ in _CHECKED_VALUES):
+        return selection
+    connection = index_connection(files)
+    try:
+        columns = {column for _, column, _ in _CHECKED_VALUES}
+        rows = _candidate_rows(files, columns, with_prior=files.prior is not None and _needs_prior(selection))
+        return _canonical_values(connection, rows.sql, selection)
+    except duckdb.Error as error:
+        raise CatalogError(_explain_query_error(error, selection)) from None
+    finally:
+        connection.close()
+
+
 def _canonical_values(connection: duckdb.DuckDBPyConnection, rows_sql: str, selection: Selection) -> Selection:
     """The selection with each --collection, --modality and --license as the index spells it.
 

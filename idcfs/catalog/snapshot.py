@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idcfs.catalog.index import Catalog, IndexFiles, Selection, load_catalog
+from idcfs.catalog.index import Catalog, IndexFiles, Selection, load_catalog, spelt_as_indexed
 from idcfs.catalog.layout import PRESETS, escaping_fingerprint, parse_template
 from idcfs.catalog.tree import Level, Tree, build_levels
 from idcfs.util.names import NameArray, arrow_string_bytes
@@ -83,7 +83,7 @@ def open_snapshot(
     """
     folder = None
     if catalogs is not None:
-        folder = catalogs / snapshot_key(files, template_text, selection)
+        folder = catalogs / _stored_key(files, template_text, selection, catalogs)
         snapshot = _load_stored(folder)
         if snapshot is None and build_apart and _built_in_child(files, template_text, selection, catalogs):
             snapshot = _load_stored(folder)
@@ -105,6 +105,34 @@ def open_snapshot(
         except OSError as error:
             log.warning("cannot store the catalog in %s (%s); keeping it in memory", folder, error)
     return Snapshot(Tree(catalog, levels), manifest, None, True)
+
+
+def _stored_key(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> str:
+    """The key of the snapshot for ``selection`` as the index spells its values, so that
+    ``Lung-PET-CT-Dx``, ``lung_pet_ct_dx`` and ``LUNG-PET-CT-DX`` share one. Finding that spelling
+    takes a query of the index (DuckDB's start included, most of a second), so the key as given
+    is remembered beside the snapshots as an alias (``<key>.alias``, naming the stored key): a
+    warm mount with a spelling seen before reads one small file."""
+    given = snapshot_key(files, template_text, selection)
+    if not _has_spelt_values(selection) or (catalogs / given / "info.json").exists():
+        return given  # nothing to spell, or spelt as the index does
+    alias = catalogs / f"{given}.alias"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        named = alias.read_text().strip()
+        if named and (catalogs / named / "info.json").exists():
+            return named
+    key = snapshot_key(files, template_text, spelt_as_indexed(files, selection))
+    if key != given:
+        with contextlib.suppress(OSError):
+            catalogs.mkdir(parents=True, exist_ok=True, mode=0o700)
+            partial = alias.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(key + "\n")
+            os.replace(partial, alias)
+    return key
+
+
+def _has_spelt_values(selection: Selection) -> bool:
+    return bool(selection.collections or selection.modalities or selection.licenses)
 
 
 def _load_stored(folder: Path) -> Snapshot | None:
@@ -232,5 +260,9 @@ def _prune(catalogs: Path) -> None:
             large += size > SMALL_BYTES
             if rank >= KEEP_ANY or (size > SMALL_BYTES and large > KEEP):
                 shutil.rmtree(entry, ignore_errors=True)
+        for alias in catalogs.glob("*.alias"):  # aliases of snapshots gone
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if not (catalogs / alias.read_text().strip() / "info.json").exists():
+                    alias.unlink()
     except OSError:
         pass

@@ -112,10 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser(
         "cache",
         help="show or clear the cache folder",
-        description="Show what the cache folder holds, or clear it (a mount using it keeps working, "
-        "and fetches again what it no longer finds).",
+        description="Show what the cache folder holds, or clear its blocks and series listings (a "
+        "mount using it keeps working, and fetches again what it no longer finds). Catalog snapshots "
+        "are kept (the next mount would rebuild one, for seconds) unless --catalogs is given.",
     )
-    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument("action", metavar="{info,clear}", help="info: what it holds; clear: empty it")
+    cache.add_argument(
+        "--catalogs", action="store_true", help="clear: the catalog snapshots too (rebuilt at the next mount)"
+    )
     cache.add_argument(
         "mount",
         type=Path,
@@ -159,15 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats", "path"}
+CACHE_ACTIONS = ("info", "clear")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse like argparse, but an unknown flag is reported by its own command's parser (its
     usage, not the top level's) with the nearest flag that command knows."""
     args, unknown = parser.parse_known_args(argv)
+    command = _subparsers(parser).get(args.command, parser)
+    if args.command == "cache" and args.action not in CACHE_ACTIONS:
+        command.error(f"unknown action {args.action!r}{did_you_mean(args.action, list(CACHE_ACTIONS))}")
     if not unknown:
         return args
-    command = _subparsers(parser).get(args.command, parser)
     flags = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
     words = [word for word in unknown if word.startswith("-")]
     hint = did_you_mean(words[0].split("=")[0], flags, quote=False) if words else ""
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = helper_argv(argv)
         elif argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
             hint = did_you_mean(argv[0], sorted(COMMANDS))
+            build_parser().print_usage(sys.stderr)
             print(f"idcfs: error: unknown command {argv[0]!r}{hint}; see: idcfs --help", file=sys.stderr)
             return 2
         args = _parse(build_parser(), argv)
@@ -259,8 +267,9 @@ def _cache(args: argparse.Namespace) -> int:
     else:
         folder = args.cache_dir or Path(os.environ.get("IDCFS_CACHE_DIR") or default_cache_dir())
     if args.action == "clear":
-        cache_clear(folder)
-        print(f"cleared {folder}")
+        cache_clear(folder, catalogs=args.catalogs)
+        kept = "" if args.catalogs else " (catalog snapshots kept: --catalogs clears them too)"
+        print(f"cleared {folder}{kept}")
         return 0
     for name, value in cache_info(folder):
         print(f"{name:18} {value}")

@@ -1,13 +1,16 @@
 """``idcfs cache info | clear``: what the cache folder holds, and emptying it safely.
 
 Clearing goes through each store's own index (not ``rm -r``), so a mount using the folder keeps
-working: it simply fetches again what it no longer finds.
+working: it simply fetches again what it no longer finds. Catalog snapshots are kept unless asked
+for: they hold nothing fetched, and rebuilding one costs the next mount seconds of start-up.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+from idcfs.util.sizes import binary_size
 
 
 def _folder_bytes(path: Path) -> int:
@@ -23,8 +26,8 @@ def cache_info(cache_dir: Path) -> list[tuple[str, str]]:
     blocks = disk_tier.summary(cache_dir / "blocks")
     if blocks is not None:
         count, stored, cap = blocks
-        of_cap = "" if cap is None else f" of {cap / 1e6:.0f} MB cap"
-        rows.append(("blocks", f"{count} blocks, {stored / 1e6:.1f} MB{of_cap}"))
+        of_cap = "" if cap is None else f" of {binary_size(cap)} cap"
+        rows.append(("blocks", f"{count} blocks, {binary_size(stored)}{of_cap}"))
     else:
         rows.append(("blocks", "none"))
     listings = cache_dir / "listings"
@@ -35,14 +38,15 @@ def cache_info(cache_dir: Path) -> list[tuple[str, str]]:
         rows.append(("series listings", "none"))
     catalogs = cache_dir / "catalogs"
     snapshots = [p for p in catalogs.iterdir() if (p / "info.json").exists()] if catalogs.exists() else []
-    rows.append(("catalog snapshots", f"{len(snapshots)}, {_folder_bytes(catalogs) / 1e6:.0f} MB"))
+    rows.append(("catalog snapshots", f"{len(snapshots)}, {binary_size(_folder_bytes(catalogs))}"))
     log = cache_dir / "idcfs.log"
     if log.exists():
         rows.append(("log", str(log)))
     return rows
 
 
-def cache_clear(cache_dir: Path) -> None:
+def cache_clear(cache_dir: Path, catalogs: bool = False) -> None:
+    """Empty the blocks and listings; the catalog snapshots too when ``catalogs``."""
     import diskcache
 
     from idcfs.blocks import disk_tier
@@ -52,4 +56,5 @@ def cache_clear(cache_dir: Path) -> None:
     if (listings / "cache.db").exists():
         with diskcache.Cache(str(listings)) as cache:
             cache.clear()
-    shutil.rmtree(cache_dir / "catalogs", ignore_errors=True)  # mapped files stay valid for live mounts
+    if catalogs:
+        shutil.rmtree(cache_dir / "catalogs", ignore_errors=True)  # mapped files stay valid for live mounts
