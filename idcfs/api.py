@@ -10,6 +10,7 @@ the CLI's message.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -23,7 +24,7 @@ from idcfs.catalog.identifiers import SERIES_ID_COLUMNS
 from idcfs.catalog.layout import escape_name
 from idcfs.config.options import OPTIONS_BY_NAME, default_cache_dir
 from idcfs.config.sources import ConfigError, as_flags, check_given
-from idcfs.service.mounting import MountError, mount_info, mount_of, unmount
+from idcfs.service.mounting import MountError, daemon_gone, mount_info, mount_of, unmount
 from idcfs.service.report import read_stats
 from idcfs.util.suggest import did_you_mean
 
@@ -113,7 +114,7 @@ def _folders_in(point: Path, identifier: str) -> list[Path]:
             raise MountError(f"{point} cannot look identifiers up: it was mounted by an older idcfs") from None
         return []
     except OSError as error:
-        raise MountError(f"cannot look {identifier!r} up in {point}: {error.strerror}") from None
+        raise daemon_gone(point, error, f"look {identifier!r} up in {point}") from None
     return [point / line for line in text.splitlines() if line]
 
 
@@ -131,7 +132,7 @@ def mount(path: str | os.PathLike[str], *, series: Any = None, **options: Any) -
             raise TypeError("mount() takes series= or manifest=, not both")
         options["manifest"] = str(_series_manifest(series, options.get("cache_dir")))
     argv = ["mount", str(mountpoint), *_flags(options)]
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    made = _make_folders(mountpoint)
     timeout = float(options.get("ready_timeout") or 300) + 60
     try:
         result = subprocess.run(
@@ -143,12 +144,32 @@ def mount(path: str | os.PathLike[str], *, series: Any = None, **options: Any) -
             check=False,
         )
     except subprocess.TimeoutExpired:
+        _remove_made(made)
         raise MountError(f"idcfs mount {mountpoint} did not finish in {timeout:.0f}s") from None
     if result.returncode != 0:
+        _remove_made(made)
         raise MountError(_cli_message(result.stderr) or f"idcfs mount failed (exit status {result.returncode})")
     for line in _cli_message(result.stderr).splitlines():  # e.g. mounted offline: said, not raised
         warnings.warn(line.removeprefix("idcfs: warning: "), stacklevel=2)
     return Mount(mountpoint)
+
+
+def _make_folders(mountpoint: Path) -> list[Path]:
+    """Create the mount point and its missing parents; the folders made, deepest first."""
+    made = []
+    folder = mountpoint
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_made(made: list[Path]) -> None:
+    """A mount that failed leaves no folder it made (only empty ones are removed)."""
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _cli_message(stderr: str) -> str:

@@ -293,7 +293,10 @@ def test_one_snapshot_for_every_spelling_and_a_warm_spelling_needs_no_query(file
     import idcfs.catalog.snapshot as snapshot
 
     spellings = [("c1",), ("C-1",), ("C_1",)]
-    opened = [open_snapshot(files, "default", Selection(collections=c, modalities=("ct",)), tmp_path) for c in spellings]
+    opened = [
+        open_snapshot(files, "default", Selection(collections=spelling, modalities=("ct",)), tmp_path)
+        for spelling in spellings
+    ]
     assert [s.built for s in opened] == [True, False, False]
     assert len({s.folder for s in opened}) == 1 and tags(opened[1].tree) == {"a1"}
     assert len([p for p in tmp_path.iterdir() if (p / "info.json").exists()]) == 1

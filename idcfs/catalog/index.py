@@ -546,7 +546,9 @@ def _check_manifest(connection: duckdb.DuckDBPyConnection, rows_sql: str, select
 
 
 def _explain_query_error(error: Exception, selection: Selection) -> str:
-    text = " ".join(str(error).split())
+    """DuckDB's reason, without the query it ran: after ``LINE n:`` comes idcfs's own SQL (paths
+    of the index, the layout's expressions), which says nothing about the user's expression."""
+    text = re.sub(r"\s*LINE \d+:.*$", "", " ".join(str(error).split()))
     if selection.where and "disabled by configuration" in text:
         return f"--where {selection.where!r} is refused: it may use the index's columns only, not read files"
     if selection.where:

@@ -331,7 +331,7 @@ def _resolve_options(args: argparse.Namespace) -> None:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from idcfs.service.mounting import check_fuse_available, check_mountpoint, start_daemon
+    from idcfs.service.mounting import check_allow_other, check_fuse_available, check_mountpoint, start_daemon
 
     _resolve_options(args)
     args.mountpoint = args.mountpoint.absolute()
@@ -339,6 +339,7 @@ def _mount(args: argparse.Namespace) -> int:
     if args.ready_fd is None:  # the command a user typed: check before anything slow
         check_mountpoint(args.mountpoint)
         check_fuse_available()
+        check_allow_other(args.allow_other)
     if args.dry_run:
         return 0
     usable = _make_private_dir(args.cache_dir)

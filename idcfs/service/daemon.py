@@ -64,12 +64,14 @@ def serve(args: argparse.Namespace) -> int:
     # After the catalog's forked build: no thread may exist across a fork.
     trimmer = Trimmer(also=(RECYCLED.release_idle,))
     trimmer.start()
+    stderr_mark = _stderr_offset()
     try:
         serve_mount(operations, args.mountpoint, args.allow_other, args.kernel_flags)
     except RuntimeError as error:
         if not operations.ready:
-            message = f"FUSE could not mount {args.mountpoint} (libfuse status {error}); see the log above"
-            _startup_failed(message, ready_fd)
+            said = _fuse_said(args.log_file, stderr_mark)  # libfuse's and fusermount's own reasons
+            reason = f": {said}" if said else f" (libfuse status {error}); see {args.log_file or 'the log'}"
+            _startup_failed(f"FUSE could not mount {args.mountpoint}{reason}", ready_fd)
             return 1
         # libfuse answers SIGTERM and SIGINT by unmounting and returning status 8.
         log.info("stopped by a signal")
@@ -84,6 +86,32 @@ def serve(args: argparse.Namespace) -> int:
 
 #: How long the readahead setting is watched for the kernel's INIT to lower it, at most (seconds).
 READAHEAD_SETTLE = 10.0
+
+
+def _stderr_offset() -> int | None:
+    """Where the daemon's stderr (its log file) ends now; None when it is not a file."""
+    try:
+        sys.stderr.flush()
+        return os.lseek(2, 0, os.SEEK_END)
+    except OSError:
+        return None
+
+
+def _fuse_said(log_file: str | None, offset: int | None, limit: int = 4096) -> str:
+    """What libfuse and fusermount wrote to stderr (the log file) since ``offset``
+    (``fusermount3: option allow_other only allowed if 'user_allow_other' is set in
+    /etc/fuse.conf``): their lines are the ones not in the log's own format, which starts with
+    the date. stderr itself is open for appending only: the file is read by its name."""
+    if offset is None or not log_file:
+        return ""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(offset)
+            written = handle.read(limit).decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in written.splitlines()]
+    return "; ".join(line for line in lines if line and not line[:4].isdigit())
 
 
 def _startup_failed(message: str, ready_fd: int | None) -> None:

@@ -66,6 +66,23 @@ def check_mountpoint(mountpoint: Path) -> None:
     del st
 
 
+def check_allow_other(allow_other: bool, uid: int | None = None, fuse_conf: Path = Path("/etc/fuse.conf")) -> None:
+    """``--allow-other`` by a user other than root needs ``user_allow_other`` in fuse.conf:
+    fusermount refuses it otherwise, after the catalog is built, in words only the log saw."""
+    if not allow_other or (os.getuid() if uid is None else uid) == 0:
+        return
+    try:
+        lines = fuse_conf.read_text().splitlines()
+    except OSError:
+        lines = []
+    if any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines):
+        return
+    raise MountError(
+        f"--allow-other needs the line 'user_allow_other' in {fuse_conf} when not mounting as root "
+        f"(root adds it: echo user_allow_other | sudo tee -a {fuse_conf}); or mount without --allow-other"
+    )
+
+
 def check_fuse_available() -> None:
     fusermount()
     try:
@@ -209,6 +226,14 @@ def mount_of(path: str | os.PathLike[str]) -> Path:
     raise MountError(f"{given} is not inside an idcfs mount (see: idcfs mount --help)")
 
 
+def daemon_gone(point: Path, error: OSError, doing: str) -> MountError:
+    """The error of a read in the mount at ``point`` that failed: the clean-up hint when its
+    daemon has died (ENOTCONN, "Transport endpoint is not connected"), else what failed."""
+    if error.errno == errno.ENOTCONN:
+        return MountError(f"the daemon of {point} is gone; clean up with: idcfs umount {point}")
+    return MountError(f"cannot {doing}: {error.strerror or error}")
+
+
 def control_file(path: Path | str, name: str) -> bytes:
     """A file of the ``.idcfs`` folder of the mount that ``path`` lies in."""
     point = mount_of(path)
@@ -218,9 +243,7 @@ def control_file(path: Path | str, name: str) -> bytes:
     except FileNotFoundError:
         raise MountError(f"{point} has no {target.relative_to(point)}: is it mounted by this idcfs version?") from None
     except OSError as error:
-        if error.errno == errno.ENOTCONN:
-            raise MountError(f"the daemon of {point} is gone; clean up with: idcfs umount {point}") from None
-        raise MountError(f"cannot read {target}: {error.strerror}") from None
+        raise daemon_gone(point, error, f"read {target}") from None
 
 
 def mount_info(path: Path | str) -> dict:
