@@ -144,3 +144,16 @@ def test_every_command_on_a_mount_whose_daemon_died_gives_the_clean_up_hint(moun
         assert f"clean up with: idcfs umount {mount.path}" in result.stderr, result.stderr
         assert "Transport endpoint" not in result.stderr
     assert run_idcfs("umount", str(mount.path)).returncode == 0
+
+
+def test_mount_help_is_in_sections_and_ends_with_examples(capsys):
+    from idcfs.config.options import HELP_GROUPS, MOUNT_OPTIONS
+
+    grouped = [name for _, names in HELP_GROUPS for name in names]
+    assert sorted(grouped) == sorted(option.name for option in MOUNT_OPTIONS)  # each option once
+    with pytest.raises(SystemExit):
+        main(["mount", "--help"])
+    shown = capsys.readouterr().out
+    assert all(f"\n{title}:\n" in shown for title, _ in HELP_GROUPS) and "other options" not in shown
+    lines = shown.rstrip().splitlines()
+    assert lines[-4] == "examples:" and all(line.startswith("  idcfs mount") for line in lines[-3:])

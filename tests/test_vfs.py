@@ -258,3 +258,16 @@ def test_listing_with_sizes_matches_stat(vfs, generated):
     control = {name: (is_dir, size) for name, is_dir, size in vfs.list_sized("/.idcfs")}
     assert control["by-id"] == (True, 0) and control["version"] == (False, vfs.stat("/.idcfs/version").size)
     assert all(is_dir and size == 0 for _, is_dir, size in vfs.list_sized(series.path.split("/")[0]))
+
+
+def test_an_empty_series_is_logged_once_however_often_it_is_looked_up(vfs, generated, caplog):
+    """A ``find`` or ``du`` looks every series folder up; one with no objects (not there yet) is
+    asked again each time, and logged once, not a line per lookup."""
+    with_bytes = {s.crdc_series_uuid for s in generated}
+    uuids = vfs.catalog.series.column("crdc_series_uuid").to_pylist()
+    row = next(k for k, uuid in enumerate(uuids) if uuid not in with_bytes)
+    path = "/".join(vfs.tree.path_of_row(row))
+    with caplog.at_level("WARNING", logger="idcfs"):
+        for _ in range(5):
+            assert list(vfs.list(path)) == []
+    assert sum("has no objects" in record.getMessage() for record in caplog.records) == 1

@@ -83,12 +83,17 @@ def open_snapshot(
     """
     folder = None
     if catalogs is not None:
-        folder = catalogs / _stored_key(files, template_text, selection, catalogs)
-        snapshot = _load_stored(folder)
+        key = _known_key(files, template_text, selection, catalogs)
+        snapshot = _load_stored(catalogs / key) if key is not None else None
         if snapshot is None and build_apart and _built_in_child(files, template_text, selection, catalogs):
-            snapshot = _load_stored(folder)
+            key = _known_key(files, template_text, selection, catalogs)  # the child left it, or an alias
+            snapshot = _load_stored(catalogs / key) if key is not None else None
             if snapshot is not None:
                 snapshot.built = True
+        if snapshot is not None:
+            return snapshot
+        folder = catalogs / _resolved_key(files, template_text, selection, catalogs)
+        snapshot = _load_stored(folder)  # stored under another spelling
         if snapshot is not None:
             return snapshot
     catalog, level_names = load_catalog(files, template_text, selection)
@@ -107,27 +112,36 @@ def open_snapshot(
     return Snapshot(Tree(catalog, levels), manifest, None, True)
 
 
-def _stored_key(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> str:
-    """The key of the snapshot for ``selection`` as the index spells its values, so that
+def _known_key(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> str | None:
+    """The key of a stored snapshot for ``selection`` found without querying the index: its own
+    key, or the one its alias names; None when neither is stored.
+
+    Snapshots are keyed by the selection as the index spells its values, so that
     ``Lung-PET-CT-Dx``, ``lung_pet_ct_dx`` and ``LUNG-PET-CT-DX`` share one. Finding that spelling
-    takes a query of the index (DuckDB's start included, most of a second), so the key as given
-    is remembered beside the snapshots as an alias (``<key>.alias``, naming the stored key): a
-    warm mount with a spelling seen before reads one small file."""
+    takes a query of the index (DuckDB, most of a second, and its heap), so a spelling is
+    remembered beside the snapshots as an alias (``<key>.alias``, naming the stored key)."""
     given = snapshot_key(files, template_text, selection)
-    if not _has_spelt_values(selection) or (catalogs / given / "info.json").exists():
-        return given  # nothing to spell, or spelt as the index does
-    alias = catalogs / f"{given}.alias"
+    if (catalogs / given / "info.json").exists():
+        return given
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        named = alias.read_text().strip()
+        named = (catalogs / f"{given}.alias").read_text().strip()
         if named and (catalogs / named / "info.json").exists():
             return named
+    return None
+
+
+def _resolved_key(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> str:
+    """The key of ``selection`` as the index spells it (a query of the index), its alias written."""
+    given = snapshot_key(files, template_text, selection)
+    if not _has_spelt_values(selection):
+        return given
     key = snapshot_key(files, template_text, spelt_as_indexed(files, selection))
     if key != given:
         with contextlib.suppress(OSError):
             catalogs.mkdir(parents=True, exist_ok=True, mode=0o700)
-            partial = alias.with_suffix(f".{os.getpid()}.tmp")
+            partial = catalogs / f"{given}.alias.{os.getpid()}.tmp"
             partial.write_text(key + "\n")
-            os.replace(partial, alias)
+            os.replace(partial, catalogs / f"{given}.alias")
     return key
 
 

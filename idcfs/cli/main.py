@@ -27,18 +27,16 @@ the public IDC buckets on AWS S3 or Google Cloud Storage (anonymous, no account)
 """
 
 MOUNT_EPILOG = """\
-examples:
-  idcfs mount ~/idc                         # the current IDC release, from AWS
-  idcfs mount ~/idc --source gcs            # the same, from Google Cloud Storage
-  idcfs mount ./mnt --endpoint-url http://127.0.0.1:9000   # a local S3-compatible server
-  idcfs mount /mnt/idc -o source=gcs,cache_size=20G,allow_other   # mount(8)-style options
-  idcfs mount /mnt/idc --config /etc/idcfs/mnt-idc.toml             # options from a TOML file
-  idcfs umount ~/idc
-
 Every option is also a -o key=value mount option, a key of the --config TOML file and an
 IDCFS_* environment variable. Precedence: flags > -o > environment > config file > defaults.
 The tree is %collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID,
 as an idc-index download lays it out; series folders hold <crdc_instance_uuid>.dcm files.
+README.md has more: fstab and systemd, a cluster, idc:// without FUSE.
+
+examples:
+  idcfs mount ~/idc                                   # the current IDC release, from AWS
+  idcfs mount ~/idc --source gcs --collection nlst    # one collection, from Google Cloud Storage
+  idcfs mount /mnt/idc -o cache_size=20G,allow_other  # mount(8)-style options; idcfs umount /mnt/idc
 """
 
 

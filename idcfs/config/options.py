@@ -358,23 +358,42 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME = {option.name: option for option in MOUNT_OPTIONS}
 
 
+#: ``idcfs mount --help`` in sections: each option's, by name (in the table's order within one).
+HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("what to mount", ("layout", "index_file", "collection", "modality", "where", "license",
+                       "no_commercial_restrictions", "idc_version", "manifest", "allow_missing", "shard")),
+    ("where from", ("source", "endpoint_url", "retry_deadline", "request_timeout")),
+    ("cache", ("cache_dir", "catalog_dir", "cache_size", "memory_cache_size", "listing_cache_size")),
+    ("speed", ("prefetch", "prefetch_max_series", "prefetch_workers", "block_size", "kernel_readahead")),
+    ("running as a service", ("config", "foreground", "log_level", "debug", "log_file", "allow_other",
+                              "ready_timeout", "metrics_port")),
+)  # fmt: skip
+
+
 def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...] = MOUNT_OPTIONS) -> None:
-    """Add ``options`` as flags. A flag not given leaves no attribute at all, so
-    :func:`idcfs.config.sources.resolve` can tell "not on the command line" from "given the default"."""
+    """Add ``options`` as flags, in the sections of :data:`HELP_GROUPS`. A flag not given leaves no
+    attribute at all, so :func:`idcfs.config.sources.resolve` can tell "not on the command line"
+    from "given the default"."""
+    group_of = {name: title for title, names in HELP_GROUPS for name in names}
+    titles = [title for title, _ in HELP_GROUPS if any(group_of.get(o.name) == title for o in options)]
+    if any(option.name not in group_of for option in options):
+        titles.append("other options")
+    sections = {title: parser.add_argument_group(title) for title in titles}
     for option in options:
         help_text = f"{option.help} [env {option.env}]"
         if option.default not in (None, False):
             help_text += f" (default: {option.default})"
         common: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS, "help": help_text}
+        section = sections[group_of.get(option.name, "other options")]
         if option.kind == "bool" and option.name.startswith("no_"):
             # Already a negation: --no-commercial-restrictions, never --no-no-commercial-restrictions.
-            parser.add_argument(option.flag, action="store_const", const=True, **common)
+            section.add_argument(option.flag, action="store_const", const=True, **common)
         elif option.kind == "bool":
-            parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, **common)
+            section.add_argument(option.flag, action=argparse.BooleanOptionalAction, **common)
         elif option.kind == "list":
-            parser.add_argument(option.flag, action="append", metavar=option.metavar, **common)
+            section.add_argument(option.flag, action="append", metavar=option.metavar, **common)
         else:
-            parser.add_argument(
+            section.add_argument(
                 option.flag, type=option.parse, choices=option.choices or None, metavar=option.metavar, **common
             )
 

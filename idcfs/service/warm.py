@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from idcfs.service.mounting import MountError, mount_info, mount_of
+from idcfs.util.sizes import binary_size
 
 CHUNK = 1 << 20
 
@@ -30,9 +31,9 @@ class WarmResult:
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        rate = self.bytes / self.seconds if self.seconds > 0 else 0.0
         failed = f"; {len(self.failures)} failed" if self.failures else ""
-        size = f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s ({rate:.0f} MB/s)"
+        size = f"{binary_size(self.bytes)} in {self.seconds:.1f}s ({binary_size(rate)}/s)"
         return f"prefetched {self.files} files, {size}{failed}"
 
 
@@ -119,7 +120,7 @@ def warm(paths: list[Path], jobs: int = 16, force: bool = False, quiet: bool = F
     capacity = cache_size_of(mountpoint)
     if not force and capacity and estimate > capacity:
         raise MountError(
-            f"about {estimate / 1e9:.1f} GB would not fit in the mount's disk cache ({capacity / 1e9:.1f} GB); "
+            f"about {binary_size(estimate)} would not fit in the mount's disk cache ({binary_size(capacity)}); "
             "choose fewer folders, mount with a larger --cache-size, or use --force"
         )
     started = time.monotonic()
