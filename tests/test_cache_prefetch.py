@@ -16,6 +16,7 @@ import pytest
 
 from idcfs.blocks import disk_tier
 from idcfs.service.mounting import mounted_fuse_points
+from tests.testbed.proxy import CountingProxy
 
 from .conftest import TEST_BLOCK_SIZE, requires_fuse, run_idcfs, source_file, wait_until
 
@@ -104,6 +105,32 @@ def test_a_header_read_of_a_large_object_fetches_about_a_block(mount_factory, s3
     # and no series prefetch for slide microscopy.
     assert s3_proxy.log.body_bytes <= 1 << 20
     assert s3_proxy.log.body_bytes < large_object.size / 8
+
+
+@pytest.mark.parametrize("reader", ["64 KiB through Python's buffered open()", "1 KiB pread"])
+def test_a_header_read_with_the_default_blocks_fetches_at_most_a_mebibyte(
+    mount_factory, s3_upstream, large_object, reader
+):
+    """What Python, pydicom and OpenSlide do first: at most one default block fetched, counted
+    at a proxy of its own once background work has settled (the kernel's readahead included)."""
+    expected = source_file(large_object.series, large_object.name).read_bytes()
+    with CountingProxy(s3_upstream.url) as proxy:
+        mount = mount_factory(proxy.url, "--block-size", "1M")
+        path = mount.series_dir(large_object.series) / large_object.name
+        assert path.stat().st_size == large_object.size  # the listing, not counted
+        proxy.log.clear()
+        if reader.startswith("64"):
+            with open(path, "rb") as handle:
+                assert handle.read(65536) == expected[:65536]
+        else:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert os.pread(fd, 1024, 0) == expected[:1024]
+            finally:
+                os.close(fd)
+        assert proxy.settle()
+        assert 0 < proxy.log.body_bytes <= 1 << 20
+        unmount(mount)
 
 
 def _pread_at_random(path, expected, count):

@@ -38,6 +38,12 @@ _TYPE = {True: stat.S_IFDIR, False: stat.S_IFREG}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: st_blksize, the read size buffered readers pick (Python's open(), C stdio's fopen, so pydicom
+#: and OpenSlide): at the core's block size (1 MiB) a 64 KiB header read became a 1 MiB read,
+#: and the kernel's readahead beside it another mebibyte, all fetched. coreutils read at least
+#: 128 KiB anyway, and the kernel's readahead makes a stream's requests large whatever this says.
+PREFERRED_READ = 128 << 10
+
 
 def _errno_of(method: F) -> F:
     """The tree's errors as errnos, so no traceback ever reaches mfusepy's generic handler."""
@@ -122,7 +128,7 @@ class FuseOperations(mfusepy.Operations):
             "st_nlink": 2 + entry.children if entry.is_dir else 1,
             "st_size": size,
             "st_blocks": (size + 511) // 512,
-            "st_blksize": self.vfs.block_size,
+            "st_blksize": PREFERRED_READ,
             "st_uid": self._uid,
             "st_gid": self._gid,
             "st_atime": when,
