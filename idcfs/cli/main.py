@@ -40,6 +40,17 @@ examples:
 """
 
 
+SERVE_EPILOG = """\
+Selection, release, source and cache options are the mount's (see idcfs mount --help); a
+cache folder may be shared with mounts and idc:// at the same time.
+
+examples:
+  idcfs serve --collection nlst                       # http://127.0.0.1:8080/ on this machine
+  idcfs serve --listen 0.0.0.0:8443 --auth users.txt --tls-cert cert.pem --tls-key key.pem
+  curl -r 0-131 http://127.0.0.1:8080/nlst/100002/   # an HTML listing; files answer ranges
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idcfs", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,6 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--sloppy", action="store_true", help=argparse.SUPPRESS)
     mount.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     mount.add_argument("--kernel-flags", default="", help=argparse.SUPPRESS)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve IDC as a read-only WebDAV share (Finder, Explorer, davfs2, rclone, curl)",
+        description="Serve the tree over WebDAV, read-only, through the same cache as a mount: macOS "
+        "Finder (Go > Connect to Server), Windows Explorer (Map network drive), davfs2, rclone and curl "
+        "read it with no FUSE or kernel extension. Loopback only unless --listen names another address, "
+        "which then needs --auth (and should have --tls-cert/--tls-key).",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="address to serve on (default: 127.0.0.1:8080)"
+    )
+    serve.add_argument(
+        "--auth", type=Path, default=None, metavar="FILE", help="user:password lines; required off loopback"
+    )
+    serve.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help="serve HTTPS with this certificate")
+    serve.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="the certificate's private key")
+    add_options(serve, tuple(option for option in MOUNT_OPTIONS if option.name not in MOUNT_ONLY))
 
     stats = commands.add_parser(
         "stats",
@@ -160,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats", "path"}
+COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats", "path", "serve"}
+#: Options of the mount that mean nothing to a server (the kernel's, the daemon's handshake).
+MOUNT_ONLY = {"allow_other", "kernel_readahead", "foreground", "ready_timeout"}
 CACHE_ACTIONS = ("info", "clear")
 
 
@@ -212,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command == "versions":
             return _versions(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "prefetch":
             return _prefetch(args)
         if args.command == "cache":
@@ -230,6 +265,46 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail again
         return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from idcfs.service.logs import setup_logging
+    from idcfs.service.stack import open_tree
+    from idcfs.webdav.server import ServeError, parse_listen, read_users, serve
+
+    given = {option.name: getattr(args, option.name) for option in MOUNT_OPTIONS if hasattr(args, option.name)}
+    values, _ = resolve(given)
+    options = argparse.Namespace(**values)
+    options.cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    try:
+        host, port = parse_listen(args.listen)
+        users = read_users(args.auth) if args.auth is not None else None
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ServeError("--tls-cert and --tls-key go together")
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert is not None and args.tls_key is not None else None
+        setup_logging(options.log_level, options.log_file, options.debug)
+        _make_private_dir(options.cache_dir)
+        vfs = open_tree(options, where=f"http://{args.listen}")
+        try:
+            serve(
+                vfs,
+                host,
+                port,
+                users,
+                tls,
+                on_ready=lambda url: print(f"idcfs: serving IDC read-only at {url}", flush=True),
+            )
+        finally:
+            vfs.close()
+    except ServeError as error:
+        raise ConfigError(str(error)) from None
+    except OSError as error:  # the address in use, a TLS file unreadable
+        raise ConfigError(f"cannot serve on {args.listen}: {error.strerror or error}") from None
+    return 0
+
+
+def _say_serving(url: str) -> None:
+    print(f"idcfs: serving IDC read-only at {url} (Ctrl-C or SIGTERM stops it)", flush=True)
 
 
 def _versions(args: argparse.Namespace) -> int:

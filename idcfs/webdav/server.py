@@ -1,0 +1,159 @@
+"""The WebDAV share's server: wsgidav's application over :class:`IdcProvider`, on cheroot.
+
+Safe defaults, as a served face must have them: it listens on loopback unless told otherwise,
+and another address is refused without ``--auth`` (and warned about without TLS). PROPFIND with
+``Depth: infinity`` (or none, which RFC 4918 reads as infinity) is refused before wsgidav sees
+it: it would walk a million series. Every connection has a socket timeout, so a slow or silent
+client cannot hold a worker thread for ever.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from idcfs.vfs.vfs import Vfs
+from idcfs.webdav.provider import IdcProvider
+
+log = logging.getLogger(__name__)
+
+#: Seconds a connection may sit between bytes (cheroot's socket timeout).
+CLIENT_TIMEOUT = 30.0
+#: Worker threads answering requests (each reads through the core, which fetches in parallel).
+WORKERS = 32
+
+_FINITE_DEPTH = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
+)
+
+
+class ServeError(ValueError):
+    """A listen address, an auth file or TLS files that cannot be used (the message says why)."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (loopback) or ``[v6]:PORT`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ServeError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_users(path: Path) -> dict[str, str]:
+    """``user:password`` lines (``#`` comments, blank lines ignored) -> user -> password."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise ServeError(f"--auth {path}: {error.strerror or error}") from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise ServeError(f"--auth {path}, line {number}: expected user:password")
+        users[user] = password
+    if not users:
+        raise ServeError(f"--auth {path} names no user")
+    return users
+
+
+def guarded(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """What is refused before wsgidav sees it, with a whole answer: a path with a ``.`` or ``..``
+    segment, a backslash or a NUL (400; wsgidav's own answer to ``..`` promised a body it never
+    sent, and the client waited), and PROPFIND of unbounded depth (403 with
+    DAV:propfind-finite-depth, RFC 4918 9.1)."""
+
+    def answer(start_response: Callable[..., Any], status: str, body: bytes, kind: str) -> list[bytes]:
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if any(part in (".", "..") for part in path.split("/")) or "\\" in path or "\0" in path:
+            return answer(start_response, "400 Bad Request", b"not a path of the tree\n", "text/plain")
+        if environ.get("REQUEST_METHOD") == "PROPFIND" and environ.get("HTTP_DEPTH", "infinity").lower() == "infinity":
+            return answer(start_response, "403 Forbidden", _FINITE_DEPTH, 'application/xml; charset="utf-8"')
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[bytes]]:
+    from wsgidav.wsgidav_app import WsgiDAVApp
+
+    user_mapping: dict[str, Any] = {"*": True}  # anonymous (loopback only)
+    if users is not None:
+        user_mapping = {"*": {user: {"password": password} for user, password in users.items()}}
+    config = {
+        "provider_mapping": {"/": IdcProvider(vfs)},
+        "simple_dc": {"user_mapping": user_mapping},
+        "http_authenticator": {"accept_basic": True, "accept_digest": True, "default_to_digest": True},
+        "lock_storage": None,  # read-only: LOCK is 405
+        "property_manager": None,
+        "verbose": 1,
+        "logging": {"enable": False},  # idcfs's own log says what matters
+        "dir_browser": {"enable": True, "response_trailer": "idcfs: NCI Imaging Data Commons, read-only"},
+    }
+    return guarded(WsgiDAVApp(config))
+
+
+def serve(
+    vfs: Vfs,
+    host: str,
+    port: int,
+    users: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT (or ``stop`` is set); ``on_ready(url)`` once listening."""
+    from cheroot import wsgi
+
+    if not is_loopback(host) and users is None:
+        raise ServeError(f"listening on {host} needs --auth FILE (user:password lines): anyone could read through it")
+    server = wsgi.Server((host, port), build_app(vfs, users), numthreads=WORKERS, timeout=int(CLIENT_TIMEOUT))
+    server.shutdown_timeout = 5
+    scheme = "http"
+    if tls is not None:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        server.ssl_adapter = BuiltinSSLAdapter(str(tls[0]), str(tls[1]))
+        scheme = "https"
+    elif not is_loopback(host):
+        log.warning("serving %s without TLS: passwords and data cross the network in the clear", host)
+    server.prepare()
+    bound_host, bound_port = server.bind_addr[:2]
+    url = f"{scheme}://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}/"
+    done = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: done.set())
+    runner = threading.Thread(target=server.serve, name="webdav", daemon=True)
+    runner.start()
+    log.info("serving %s", url)
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        while not done.wait(0.5):
+            if not runner.is_alive():
+                break
+    finally:
+        server.stop()
+        runner.join(10)

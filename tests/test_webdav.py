@@ -1,0 +1,198 @@
+"""``idcfs serve``: the tree as a read-only WebDAV share, through real clients (curl, rclone's
+webdav backend, Python's http.client) against the local S3 server. No FUSE anywhere."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import IDCFS, source_file
+from tests.testbed.dicomgen import GeneratedSeries
+from tests.testbed.servers import free_port, rclone_binary
+
+
+@dataclass
+class Share:
+    port: int
+    process: subprocess.Popen[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+
+def start_serve(tmp_path: Path, endpoint: str, *options: str) -> Share:
+    port = free_port()
+    log = open(tmp_path / "serve.out", "w")  # noqa: SIM115 - the process writes it while it runs
+    process = subprocess.Popen(
+        [IDCFS, "serve", "--listen", f"127.0.0.1:{port}", "--endpoint-url", endpoint,
+         "--cache-dir", str(tmp_path / "cache"), "--block-size", "64K", *options],
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if "serving IDC read-only" in (tmp_path / "serve.out").read_text():
+            return Share(port, process)
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"idcfs serve did not start: {(tmp_path / 'serve.out').read_text()}")
+
+
+def stop_serve(share: Share) -> None:
+    share.process.terminate()
+    assert share.process.wait(20) == 0  # SIGTERM: a clean stop, in bounded time
+
+
+@pytest.fixture(scope="module")
+def share(generated, s3_proxy, tmp_path_factory) -> Iterator[Share]:
+    collections = sorted({s.collection_id for s in generated})
+    served = start_serve(tmp_path_factory.mktemp("serve"), s3_proxy.url, *(f"--collection={c}" for c in collections))
+    yield served
+    stop_serve(served)
+
+
+def first(generated: list[GeneratedSeries]) -> GeneratedSeries:
+    return next(s for s in generated if s.modality != "SM" and len(s.files) > 1)
+
+
+def url_of(path: str) -> str:
+    return "/" + quote(path)
+
+
+def test_get_head_and_ranges_are_byte_exact(share, generated):
+    series = first(generated)
+    name = series.files[0].name
+    expected = source_file(series, name).read_bytes()
+    status, headers, body = share.request("GET", url_of(f"{series.path}/{name}"))
+    assert status == 200 and body == expected and headers["Content-Type"] == "application/dicom"
+    status, headers, body = share.request("HEAD", url_of(f"{series.path}/{name}"))
+    assert status == 200 and int(headers["Content-Length"]) == len(expected) and body == b""
+    ranged = subprocess.run(
+        ["curl", "-sS", "-r", "128-131", "-o", "-", "-w", "%{http_code}", f"{share.url}{url_of(series.path)}/{name}"],
+        capture_output=True,
+        check=True,
+    )
+    assert ranged.stdout == expected[128:132] + b"206"  # DICM, and curl's status
+    status, headers, _ = share.request("GET", url_of(f"{series.path}/{name}"), {"Range": f"bytes={len(expected)}-"})
+    assert status == 416
+
+
+def test_propfind_lists_a_series_with_exact_sizes_and_refuses_infinite_depth(share, generated):
+    series = first(generated)
+    status, _, body = share.request("PROPFIND", url_of(series.path) + "/", {"Depth": "1"})
+    assert status == 207
+    text = body.decode()
+    for f in series.files:
+        assert f.name in text and f"<ns0:getcontentlength>{f.size}</ns0:getcontentlength>" in text.replace("D:", "ns0:")
+    status, _, body = share.request("PROPFIND", url_of(series.path) + "/", {"Depth": "infinity"})
+    assert status == 403 and b"propfind-finite-depth" in body
+    status, _, _ = share.request("PROPFIND", "/")  # no Depth header: infinity
+    assert status == 403
+    status, headers, _ = share.request("OPTIONS", "/")
+    assert status == 200 and "1" in headers.get("DAV", "")
+
+
+def test_a_browser_gets_an_html_listing(share, generated):
+    series = first(generated)
+    status, headers, body = share.request("GET", url_of(series.path) + "/", {"Accept": "text/html"})
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert series.files[0].name.encode() in body
+
+
+def test_every_write_is_refused_and_nothing_changes(share, generated):
+    series = first(generated)
+    target = url_of(f"{series.path}/{series.files[0].name}")
+    for method, path, headers in (
+        ("PUT", url_of(f"{series.path}/new.dcm"), {}),
+        ("DELETE", target, {}),
+        ("MKCOL", url_of(f"{series.path}/sub"), {}),
+        ("MOVE", target, {"Destination": f"{share.url}{url_of(series.path)}/moved.dcm"}),
+        ("COPY", target, {"Destination": f"{share.url}{url_of(series.path)}/copied.dcm"}),
+        ("PROPPATCH", target, {"Content-Type": "application/xml"}),
+        ("LOCK", target, {"Content-Type": "application/xml"}),
+    ):
+        status, _, _ = share.request(
+            method, path, headers, body=b"x" if method in ("PUT", "PROPPATCH", "LOCK") else None
+        )
+        assert status in (403, 405), (method, status)
+    status, _, body = share.request("GET", target)
+    assert status == 200 and body == source_file(series, series.files[0].name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/nlst/..%2f..%2fetc/passwd", "/a%00b",
+     "/nlst\\..\\..\\etc\\passwd", "/" + "x" * 300, "http://example.com/etc/passwd"],
+)  # fmt: skip
+def test_path_traversal_and_odd_names_are_refused(share, path):
+    connection = http.client.HTTPConnection("127.0.0.1", share.port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_host=False)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status in (400, 403, 404), (path, response.status)
+    assert b"root:" not in body
+
+
+def test_rclone_lists_and_copies_a_series_byte_exact(share, generated, tmp_path):
+    series = first(generated)
+    remote = f":webdav,url='{share.url}':{series.path}"
+    listed = subprocess.run(
+        [rclone_binary(), "lsf", remote, "--config", "/dev/null"], capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(listed.stdout.split()) == sorted(f.name for f in series.files)
+    copied = subprocess.run(
+        [rclone_binary(), "copy", remote, str(tmp_path / "copy"), "--config", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert copied.returncode == 0, copied.stderr
+    for f in series.files:
+        assert (tmp_path / "copy" / f.name).read_bytes() == source_file(series, f.name).read_bytes()
+
+
+def test_another_address_needs_auth_and_a_password_file_is_enforced(s3_proxy, generated, tmp_path):
+    refused = subprocess.run(
+        [IDCFS, "serve", "--listen", "0.0.0.0:0", "--endpoint-url", s3_proxy.url, "--cache-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "needs --auth" in refused.stderr
+    users = tmp_path / "users.txt"
+    users.write_text("# who may read\nreader:s3cret\n")
+    series = first(generated)
+    served = start_serve(tmp_path, s3_proxy.url, "--auth", str(users), f"--collection={series.collection_id}")
+    try:
+        status, headers, _ = served.request("GET", url_of(series.path) + "/")
+        assert status == 401 and "WWW-Authenticate" in headers
+        import base64
+
+        token = base64.b64encode(b"reader:s3cret").decode()
+        status, _, _ = served.request(
+            "PROPFIND", url_of(series.path) + "/", {"Depth": "0", "Authorization": f"Basic {token}"}
+        )
+        assert status == 207
+    finally:
+        stop_serve(served)
