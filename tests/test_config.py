@@ -214,16 +214,18 @@ def test_sd_notify_without_a_service_manager_does_nothing(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_unit_verifies(tmp_path):
-    """``systemd-analyze verify`` on an instance of the template, with idcfs where this test
-    installed it (the unit names /usr/local/bin/idcfs, which README's steps create)."""
-    unit = (REPO / "systemd" / "idcfs@.service").read_text(encoding="utf-8")
+@pytest.mark.parametrize("template, instance", [("idcfs@", "mnt-idc"), ("idcfs-serve@", "8080")])
+def test_systemd_unit_verifies(tmp_path, template, instance):
+    """``systemd-analyze verify`` on an instance of each template (the mount's, the WebDAV
+    share's), with idcfs where this test installed it (the units name /usr/local/bin/idcfs,
+    which README's steps create)."""
+    unit = (REPO / "systemd" / f"{template}.service").read_text(encoding="utf-8")
     assert "Type=notify" in unit and "Restart=on-failure" in unit and "NoNewPrivileges=yes" in unit
     idcfs = Path(sys.executable).with_name("idcfs")
-    (tmp_path / "idcfs@.service").write_text(unit.replace("/usr/local/bin/idcfs", str(idcfs)), encoding="utf-8")
-    (tmp_path / "idcfs@mnt-idc.service").symlink_to(tmp_path / "idcfs@.service")
+    (tmp_path / f"{template}.service").write_text(unit.replace("/usr/local/bin/idcfs", str(idcfs)), encoding="utf-8")
+    (tmp_path / f"{template}{instance}.service").symlink_to(tmp_path / f"{template}.service")
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / "idcfs@mnt-idc.service")],
+        ["systemd-analyze", "verify", str(tmp_path / f"{template}{instance}.service")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,8 @@ webdav backend, Python's http.client) against the local S3 server. No FUSE anywh
 from __future__ import annotations
 
 import http.client
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -196,3 +198,90 @@ def test_another_address_needs_auth_and_a_password_file_is_enforced(s3_proxy, ge
         assert status == 207
     finally:
         stop_serve(served)
+
+
+DAVFS_CONF = "use_locks 0\n"  # a read-only share: davfs2 must not try to LOCK what it opens
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("mount.davfs") is None or os.getuid() != 0, reason="needs davfs2, as root")
+def test_davfs2_mounts_the_share_and_reads_a_series_byte_exact(share, generated, tmp_path):
+    """davfs2, as Linux desktops mount WebDAV. Its readdir answers EINVAL on this kernel whatever
+    the server (wsgidav's own filesystem provider too), so files are opened by name here; rclone
+    checks the listings."""
+    series = first(generated)
+    conf = tmp_path / "davfs2.conf"
+    conf.write_text(DAVFS_CONF)
+    point = tmp_path / "dav"
+    point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "davfs", "-o", f"ro,conf={conf}", f"{share.url}{url_of(series.path)}/", str(point)],
+        input="\n\n",  # no user name, no password
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        for f in series.files:
+            assert (point / f.name).stat().st_size == f.size
+            assert (point / f.name).read_bytes() == source_file(series, f.name).read_bytes()
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True, timeout=60, check=False)
+
+
+@pytest.mark.skipif(shutil.which("litmus") is None, reason="needs litmus")
+def test_litmus_checks_that_apply_to_a_read_only_server_pass(share, generated, tmp_path):
+    """Every litmus suite starts by creating a collection (its ``begin``), which a read-only
+    server refuses: only ``init`` (OPTIONS, the DAV class) applies; the rest of what litmus
+    would read (PROPFIND depth 0 and 1, GET, HEAD, ranges) is tested above."""
+    series = first(generated)
+    run = subprocess.run(
+        ["litmus", f"{share.url}{url_of(series.path)}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert "init.................. pass" in run.stdout
+    assert "begin................. FAIL" in run.stdout and "405 Method Not Allowed" in run.stdout  # MKCOL refused
+
+
+def test_idcfs_stats_reads_a_served_share(share, generated):
+    series = first(generated)
+    share.request("GET", url_of(f"{series.path}/{series.files[0].name}"))
+    shown = subprocess.run([IDCFS, "stats", share.url], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "requests" in shown.stdout and "memory cache" in shown.stdout and share.url in shown.stdout
+    raw = subprocess.run([IDCFS, "stats", share.url, "--json"], capture_output=True, text=True, timeout=60)
+    assert '"bytes_fetched"' in raw.stdout
+    gone = subprocess.run([IDCFS, "stats", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "cannot reach idcfs serve" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_serve_as_its_systemd_unit_runs_it(s3_proxy, generated, tmp_path):
+    """The unit's way: options from a TOML file, the address from IDCFS_LISTEN, READY=1 over
+    $NOTIFY_SOCKET once it listens, a clean exit on SIGTERM."""
+    import socket
+
+    series = first(generated)
+    config = tmp_path / "serve-8080.toml"
+    config.write_text(f'endpoint_url = "{s3_proxy.url}"\ncollection = ["{series.collection_id}"]\nblock_size = "64K"\n')
+    port = free_port()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(120)
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "CACHE_DIRECTORY": str(tmp_path / "cache"),
+               "IDCFS_LISTEN": f"127.0.0.1:{port}"}  # fmt: skip
+        process = subprocess.Popen(
+            [IDCFS, "serve", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert "READY=1" in notify.recv(4096).decode()
+            served = Share(port, process)
+            status, _, body = served.request("GET", url_of(f"{series.path}/{series.files[0].name}"))
+            assert status == 200 and body == source_file(series, series.files[0].name).read_bytes()
+            assert (tmp_path / "cache" / "blocks").is_dir()  # systemd's CacheDirectory= is the default
+        finally:
+            process.terminate()
+            assert process.wait(20) == 0

@@ -93,23 +93,47 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    environ = os.environ
     serve.add_argument(
-        "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="address to serve on (default: 127.0.0.1:8080)"
+        "--listen",
+        default=environ.get("IDCFS_LISTEN", "127.0.0.1:8080"),
+        metavar="HOST:PORT",
+        help="address to serve on [env IDCFS_LISTEN] (default: 127.0.0.1:8080)",
     )
     serve.add_argument(
-        "--auth", type=Path, default=None, metavar="FILE", help="user:password lines; required off loopback"
+        "--auth",
+        type=Path,
+        default=environ.get("IDCFS_AUTH") or None,
+        metavar="FILE",
+        help="user:password lines; required off loopback [env IDCFS_AUTH]",
     )
-    serve.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help="serve HTTPS with this certificate")
-    serve.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="the certificate's private key")
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=environ.get("IDCFS_TLS_CERT") or None,
+        metavar="PEM",
+        help="serve HTTPS with this certificate [env IDCFS_TLS_CERT]",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        default=environ.get("IDCFS_TLS_KEY") or None,
+        metavar="PEM",
+        help="the certificate's private key [env IDCFS_TLS_KEY]",
+    )
     add_options(serve, tuple(option for option in MOUNT_OPTIONS if option.name not in MOUNT_ONLY))
 
     stats = commands.add_parser(
         "stats",
         help="show a mount's live statistics",
         description="Print a mount's live statistics (requests, bytes, cache hits, prefetch, "
-        "latency, errors) from MOUNTPOINT/.idcfs/stats.",
+        "latency, errors) from MOUNTPOINT/.idcfs/stats, or an idcfs serve's from its URL.",
     )
-    stats.add_argument("mountpoint", type=Path, metavar="PATH", help="the mount point, or any path inside the mount")
+    stats.add_argument(
+        "mountpoint",
+        metavar="PATH|URL",
+        help="the mount point, any path inside the mount, or idcfs serve's URL (http://127.0.0.1:8080)",
+    )
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
     stats.add_argument(
         "--watch",
@@ -286,14 +310,7 @@ def _serve(args: argparse.Namespace) -> int:
         _make_private_dir(options.cache_dir)
         vfs = open_tree(options, where=f"http://{args.listen}")
         try:
-            serve(
-                vfs,
-                host,
-                port,
-                users,
-                tls,
-                on_ready=lambda url: print(f"idcfs: serving IDC read-only at {url}", flush=True),
-            )
+            serve(vfs, host, port, users, tls, on_ready=_say_serving)
         finally:
             vfs.close()
     except ServeError as error:
@@ -304,7 +321,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _say_serving(url: str) -> None:
+    from idcfs.service.notify import sd_notify
+
     print(f"idcfs: serving IDC read-only at {url} (Ctrl-C or SIGTERM stops it)", flush=True)
+    sd_notify("READY=1", f"STATUS=serving {url}")
 
 
 def _versions(args: argparse.Namespace) -> int:

@@ -183,11 +183,15 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return values
 
 
+#: ``idcfs serve``'s own variables (where it listens, who may read: not options of the tree).
+SERVE_VARIABLES = frozenset({"IDCFS_LISTEN", "IDCFS_AUTH", "IDCFS_TLS_CERT", "IDCFS_TLS_KEY"})
+
+
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``IDCFS_*`` variables that are set (an empty one counts as unset). A variable of that
     prefix that names no option is an error, as an unknown key anywhere else is: a misspelt
     ``IDCFS_CACHE_SZIE=20G`` must not be silently ignored."""
-    known = {option.env for option in MOUNT_OPTIONS}
+    known = {option.env for option in MOUNT_OPTIONS} | SERVE_VARIABLES
     for name in sorted(environ):
         if name.startswith("IDCFS_") and name not in known and environ[name].strip():
             raise _unknown(name, "environment variable", known)

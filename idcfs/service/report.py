@@ -81,13 +81,35 @@ def format_rates(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
-def read_stats(path: Path) -> dict[str, Any]:
-    """The statistics of the idcfs mount that ``path`` (the mount point, or anything in it) is in."""
+def read_stats(path: Path | str) -> dict[str, Any]:
+    """The statistics of the idcfs mount that ``path`` (the mount point, or anything in it) is in,
+    or of the ``idcfs serve`` at the URL ``path`` (``http://127.0.0.1:8080``, with ``user:password@``
+    when it asks for them)."""
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        return _served_stats(path)
     text = control_file(path, "stats")
     try:
         return json.loads(text)
     except ValueError:
         raise MountError(f"{mount_of(path)}/.idcfs/stats is not JSON: a mount of another idcfs version?") from None
+
+
+def _served_stats(url: str) -> dict[str, Any]:
+    import urllib3
+
+    parts = urllib3.util.parse_url(url)
+    headers = urllib3.make_headers(basic_auth=parts.auth) if parts.auth else {}
+    target = parts._replace(auth=None, path=(parts.path or "/").rstrip("/") + "/.idcfs/stats").url
+    try:
+        response = urllib3.request("GET", target, headers=headers, timeout=10.0, retries=False)
+    except urllib3.exceptions.HTTPError as error:
+        raise MountError(f"cannot reach idcfs serve at {parts._replace(auth=None).url}: {error}") from None
+    if response.status != 200:
+        raise MountError(f"{target} answered {response.status}: is it idcfs serve (and the password right)?")
+    try:
+        return json.loads(response.data)
+    except ValueError:
+        raise MountError(f"{target} is not JSON: is it idcfs serve?") from None
 
 
 # -- Prometheus --------------------------------------------------------------------------------

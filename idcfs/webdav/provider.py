@@ -85,8 +85,8 @@ class Folder(DAVCollection):
         provider = self.provider
         return provider.get_resource_inst(f"{self.path.rstrip('/')}/{name}", self.environ)
 
-    def get_last_modified(self) -> float | None:
-        return None
+    def get_last_modified(self) -> float:
+        return self.vfs.stat(self.inner).mtime_ns / 1e9  # the release's date, as the mount shows it
 
     def get_etag(self) -> None:
         return None

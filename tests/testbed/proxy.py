@@ -281,7 +281,7 @@ class CountingProxy:
                 self.wfile.write(payload)
                 return True
 
-            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _forward
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PROPFIND = _forward
 
         return Handler
 
