@@ -23,6 +23,9 @@ Sections:
   fsspec   idc:// in Python beside fsspec's s3fs on the raw UUID keys, the mount and s5cmd: a cold
            200-file series (file by file, and all at once), 2000 random 64 KiB reads in 1 GB,
            the warm re-read in a new process (s3fs under fsspec's filecache); see bench_fsspec.py.
+  webdav   idcfs serve: a cold 200-file series by 8 parallel HTTP readers beside the mount and s5cmd,
+           PROPFIND of the 26k-entry nlst folder, 32 clients for 30 s (wrong bytes, errors, RSS);
+           see bench_webdav.py.
   scale    daemon CPU per file read in a 40-file and in IDC's 91,980-file series; peak daemon RSS
            during a find over 502,482 objects (tiny objects at real paths; see bench_scale.py).
 """
@@ -181,6 +184,7 @@ CATALOG_HEADER = ("measure", "result", "note")
 READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "vs floor", "requests", "fetched")
 DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "requests")
 FSSPEC_HEADER = ("workload", "tool", "time", "idc:// vs it", "requests", "fetched")
+WEBDAV_HEADER = ("workload", "tool / what", "time / result", "requests / memory", "fetched / memory")
 
 
 def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
@@ -207,6 +211,14 @@ def bench_fsspec_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return bench_fsspec(args.runs, args.latency, args.bandwidth, workdir)
 
 
+def bench_webdav_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    from bench_webdav import bench_webdav
+
+    workdir = REPO / ".bench"
+    workdir.mkdir(exist_ok=True)
+    return bench_webdav(args.runs, args.latency, args.bandwidth, workdir)
+
+
 def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_dask import bench_dask
 
@@ -221,6 +233,7 @@ SECTIONS = {
     "catalog": (CATALOG_HEADER, lambda args: bench_catalog(args.runs)),
     "dask": (DASK_HEADER, bench_dask_section),
     "fsspec": (FSSPEC_HEADER, bench_fsspec_section),
+    "webdav": (WEBDAV_HEADER, bench_webdav_section),
 }
 
 

@@ -285,3 +285,27 @@ def test_serve_as_its_systemd_unit_runs_it(s3_proxy, generated, tmp_path):
         finally:
             process.terminate()
             assert process.wait(20) == 0
+
+
+def test_concurrent_clients_of_different_series_get_every_byte_right(share, generated):
+    """A small version of the bench's load row: 8 clients, each on its own series, a few rounds."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    series = [s for s in generated if s.files][:8]
+    expected = {
+        (s.path, f.name): hashlib.sha256(source_file(s, f.name).read_bytes()).digest() for s in series for f in s.files
+    }
+
+    def client(k: int) -> tuple[int, int]:
+        own, wrong, read = series[k % len(series)], 0, 0
+        for _ in range(3):
+            for f in own.files:
+                status, _, body = share.request("GET", url_of(f"{own.path}/{f.name}"))
+                read += 1
+                wrong += status != 200 or hashlib.sha256(body).digest() != expected[(own.path, f.name)]
+        return read, wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(client, range(8)))
+    assert sum(read for read, _ in results) > 0 and sum(wrong for _, wrong in results) == 0

@@ -1,0 +1,205 @@
+"""``idcfs serve`` under load and beside its peers, on the objects of scripts/bench_io.py, one local
+S3 server behind one proxy adding latency per request.
+
+Rows:
+
+- k. a cold 200-file CT series: through the share with 8 parallel ``curl`` processes (keep-alive,
+  25 files each), through the FUSE mount with 8 parallel ``cat``, and s5cmd's download;
+- l. PROPFIND (Depth 1) of IDC's largest folder (``nlst``: ~26k patients), the share's RSS
+  before and at its peak (the answer is built whole by wsgidav);
+- m. load: ``CLIENTS`` readers, each reading its own series file by file over and over for
+  ``SECONDS``: bytes checked against the local files, errors counted, the share's RSS sampled
+  every second (bounded and flat is the goal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from bench_io import CT_SERIES, IDCFS, Idcfs, cat_parallel, prepare_data, s5cmd_copy, warm_server_etags
+
+from tests.testbed.proxy import CountingProxy
+from tests.testbed.servers import free_port, s3_server
+
+CLIENTS = 32
+SECONDS = 30.0
+
+
+class Served:
+    """A running ``idcfs serve`` on a free loopback port."""
+
+    def __init__(self, endpoint: str, cache: Path, catalogs: Path, *options: str) -> None:
+        self.port = free_port()
+        self.log = cache.parent / f"serve-{self.port}.log"
+        cache.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "IDCFS_CATALOG_DIR": str(catalogs)}
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(
+                [IDCFS, "serve", "--listen", f"127.0.0.1:{self.port}", "--endpoint-url", endpoint,
+                 "--cache-dir", str(cache), "--cache-size", "8G", *options],
+                stdout=out, stderr=subprocess.STDOUT, env=environment,
+            )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while "serving IDC" not in self.log.read_text():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"idcfs serve did not start: {self.log.read_text()}")
+            time.sleep(0.1)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def get(self, path: str) -> bytes:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request("GET", "/" + quote(path))
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise OSError(f"GET {path}: {response.status}")
+            return body
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def bench_webdav(runs: int, latency: float, bandwidth: float | None, workdir: Path) -> list[tuple[str, ...]]:
+    info = prepare_data(workdir / "data")
+    ct, small = info["ct"], info["small"]
+    rows: list[tuple[str, ...]] = []
+    scratch = Path(tempfile.mkdtemp(prefix="bench-webdav-", dir=workdir))
+    catalogs = scratch / "catalogs"
+    with (
+        s3_server(info["data"], log_path=workdir / "rclone-serve.log") as server,
+        CountingProxy(server.url, latency=latency, bandwidth=bandwidth) as proxy,
+    ):
+        warm_server_etags(server.url, [CT_SERIES, *(s.crdc_series_uuid for s in small)])
+        names = sorted(p.name for p in (info["data"] / "idc-open-data" / CT_SERIES).iterdir())
+
+        def share_series() -> float:
+            served = Served(proxy.url, scratch / "cold", catalogs)
+            try:
+                urls = "\n".join(f"http://127.0.0.1:{served.port}/{quote(ct.path)}/{name}" for name in names)
+                proxy.log.clear()
+                started = time.perf_counter()
+                subprocess.run(
+                    ["xargs", "-P", "8", "-n", str(-(-len(names) // 8)), "curl", "-sSf"],
+                    input=urls.encode(),
+                    stdout=subprocess.DEVNULL,
+                    check=True,
+                )
+                return time.perf_counter() - started
+            finally:
+                served.stop()
+                shutil.rmtree(scratch / "cold", ignore_errors=True)
+
+        Served(proxy.url, scratch / "warm-up", catalogs).stop()  # the catalog, once, untimed
+        times = [share_series() for _ in range(runs)]
+        rows.append(_row("idcfs serve (8 curl)", times, proxy))
+        mount = Idcfs()
+        mount_times = []
+        for _ in range(runs):
+            shutil.rmtree(scratch / "mount-cache", ignore_errors=True)
+            mount.mount(proxy.url, scratch / "mount-cache")
+            proxy.log.clear()
+            started = time.perf_counter()
+            cat_parallel(mount.root / ct.path)
+            mount_times.append(time.perf_counter() - started)
+            mount.unmount()
+        rows.append(_row("idcfs mount (cat)", mount_times, proxy))
+        with tempfile.TemporaryDirectory(dir=workdir) as target:
+            copies = []
+            for _ in range(runs):
+                for child in Path(target).iterdir():
+                    child.unlink()
+                proxy.log.clear()
+                started = time.perf_counter()
+                s5cmd_copy(proxy.url, f"s3://idc-open-data/{CT_SERIES}/*", Path(target))
+                copies.append(time.perf_counter() - started)
+        rows.append(_row("s5cmd cp", copies, proxy))
+
+        served = Served(proxy.url, scratch / "load", catalogs)
+        try:
+            before = served.rss_kib()
+            peak, listing = before, []
+            for _ in range(runs):
+                started = time.perf_counter()
+                connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=120)
+                connection.request("PROPFIND", "/nlst/", headers={"Depth": "1"})
+                response = connection.getresponse()
+                body = response.read()
+                connection.close()
+                listing.append(time.perf_counter() - started)
+                peak = max(peak, served.rss_kib())
+            entries = body.count(b"<ns0:response>") or body.count(b"response>") // 2
+            rows.append(("l. PROPFIND Depth 1 of nlst", f"{entries:,} entries, {len(body) / 1e6:.1f} MB",
+                         f"{statistics.median(listing):.3f} s", f"RSS {before // 1024} MiB before",
+                         f"{peak // 1024} MiB after"))  # fmt: skip
+            rows.append(_load(served, info, small + [ct]))
+        finally:
+            served.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def _row(tool: str, times: list[float], proxy: CountingProxy) -> tuple[str, ...]:
+    """A row of k: the median time, and the last run's requests and bytes."""
+    workload = "k. cold 200-file series, 8 parallel readers"
+    fetched = f"{proxy.log.body_bytes / 1e6:.1f} MB"
+    return (workload, tool, f"{statistics.median(times):.3f} s", str(proxy.log.count()), fetched)
+
+
+def _load(served: Served, info: dict, series: list) -> tuple[str, ...]:
+    """``CLIENTS`` readers for ``SECONDS``, each on its own series (round robin over ``series``)."""
+    data = info["data"] / "idc-open-data"
+    expected = {
+        (s.path, f.name): hashlib.sha256((data / s.crdc_series_uuid / f.name).read_bytes()).digest()
+        for s in series
+        for f in s.files
+    }
+    counts = {"files": 0, "bytes": 0, "wrong": 0, "errors": 0}
+    lock = threading.Lock()
+    stop = time.monotonic() + SECONDS
+
+    def reader(k: int) -> None:
+        own = series[k % len(series)]
+        while time.monotonic() < stop:
+            for f in own.files:
+                try:
+                    body = served.get(f"{own.path}/{f.name}")
+                except OSError:
+                    with lock:
+                        counts["errors"] += 1
+                    continue
+                with lock:
+                    counts["files"] += 1
+                    counts["bytes"] += len(body)
+                    counts["wrong"] += hashlib.sha256(body).digest() != expected[(own.path, f.name)]
+
+    samples = []
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        samples.append(served.rss_kib() // 1024)
+        time.sleep(1)
+    for thread in threads:
+        thread.join()
+    return (f"m. {CLIENTS} clients for {SECONDS:.0f} s", f"{counts['files']:,} files, {counts['bytes'] / 1e6:.0f} MB",
+            f"{counts['wrong']} wrong, {counts['errors']} errors",
+            f"RSS {min(samples)}-{max(samples)} MiB", f"last {samples[-1]} MiB")  # fmt: skip
