@@ -36,9 +36,10 @@ test-unit: install-python
 test-big: install
 	$(BIN)/python -m pytest -q -m big --timeout 1800 tests/test_big.py
 
+# LINK=100mbit,50ms: one shared line (bandwidth for all connections together, latency per request).
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python scripts/bench.py
+	LINK=$(LINK) $(BIN)/python scripts/bench.py
 
 # Reliability under injected faults (bench/RELIABILITY.md): MINUTES=30 by default. Needs root.
 MINUTES ?= 30

@@ -250,7 +250,23 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     parser.add_argument("--latency", type=float, default=0.020, help="seconds the proxy adds per request")
     parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s cap per response (default none)")
+    parser.add_argument(
+        "--link",
+        default=os.environ.get("LINK") or None,
+        metavar="RATE,LATENCY",
+        help="one line shared by all connections, e.g. 100mbit,50ms (a token bucket for the bandwidth, "
+        "the latency per request): replaces --latency and --bandwidth [env LINK]",
+    )
     args = parser.parse_args()
+    if args.link:
+        from tests.testbed.proxy import parse_link
+
+        try:
+            rate, args.latency = parse_link(args.link)
+        except ValueError as error:
+            parser.error(str(error))
+        os.environ["BENCH_LINK"] = args.link  # every section's proxy (bench_io.bench_proxy)
+        args.bandwidth = None
     lines = [
         "# idcfs benchmark results",
         "",
@@ -258,6 +274,7 @@ def main() -> int:
         f"median of {args.runs} runs; `python scripts/bench.py {' '.join(args.sections)}`; "
         f"{args.latency * 1e3:.0f} ms added per request"
         + (f", {args.bandwidth / 1e6:.0f} MB/s per response" if args.bandwidth else "")
+        + (f", one shared line of {args.link.split(',')[0]} (LINK={args.link})" if args.link else "")
         + ".",
     ]
     for section in args.sections:

@@ -28,6 +28,7 @@ from bench_io import (
     SM_SERIES,
     Idcfs,
     Measure,
+    bench_proxy,
     cat_one_by_one,
     prepare_data,
     random_reads,
@@ -35,7 +36,6 @@ from bench_io import (
     warm_server_etags,
 )
 
-from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import s3_server
 
 BUCKET = "idc-open-data"
@@ -95,7 +95,7 @@ def bench_fsspec(runs: int, latency: float, bandwidth: float | None, workdir: Pa
     ct = info["ct"]
     with (
         s3_server(info["data"], log_path=workdir / "rclone-serve.log") as server,
-        CountingProxy(server.url, latency=latency, bandwidth=bandwidth) as proxy,
+        bench_proxy(server.url, latency, bandwidth) as proxy,
     ):
         endpoint = proxy.url
         warm_server_etags(server.url, [CT_SERIES, SM_SERIES])

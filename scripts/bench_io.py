@@ -20,7 +20,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from tests.testbed.dicomgen import generate, index_rows, series_from_row
-from tests.testbed.proxy import CountingProxy
+from tests.testbed.proxy import CountingProxy, SharedLink, parse_link
 from tests.testbed.servers import s3_server
 from tests.testbed.wsigen import BIG_SLIDE_SERIES, generate_slide, level_file_name
 
@@ -36,6 +36,17 @@ BIG_RANDOM = "00000000-0000-4000-8000-000000001000.dcm"  # 1 GB, opaque bytes
 #: The generated slide: level 0 is 24,576 x 16,384 pixels in 6,144 JPEG tiles (~310 MB).
 SLIDE_SIZE = (24576, 16384)
 SLIDE_REGIONS = 500
+
+
+def bench_proxy(upstream: str, latency: float, bandwidth: float | None) -> CountingProxy:
+    """The proxy every tool reads through: ``latency`` per request and ``bandwidth`` per response,
+    or, when ``BENCH_LINK`` is set (``make bench LINK=100mbit,50ms``), one line's bandwidth shared
+    by all connections with its latency per request (scripts/bench.py --link)."""
+    link = os.environ.get("BENCH_LINK")
+    if link:
+        rate, per_request = parse_link(link)
+        return CountingProxy(upstream, latency=per_request, link=SharedLink(rate))
+    return CountingProxy(upstream, latency=latency, bandwidth=bandwidth)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -391,7 +402,7 @@ def bench_reads(runs: int, latency: float, bandwidth: float | None, workdir: Pat
     rows: list[tuple[str, ...]] = []
     with (
         s3_server(info["data"], log_path=workdir / "rclone-serve.log") as server,
-        CountingProxy(server.url, latency=latency, bandwidth=bandwidth) as proxy,
+        bench_proxy(server.url, latency, bandwidth) as proxy,
     ):
         measure = Measure(proxy, runs)
         endpoint = proxy.url

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from bench_io import CT_SERIES, IDCFS, Idcfs, cat_parallel, prepare_data, s5cmd_copy, warm_server_etags
+from bench_io import CT_SERIES, IDCFS, Idcfs, bench_proxy, cat_parallel, prepare_data, s5cmd_copy, warm_server_etags
 
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import free_port, s3_server
@@ -86,7 +86,7 @@ def bench_webdav(runs: int, latency: float, bandwidth: float | None, workdir: Pa
     catalogs = scratch / "catalogs"
     with (
         s3_server(info["data"], log_path=workdir / "rclone-serve.log") as server,
-        CountingProxy(server.url, latency=latency, bandwidth=bandwidth) as proxy,
+        bench_proxy(server.url, latency, bandwidth) as proxy,
     ):
         warm_server_etags(server.url, [CT_SERIES, *(s.crdc_series_uuid for s in small)])
         names = sorted(p.name for p in (info["data"] / "idc-open-data" / CT_SERIES).iterdir())

@@ -45,6 +45,47 @@ _HOP_BY_HOP = {
 }
 
 
+class SharedLink:
+    """One line's bandwidth, shared by every connection through the proxy (a token bucket):
+    eight parallel GETs share it, as on a real 100 Mbit/s office line, where a cap per response
+    gave each of them the whole line. ``burst`` bytes may pass at once after a quiet spell."""
+
+    def __init__(self, bytes_per_second: float, burst: int = 64 << 10) -> None:
+        self.rate = float(bytes_per_second)
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> None:
+        """Wait until ``count`` bytes may pass (first come, first served, in pieces of the burst)."""
+        while count > 0:
+            piece = min(count, self.burst)
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                self._tokens -= piece  # may go negative: the debt is what this caller waits for
+                wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            if wait > 0:
+                time.sleep(wait)
+            count -= piece
+
+
+def parse_link(text: str) -> tuple[float, float]:
+    """``"100mbit,50ms"`` -> (bytes per second, seconds per request); units kbit, mbit, gbit and
+    ms, s."""
+    rate_text, _, latency_text = text.partition(",")
+    units = {"kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
+    rate_text = rate_text.strip().lower()
+    unit = next((u for u in units if rate_text.endswith(u)), None)
+    if unit is None:
+        raise ValueError(f"link {text!r}: the bandwidth needs a unit (kbit, mbit, gbit), e.g. 100mbit,50ms")
+    latency_text = latency_text.strip().lower() or "0ms"
+    latency = float(latency_text[:-2]) / 1e3 if latency_text.endswith("ms") else float(latency_text.rstrip("s"))
+    return float(rate_text[: -len(unit)]) * units[unit], latency
+
+
 @dataclass
 class RequestLog:
     """What the proxy saw: every request line, in order, and the bytes of response bodies."""
@@ -88,12 +129,20 @@ class _QuietServer(ThreadingHTTPServer):
 class CountingProxy:
     """Forwards ``http://127.0.0.1:<port>/...`` to ``upstream``; see the module docstring."""
 
-    def __init__(self, upstream: str, latency: float = 0.0, bandwidth: float | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        latency: float = 0.0,
+        bandwidth: float | None = None,
+        port: int = 0,
+        link: SharedLink | None = None,
+    ) -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
         self.latency = latency
         self.bandwidth = bandwidth  # bytes/s per response, None for unlimited
+        self.link = link  # one bandwidth for all connections together, None for unlimited
         self.log = RequestLog()
         self.fault: FaultRule | None = None
         self._connections: set[socket.socket] = set()
@@ -225,10 +274,12 @@ class CountingProxy:
             def _stream(self, response: http.client.HTTPResponse, pace: float | None = None) -> None:
                 """Copy the body as it arrives (a client may read a range of a large object and
                 hang up), counting what was passed on, paced to ``bandwidth`` when set."""
-                while chunk := response.read(16 * 1024 if pace else 256 * 1024):
+                while chunk := response.read(16 * 1024 if pace or proxy.link else 256 * 1024):
                     self._send(chunk, pace)
 
             def _send(self, chunk: bytes, pace: float | None = None) -> None:
+                if proxy.link is not None:
+                    proxy.link.take(len(chunk))
                 self.wfile.write(chunk)
                 with proxy.log.lock:
                     proxy.log.body_bytes += len(chunk)
