@@ -187,44 +187,41 @@ FSSPEC_HEADER = ("workload", "tool", "time", "idc:// vs it", "requests", "fetche
 WEBDAV_HEADER = ("workload", "tool / what", "time / result", "requests / memory", "fetched / memory")
 
 
+def bench_workdir() -> Path:
+    """Where the sections keep their generated data (git-ignored), made if missing."""
+    workdir = REPO / ".bench"
+    workdir.mkdir(exist_ok=True)
+    return workdir
+
+
 def bench_reads_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_io import bench_reads
 
-    workdir = REPO / ".bench"
-    workdir.mkdir(exist_ok=True)
-    return bench_reads(args.runs, args.latency, args.bandwidth, workdir)
+    return bench_reads(args.runs, args.latency, args.bandwidth, bench_workdir())
 
 
 def bench_scale_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_scale import bench_scale
 
-    workdir = REPO / ".bench"
-    workdir.mkdir(exist_ok=True)
-    return bench_scale(workdir)
+    return bench_scale(bench_workdir())
 
 
 def bench_fsspec_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_fsspec import bench_fsspec
 
-    workdir = REPO / ".bench"
-    workdir.mkdir(exist_ok=True)
-    return bench_fsspec(args.runs, args.latency, args.bandwidth, workdir)
+    return bench_fsspec(args.runs, args.latency, args.bandwidth, bench_workdir())
 
 
 def bench_webdav_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_webdav import bench_webdav
 
-    workdir = REPO / ".bench"
-    workdir.mkdir(exist_ok=True)
-    return bench_webdav(args.runs, args.latency, args.bandwidth, workdir)
+    return bench_webdav(args.runs, args.latency, args.bandwidth, bench_workdir())
 
 
 def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_dask import bench_dask
 
-    workdir = REPO / ".bench"
-    workdir.mkdir(exist_ok=True)
-    return bench_dask(args.runs, args.latency, workdir)
+    return bench_dask(args.runs, args.latency, bench_workdir())
 
 
 SECTIONS = {

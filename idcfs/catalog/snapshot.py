@@ -133,9 +133,7 @@ def _known_key(files: IndexFiles, template_text: str, selection: Selection, cata
 def _resolved_key(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> str:
     """The key of ``selection`` as the index spells it (a query of the index), its alias written."""
     given = snapshot_key(files, template_text, selection)
-    if not _has_spelt_values(selection):
-        return given
-    key = snapshot_key(files, template_text, spelt_as_indexed(files, selection))
+    key = snapshot_key(files, template_text, spelt_as_indexed(files, selection))  # no query if none to spell
     if key != given:
         with contextlib.suppress(OSError):
             catalogs.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,10 +141,6 @@ def _resolved_key(files: IndexFiles, template_text: str, selection: Selection, c
             partial.write_text(key + "\n")
             os.replace(partial, catalogs / f"{given}.alias")
     return key
-
-
-def _has_spelt_values(selection: Selection) -> bool:
-    return bool(selection.collections or selection.modalities or selection.licenses)
 
 
 def _load_stored(folder: Path) -> Snapshot | None:

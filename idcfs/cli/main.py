@@ -12,8 +12,15 @@ import time
 from pathlib import Path
 
 from idcfs.cli.helper import helper_argv, is_helper_call
-from idcfs.config.options import MOUNT_OPTIONS, add_options, default_cache_dir, parse_seconds
-from idcfs.config.sources import ConfigError, as_flags, resolve
+from idcfs.config.options import (
+    MOUNT_OPTIONS,
+    SERVE_FLAGS,
+    add_options,
+    default_cache_dir,
+    parse_seconds,
+    serve_variable,
+)
+from idcfs.config.sources import ConfigError, as_flags, resolve, tree_namespace
 from idcfs.service.mounting import MountError
 from idcfs.util.suggest import did_you_mean
 from idcfs.version import __version__
@@ -93,34 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    environ = os.environ
-    serve.add_argument(
-        "--listen",
-        default=environ.get("IDCFS_LISTEN", "127.0.0.1:8080"),
-        metavar="HOST:PORT",
-        help="address to serve on [env IDCFS_LISTEN] (default: 127.0.0.1:8080)",
-    )
-    serve.add_argument(
-        "--auth",
-        type=Path,
-        default=environ.get("IDCFS_AUTH") or None,
-        metavar="FILE",
-        help="user:password lines; required off loopback [env IDCFS_AUTH]",
-    )
-    serve.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=environ.get("IDCFS_TLS_CERT") or None,
-        metavar="PEM",
-        help="serve HTTPS with this certificate [env IDCFS_TLS_CERT]",
-    )
-    serve.add_argument(
-        "--tls-key",
-        type=Path,
-        default=environ.get("IDCFS_TLS_KEY") or None,
-        metavar="PEM",
-        help="the certificate's private key [env IDCFS_TLS_KEY]",
-    )
+    for flag, kind, default, metavar, help_text in SERVE_FLAGS:
+        value = os.environ.get(serve_variable(flag)) or default
+        serve.add_argument(
+            flag,
+            type=kind,
+            default=kind(value) if value is not None else None,
+            metavar=metavar,
+            help=f"{help_text} [env {serve_variable(flag)}]" + (f" (default: {default})" if default else ""),
+        )
     add_options(serve, tuple(option for option in MOUNT_OPTIONS if option.name not in MOUNT_ONLY))
 
     stats = commands.add_parser(
@@ -216,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"mount", "umount", "unmount", "versions", "prefetch", "cache", "stats", "path", "serve"}
+
 #: Options of the mount that mean nothing to a server (the kernel's, the daemon's handshake).
 MOUNT_ONLY = {"allow_other", "kernel_readahead", "foreground", "ready_timeout"}
 CACHE_ACTIONS = ("info", "clear")
@@ -296,10 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
     from idcfs.service.stack import open_tree
     from idcfs.webdav.server import ServeError, parse_listen, read_users, serve
 
-    given = {option.name: getattr(args, option.name) for option in MOUNT_OPTIONS if hasattr(args, option.name)}
-    values, _ = resolve(given)
-    options = argparse.Namespace(**values)
-    options.cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    options = tree_namespace({o.name: getattr(args, o.name) for o in MOUNT_OPTIONS if hasattr(args, o.name)})
     try:
         host, port = parse_listen(args.listen)
         users = read_users(args.auth) if args.auth is not None else None

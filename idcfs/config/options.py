@@ -357,6 +357,20 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
 
 OPTIONS_BY_NAME = {option.name: option for option in MOUNT_OPTIONS}
 
+#: ``idcfs serve``'s own flags, not options of the tree (where it listens, who may read):
+#: (flag, type, default, metavar, help). Each has an ``IDCFS_*`` variable (:func:`serve_variable`).
+SERVE_FLAGS: tuple[tuple[str, Callable[[str], Any], str | None, str, str], ...] = (
+    ("--listen", str, "127.0.0.1:8080", "HOST:PORT", "address to serve on"),
+    ("--auth", Path, None, "FILE", "user:password lines; required off loopback"),
+    ("--tls-cert", Path, None, "PEM", "serve HTTPS with this certificate"),
+    ("--tls-key", Path, None, "PEM", "the certificate's private key"),
+)
+
+
+def serve_variable(flag: str) -> str:
+    """``--tls-cert`` -> ``IDCFS_TLS_CERT``."""
+    return "IDCFS_" + flag.removeprefix("--").replace("-", "_").upper()
+
 
 #: ``idcfs mount --help`` in sections: each option's, by name (in the table's order within one).
 HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idcfs.config.options import MOUNT_OPTIONS, OPTIONS_BY_NAME, Option, default_cache_dir
+from idcfs.config.options import (
+    MOUNT_OPTIONS,
+    OPTIONS_BY_NAME,
+    SERVE_FLAGS,
+    Option,
+    default_cache_dir,
+    serve_variable,
+)
 from idcfs.util.suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -184,7 +191,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 #: ``idcfs serve``'s own variables (where it listens, who may read: not options of the tree).
-SERVE_VARIABLES = frozenset({"IDCFS_LISTEN", "IDCFS_AUTH", "IDCFS_TLS_CERT", "IDCFS_TLS_KEY"})
+SERVE_VARIABLES = frozenset(serve_variable(flag) for flag, *_ in SERVE_FLAGS)
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -277,7 +284,13 @@ def tree_options(
     """Every option's value for a face opened from Python (``idc://``, a test): keyword values
     by option name, checked and converted as a config file's are, over the environment and the
     defaults. An ``argparse.Namespace``, as the daemon's options are."""
-    values, _ = resolve(check_given(given, origin), environ=environ)
+    return tree_namespace(check_given(given, origin), environ)
+
+
+def tree_namespace(command_line: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """Every option's value, as :func:`resolve` finds them over ``command_line`` (values already
+    checked: a command's parsed flags, or :func:`check_given`'s), the cache folder a ``Path``."""
+    values, _ = resolve(command_line, environ=environ)
     options = argparse.Namespace(**values)
     options.cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     return options
