@@ -7,6 +7,7 @@ import http.client
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,15 +201,26 @@ def test_another_address_needs_auth_and_a_password_file_is_enforced(s3_proxy, ge
         stop_serve(served)
 
 
-DAVFS_CONF = "use_locks 0\n"  # a read-only share: davfs2 must not try to LOCK what it opens
+# A read-only share: davfs2 must not try to LOCK what it opens. Linux 6.16 and later refuse
+# davfs2's readdir (EINVAL) with its default 16 KiB buffer; 64 KiB is davfs2's own advice.
+DAVFS_CONF = "use_locks 0\nbuf_size 64\n"
+
+
+def dcm2niix(folder: Path, out: Path) -> dict[str, bytes]:
+    """What dcm2niix makes of a folder, by file name (a fixed name: folders are named apart)."""
+    out.mkdir()
+    tool = shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or "dcm2niix"  # the PyPI wheel's
+    subprocess.run([tool, "-f", "series", "-o", str(out), str(folder)], capture_output=True, check=True, timeout=120)
+    return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("mount.davfs") is None or os.getuid() != 0, reason="needs davfs2, as root")
-def test_davfs2_mounts_the_share_and_reads_a_series_byte_exact(share, generated, tmp_path):
-    """davfs2, as Linux desktops mount WebDAV. Its readdir answers EINVAL on this kernel whatever
-    the server (wsgidav's own filesystem provider too), so files are opened by name here; rclone
-    checks the listings."""
+def test_davfs2_mounts_the_share_and_dcm2niix_converts_a_series_as_from_the_fuse_mount(
+    share, generated, s3_mount, tmp_path
+):
+    """davfs2, as Linux desktops mount WebDAV: it lists a series, reads it byte-exact, and
+    dcm2niix converts it to the same NIfTI as from the FUSE mount."""
     series = first(generated)
     conf = tmp_path / "davfs2.conf"
     conf.write_text(DAVFS_CONF)
@@ -223,9 +235,13 @@ def test_davfs2_mounts_the_share_and_reads_a_series_byte_exact(share, generated,
     )
     assert mounted.returncode == 0, mounted.stderr
     try:
+        assert sorted(p.name for p in point.iterdir() if p.name != "lost+found") == sorted(f.name for f in series.files)
         for f in series.files:
             assert (point / f.name).stat().st_size == f.size
             assert (point / f.name).read_bytes() == source_file(series, f.name).read_bytes()
+        through_dav = dcm2niix(point, tmp_path / "from-dav")
+        assert any(name.endswith(".nii") for name in through_dav)
+        assert through_dav == dcm2niix(s3_mount.series_dir(series), tmp_path / "from-fuse")
     finally:
         subprocess.run(["umount", str(point)], capture_output=True, timeout=60, check=False)
 
@@ -309,3 +325,135 @@ def test_concurrent_clients_of_different_series_get_every_byte_right(share, gene
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(client, range(8)))
     assert sum(read for read, _ in results) > 0 and sum(wrong for _, wrong in results) == 0
+
+
+def responses(body: bytes) -> dict[str, dict[str, tuple[str, str]]]:
+    """A multistatus as href -> property -> (status, value): the value's text, or its children's
+    tags for an element such as DAV:resourcetype."""
+    from xml.etree import ElementTree
+
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    for response in ElementTree.fromstring(body).iter("{DAV:}response"):
+        props = found.setdefault(response.findtext("{DAV:}href") or "", {})
+        for propstat in response.iter("{DAV:}propstat"):
+            status = (propstat.findtext("{DAV:}status") or "").split(" ")[1]
+            for prop in propstat.find("{DAV:}prop") or []:
+                props[prop.tag] = (status, prop.text or ",".join(child.tag for child in prop))
+    return found
+
+
+def test_propfind_depth_1_is_streamed_and_answers_what_wsgidav_would(share, generated):
+    """Depth 1 is streamed (chunked); wsgidav's own answer (taken when a condition is sent) is
+    the same, property for property, for a series and for a folder above the series."""
+    series = first(generated)
+    for folder in (series.path, series.path.rsplit("/", 2)[0]):
+        status, headers, streamed = share.request("PROPFIND", url_of(folder) + "/", {"Depth": "1"})
+        assert status == 207 and headers.get("Transfer-Encoding") == "chunked"
+        status, headers, built = share.request(
+            "PROPFIND", url_of(folder) + "/", {"Depth": "1", "If-None-Match": '"not-this"'}
+        )
+        assert status == 207 and "Content-Length" in headers  # wsgidav's whole answer
+        assert responses(streamed) == responses(built) and len(responses(streamed)) > 1
+    listed = responses(share.request("PROPFIND", url_of(series.path) + "/", {"Depth": "1"})[2])
+    for f in series.files:
+        props = listed[url_of(f"{series.path}/{f.name}")]
+        assert props["{DAV:}getcontentlength"] == ("200", str(f.size))
+        assert not any(name.startswith("{urn:idcfs:}") for name in props)  # allprop leaves them out
+
+
+def test_propfind_gives_the_idc_metadata_by_name_and_404_for_unknown_names(share, generated):
+    series = first(generated)
+    asked = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:I="urn:idcfs:"><D:prop>'
+        b"<D:getcontentlength/><I:modality/><I:crdc_instance_uuid/><I:no_such_thing/></D:prop></D:propfind>"
+    )
+    status, _, body = share.request("PROPFIND", url_of(series.path) + "/", {"Depth": "1"}, asked)
+    assert status == 207
+    listed = responses(body)
+    for f in series.files:
+        props = listed[url_of(f"{series.path}/{f.name}")]
+        assert props["{urn:idcfs:}modality"] == ("200", series.modality)
+        assert props["{urn:idcfs:}crdc_instance_uuid"] == ("200", f.name.removesuffix(".dcm"))
+        assert props["{urn:idcfs:}no_such_thing"][0] == "404"
+    names = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>'
+    status, _, body = share.request("PROPFIND", url_of(f"{series.path}/{series.files[0].name}"), {"Depth": "0"}, names)
+    assert status == 207 and "{urn:idcfs:}series_instance_uid" in next(iter(responses(body).values()))
+    status, _, _ = share.request("PROPFIND", url_of(series.path) + "/", {"Depth": "1"}, b"<not-xml")
+    assert status == 400
+
+
+def test_a_slow_client_is_cut_off_and_others_are_served(s3_proxy, generated, tmp_path):
+    """A client that sends its request a byte at a time (each inside the socket timeout), or its
+    body so, is cut off once its wait passes --client-timeout; a normal client meanwhile and
+    after gets its answer."""
+    import socket
+
+    series = first(generated)
+    served = start_serve(tmp_path, s3_proxy.url, f"--collection={series.collection_id}", "--client-timeout", "2")
+    try:
+
+        def trickle(head: bytes, then: bytes) -> bool:
+            """Send ``head``, then ``then`` a byte every 0.5 s; True once the server hangs up."""
+            with socket.create_connection(("127.0.0.1", served.port), timeout=30) as client:
+                client.sendall(head)
+                for byte in then:
+                    try:
+                        client.sendall(bytes([byte]))
+                        time.sleep(0.5)
+                        client.setblocking(False)
+                        try:
+                            if client.recv(65536) == b"":
+                                return True
+                        except BlockingIOError:
+                            pass
+                        finally:
+                            client.setblocking(True)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return True
+                return False
+
+        assert trickle(b"GET / HTTP/1.1\r\n", b"X-Slow: " + b"x" * 100)
+        body = b"<?xml version='1.0'?><D:propfind xmlns:D='DAV:'><D:allprop/></D:propfind>" * 2
+        head = f"PROPFIND / HTTP/1.1\r\nHost: x\r\nDepth: 0\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        assert trickle(head, body)
+        status, _, got = served.request("GET", url_of(f"{series.path}/{series.files[0].name}"))
+        assert status == 200 and got == source_file(series, series.files[0].name).read_bytes()
+    finally:
+        stop_serve(served)
+    assert "sent or took nothing" in (tmp_path / "serve.out").read_text()
+
+
+@pytest.mark.integration
+def test_serve_shares_its_cache_folder_with_a_mount_and_idc_fs(s3_proxy, generated, mount_factory, tmp_path):
+    """One cache folder, three readers at once (the share, a mount, idc://): every byte right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from idcfs.fsspec import IdcFileSystem
+
+    series = [s for s in generated if s.modality != "SM" and s.files][:3]
+    collections = sorted({s.collection_id for s in series})
+    selection = [f"--collection={c}" for c in collections]
+    served = start_serve(tmp_path, s3_proxy.url, *selection)
+    mount = mount_factory(s3_proxy.url, *selection, "--cache-dir", str(tmp_path / "cache"))
+    fs = IdcFileSystem(
+        endpoint_url=s3_proxy.url, cache_dir=str(tmp_path / "cache"), collection=collections, block_size="64K",
+        skip_instance_cache=True,
+    )  # fmt: skip
+    try:
+        reads = [(s, f.name) for s in series for f in s.files]
+
+        def through(k: int, item: tuple[GeneratedSeries, str]) -> bool:
+            s, name = item
+            if k % 3 == 0:
+                got = served.request("GET", url_of(f"{s.path}/{name}"))[2]
+            elif k % 3 == 1:
+                got = (mount.series_dir(s) / name).read_bytes()
+            else:
+                got = fs.cat_file(f"{s.path}/{name}")
+            return got == source_file(s, name).read_bytes()
+
+        with ThreadPoolExecutor(6) as pool:
+            assert all(pool.map(through, range(len(reads) * 3), reads * 3))
+    finally:
+        fs.vfs.close()
+        stop_serve(served)

@@ -296,7 +296,7 @@ def _serve(args: argparse.Namespace) -> int:
         _make_private_dir(options.cache_dir)
         vfs = open_tree(options, where=f"http://{args.listen}")
         try:
-            serve(vfs, host, port, users, tls, on_ready=_say_serving)
+            serve(vfs, host, port, users, tls, on_ready=_say_serving, client_timeout=args.client_timeout)
         finally:
             vfs.close()
     except ServeError as error:

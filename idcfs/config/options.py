@@ -364,7 +364,9 @@ SERVE_FLAGS: tuple[tuple[str, Callable[[str], Any], str | None, str, str], ...] 
     ("--auth", Path, None, "FILE", "user:password lines; required off loopback"),
     ("--tls-cert", Path, None, "PEM", "serve HTTPS with this certificate"),
     ("--tls-key", Path, None, "PEM", "the certificate's private key"),
-)
+    ("--client-timeout", float, "30", "SECONDS",
+     "a client's time for each wait on it (its request, each chunk of an answer); then it is cut off"),
+)  # fmt: skip
 
 
 def serve_variable(flag: str) -> str:

@@ -5,19 +5,30 @@ Read-only by construction: the provider says so, so wsgidav answers every write-
 (PUT, DELETE, MKCOL, MOVE, COPY, PROPPATCH) with 403, and LOCK has no lock manager (405). A path
 with an empty, ``.`` or ``..`` segment, a backslash, a NUL or an overlong name is no resource
 (404): the tree is virtual, so nothing outside it can be reached, and nothing odd is looked up.
+
+A resource's ``user.idc.*`` metadata (what ``getfattr`` shows on the mount) are live properties
+in the :data:`IDC_NAMESPACE`, given when asked for by name (``DAV:propname`` lists them).
+``DAV:allprop`` leaves them out, as RFC 4918 lets a server do with live properties: a listing of
+a big folder would otherwise carry the series' metadata once per file.
 """
 
 from __future__ import annotations
 
 import io
 import mimetypes
+from collections.abc import Iterator
 from typing import Any
 
-from wsgidav.dav_error import HTTP_INTERNAL_ERROR, DAVError
-from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
+from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider, _DAVResource
 
 from idcfs.vfs.files import File
 from idcfs.vfs.vfs import Entry, Vfs
+from idcfs.vfs.xattrs import PREFIX
+
+#: The XML namespace of the ``user.idc.*`` properties: ``user.idc.modality`` is
+#: ``{urn:idcfs:}modality``.
+IDC_NAMESPACE = "urn:idcfs:"
 
 #: The longest name a segment may have (POSIX's NAME_MAX, what every filesystem face allows).
 MAX_NAME_BYTES = 255
@@ -59,7 +70,36 @@ class IdcProvider(DAVProvider):
         return FileResource(path, environ, self.vfs, inner, entry)
 
 
-class Folder(DAVCollection):
+class IdcProperties(_DAVResource):
+    """The ``user.idc.*`` metadata of a resource as properties, read once per resource."""
+
+    vfs: Vfs
+    inner: str
+    _metadata: dict[str, str] | None = None
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names: list[str] = super().get_property_names(is_allprop=is_allprop)
+        return names if is_allprop else [*names, *self._idc_properties()]
+
+    def get_property_value(self, name: str) -> Any:
+        if not name.startswith(f"{{{IDC_NAMESPACE}}}"):
+            return super().get_property_value(name)
+        value = self._idc_properties().get(name)
+        if value is None:
+            raise DAVError(HTTP_NOT_FOUND)
+        return value
+
+    def _idc_properties(self) -> dict[str, str]:
+        if self._metadata is None:
+            try:
+                found = self.vfs.xattrs(self.inner)
+            except OSError:
+                found = {}
+            self._metadata = {f"{{{IDC_NAMESPACE}}}{key.removeprefix(PREFIX)}": value for key, value in found.items()}
+        return self._metadata
+
+
+class Folder(IdcProperties, DAVCollection):
     def __init__(self, path: str, environ: dict[str, Any], vfs: Vfs, inner: str) -> None:
         super().__init__(path, environ)
         self.vfs = vfs
@@ -69,17 +109,25 @@ class Folder(DAVCollection):
         return [name for name, _ in self.vfs.list(self.inner)]
 
     def get_member_list(self) -> list[Folder | FileResource]:
-        """Members from the listing itself, sizes included: no lookup per member."""
+        return list(self.members())
+
+    def members(self) -> Iterator[Folder | FileResource]:
+        """Members from the listing itself, sizes included, made one at a time: no lookup per
+        file (a series' files carry its time, as the mount shows them)."""
         prefix = f"{self.inner}/" if self.inner else ""
         base = self.path.rstrip("/")
-        members: list[Folder | FileResource] = []
+        mtime_ns = self.vfs.stat(self.inner).mtime_ns
         for name, is_dir, size in self.vfs.list_sized(self.inner):
             url = f"{base}/{name}"
             if is_dir:
-                members.append(Folder(url, self.environ, self.vfs, prefix + name))
+                yield Folder(url, self.environ, self.vfs, prefix + name)
             else:
-                members.append(FileResource(url, self.environ, self.vfs, prefix + name, None, size))
-        return members
+                yield FileResource(url, self.environ, self.vfs, prefix + name, Entry(False, size, mtime_ns))
+
+    def with_members(self) -> Iterator[Folder | FileResource]:
+        """What a PROPFIND of depth 1 answers for: the folder, then its members."""
+        yield self
+        yield from self.members()
 
     def get_member(self, name: str) -> Folder | FileResource | None:
         provider = self.provider
@@ -92,23 +140,15 @@ class Folder(DAVCollection):
         return None
 
 
-class FileResource(DAVNonCollection):
-    def __init__(
-        self, path: str, environ: dict[str, Any], vfs: Vfs, inner: str, entry: Entry | None, size: int | None = None
-    ) -> None:
+class FileResource(IdcProperties, DAVNonCollection):
+    def __init__(self, path: str, environ: dict[str, Any], vfs: Vfs, inner: str, entry: Entry) -> None:
         super().__init__(path, environ)
         self.vfs = vfs
         self.inner = inner
         self._entry = entry
-        self._size = entry.size if entry is not None else size
-
-    def _stat(self) -> Entry:
-        if self._entry is None:
-            self._entry = self.vfs.stat(self.inner)
-        return self._entry
 
     def get_content_length(self) -> int:
-        return self._size if self._size is not None else self._stat().size
+        return self._entry.size
 
     def get_content_type(self) -> str:
         if self.inner.endswith(".dcm"):
@@ -116,11 +156,11 @@ class FileResource(DAVNonCollection):
         return mimetypes.guess_type(self.inner)[0] or "application/octet-stream"
 
     def get_last_modified(self) -> float:
-        return self._stat().mtime_ns / 1e9
+        return self._entry.mtime_ns / 1e9
 
     def get_etag(self) -> str:
         # IDC objects never change: size and release time name the bytes.
-        entry = self._stat()
+        entry = self._entry
         return f"{entry.size:x}-{entry.mtime_ns:x}"
 
     def support_etag(self) -> bool:

@@ -3,8 +3,9 @@
 Safe defaults, as a served face must have them: it listens on loopback unless told otherwise,
 and another address is refused without ``--auth`` (and warned about without TLS). PROPFIND with
 ``Depth: infinity`` (or none, which RFC 4918 reads as infinity) is refused before wsgidav sees
-it: it would walk a million series. Every connection has a socket timeout, so a slow or silent
-client cannot hold a worker thread for ever.
+it: it would walk a million series, and depth 1 is streamed (:mod:`idcfs.webdav.propfind`).
+Every wait on a client has a deadline (:mod:`idcfs.webdav.deadline`), so a slow or silent client
+cannot hold a worker thread for ever.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from idcfs.webdav.provider import IdcProvider
 
 log = logging.getLogger(__name__)
 
-#: Seconds a connection may sit between bytes (cheroot's socket timeout).
+#: Seconds a client has for each wait on it: its request's head, its body, each chunk of an answer.
 CLIENT_TIMEOUT = 30.0
 #: Worker threads answering requests (each reads through the core, which fetches in parallel).
 WORKERS = 32
@@ -96,7 +97,13 @@ def guarded(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes
 
 
 def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[bytes]]:
+    from wsgidav.dir_browser import WsgiDavDirBrowser
+    from wsgidav.error_printer import ErrorPrinter
+    from wsgidav.http_authenticator import HTTPAuthenticator
+    from wsgidav.request_resolver import RequestResolver
     from wsgidav.wsgidav_app import WsgiDAVApp
+
+    from idcfs.webdav.propfind import StreamedPropfind
 
     user_mapping: dict[str, Any] = {"*": True}  # anonymous (loopback only)
     if users is not None:
@@ -108,6 +115,8 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
         # What wsgidav reads from a file per chunk it sends (its default, 8 KiB, is 64 Python
         # calls for a 512 KiB DICOM instance; cheroot writes each chunk at once).
         "block_size": 256 << 10,
+        # wsgidav's own stack, with depth-1 PROPFIND taken (streamed) once the user is known.
+        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, WsgiDavDirBrowser, StreamedPropfind, RequestResolver],
         "lock_storage": None,  # read-only: LOCK is 405
         "property_manager": None,
         "verbose": 1,
@@ -125,13 +134,16 @@ def serve(
     tls: tuple[Path, Path] | None = None,
     on_ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    client_timeout: float = CLIENT_TIMEOUT,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or ``stop`` is set); ``on_ready(url)`` once listening."""
-    from cheroot import wsgi
+    from idcfs.webdav.deadline import TimedServer
 
     if not is_loopback(host) and users is None:
         raise ServeError(f"listening on {host} needs --auth FILE (user:password lines): anyone could read through it")
-    server = wsgi.Server((host, port), build_app(vfs, users), numthreads=WORKERS, timeout=int(CLIENT_TIMEOUT))
+    if not client_timeout > 0:
+        raise ServeError(f"--client-timeout {client_timeout:g}: expected a number of seconds above 0")
+    server = TimedServer((host, port), build_app(vfs, users), client_timeout, numthreads=WORKERS)
     server.shutdown_timeout = 5
     scheme = "http"
     if tls is not None:
@@ -149,6 +161,7 @@ def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: done.set())
     runner = threading.Thread(target=server.serve, name="webdav", daemon=True)
+    server.client_clocks.start()
     runner.start()
     log.info("serving %s", url)
     if on_ready is not None:
@@ -160,3 +173,4 @@ def serve(
     finally:
         server.stop()
         runner.join(10)
+        server.client_clocks.stop()

@@ -1,0 +1,144 @@
+"""A deadline on the client's side of every request, so a slow client cannot hold a worker.
+
+A socket timeout bounds one silence, not a request: a client that sends its headers a byte at
+a time, each just inside the timeout, would keep a worker (one of a fixed pool) for ever. So the
+server arms a clock while it waits on the client: reading a request's head, reading its body,
+and sending each chunk of the answer. The work in between (a block fetched, a listing read) is
+the core's, bounded by its own deadlines, and is not counted. A watch thread shuts down the
+socket of a connection whose clock ran out; the worker's blocked call then fails at once and
+cheroot closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cheroot import server as cheroot_server
+from cheroot import wsgi
+
+log = logging.getLogger(__name__)
+
+
+class ClientClocks:
+    """The connections waiting on their client, each with the time it must have answered by."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._due: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._watch = threading.Thread(target=self._run, name="webdav-deadlines", daemon=True)
+        self.expired = 0  #: connections closed for a client too slow
+
+    def start(self) -> None:
+        self._watch.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._watch.is_alive():
+            self._watch.join(5)
+
+    def arm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._due[sock] = time.monotonic() + self.seconds
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._due.pop(sock, None)
+
+    @contextlib.contextmanager
+    def waiting(self, sock: socket.socket) -> Iterator[None]:
+        self.arm(sock)
+        try:
+            yield
+        finally:
+            self.disarm(sock)
+
+    def _run(self) -> None:
+        tick = min(1.0, self.seconds / 4)
+        while not self._stopped.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [sock for sock, due in self._due.items() if due <= now]
+                for sock in overdue:
+                    del self._due[sock]
+            for sock in overdue:
+                self.expired += 1
+                log.info("closing a connection: its client sent or took nothing for %.0f s", self.seconds)
+                # The plain socket's shutdown, also under TLS: it wakes the blocked call without
+                # touching the TLS object another thread is inside.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _TimedInput:
+    """A request body whose every read is a wait on the client."""
+
+    def __init__(self, inner: Any, clocks: ClientClocks, sock: socket.socket) -> None:
+        self._inner = inner
+        self._clocks = clocks
+        self._sock = sock
+
+    def read(self, size: int | None = None) -> bytes:
+        with self._clocks.waiting(self._sock):
+            return bytes(self._inner.read(size))
+
+    def readline(self, size: int | None = None) -> bytes:
+        with self._clocks.waiting(self._sock):
+            return bytes(self._inner.readline(size))
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        with self._clocks.waiting(self._sock):
+            return list(self._inner.readlines(hint))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+class _Gateway(wsgi.Gateway_10):
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]  # cheroot says None
+        environ: dict[str, Any] = super().get_environ()
+        conn = self.req.conn
+        environ["wsgi.input"] = _TimedInput(environ["wsgi.input"], conn.server.client_clocks, conn.socket)
+        return environ
+
+
+class _Request(cheroot_server.HTTPRequest):
+    def respond(self) -> None:
+        self.conn.server.client_clocks.disarm(self.conn.socket)  # the head is in: the core's turn
+        super().respond()
+
+    def write(self, chunk: bytes) -> None:
+        with self.conn.server.client_clocks.waiting(self.conn.socket):
+            super().write(chunk)
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+    def communicate(self) -> bool:
+        clocks: ClientClocks = self.server.client_clocks
+        clocks.arm(self.socket)  # until the request's head has been read
+        try:
+            return bool(super().communicate())
+        finally:
+            clocks.disarm(self.socket)
+
+
+class TimedServer(wsgi.Server):
+    """A cheroot WSGI server whose clients each have ``seconds`` for every wait on them (the
+    socket timeout too). Start :attr:`client_clocks` before serving, stop it after."""
+
+    ConnectionClass = _Connection
+
+    def __init__(self, bind: tuple[str, int], app: Any, seconds: float, **options: Any) -> None:
+        super().__init__(bind, app, timeout=max(1, round(seconds)), **options)
+        self.gateway = _Gateway
+        self.client_clocks = ClientClocks(seconds)
