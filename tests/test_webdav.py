@@ -361,6 +361,28 @@ def test_propfind_depth_1_is_streamed_and_answers_what_wsgidav_would(share, gene
         assert not any(name.startswith("{urn:idcfs:}") for name in props)  # allprop leaves them out
 
 
+def test_propfind_of_a_1503_file_series_lists_every_file_once_with_its_size(many_objects, s3_proxy, tmp_path):
+    """Many batches of the streamed answer, awkward names included (as the tree escapes them),
+    each file once."""
+    from urllib.parse import unquote
+
+    from idcfs.catalog.layout import escape_name
+
+    series = many_objects.series
+    served = start_serve(tmp_path, s3_proxy.url, f"--collection={series.collection_id}")
+    try:
+        status, _, body = served.request("PROPFIND", url_of(series.path) + "/", {"Depth": "1"})
+    finally:
+        stop_serve(served)
+    assert status == 207
+    listed = responses(body)
+    files = {unquote(href).rsplit("/", 1)[1]: props for href, props in listed.items() if not href.endswith("/")}
+    shown = {escape_name(name): name for name in many_objects.names}
+    assert sorted(files) == sorted(shown) and len(listed) == len(files) + 1
+    assert all(props["{DAV:}getcontentlength"] == ("200", str(len(many_objects.payload(shown[name]))))
+               for name, props in files.items())  # fmt: skip
+
+
 def test_propfind_gives_the_idc_metadata_by_name_and_404_for_unknown_names(share, generated):
     series = first(generated)
     asked = (

@@ -1,9 +1,9 @@
-"""PROPFIND streamed: the multistatus is written a member at a time.
+"""PROPFIND streamed: the multistatus is written a batch of members at a time.
 
 wsgidav builds the whole multistatus as one XML tree and then one string, so listing a
 26,000-entry folder held both at once. Here each member's ``<response>`` is made by wsgidav's
 own property code (the same values, the same 404 propstats for unknown names), serialised
-alone, and sent in chunks: memory stays that of one chunk whatever the folder holds. The body
+and sent in batches: memory stays that of one batch whatever the folder holds. The body
 has no length and goes chunked (HTTP/1.1), as Apache's mod_dav sends it.
 
 Only what is certain to be ours is taken: PROPFIND of depth 0 or 1 of a resource of the tree,
@@ -23,12 +23,14 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from idcfs.webdav.provider import FileResource, Folder
 
-#: Bytes of XML gathered before a chunk is sent.
-CHUNK_BYTES = 64 << 10
+#: Responses serialised and sent together: one call of ElementTree's serialiser per response
+#: cost more than building them.
+BATCH = 256
 
 _CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE")
 _HEAD = b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
 _TAIL = b"</D:multistatus>\n"
+_ROOT, _END = b'<D:multistatus xmlns:D="DAV:">', b"</D:multistatus>"
 
 # The DAV: namespace written as ``D:``, as every client's examples show it (ElementTree would
 # otherwise invent ``ns0:``); wsgidav's own answers take it too.
@@ -65,20 +67,27 @@ def requested(environ: dict[str, Any]) -> tuple[str, list[str] | None]:
 def multistatus(
     resources: Iterable[Folder | FileResource], mode: str, names: list[str] | None
 ) -> Generator[bytes, None, None]:
-    """Each resource's response, as XML in chunks of about :data:`CHUNK_BYTES`."""
-    pending = [_HEAD]
-    size = len(_HEAD)
+    """Each resource's response, as XML in chunks of :data:`BATCH` responses."""
+    head = _HEAD
+    batch = ElementTree.Element("{DAV:}multistatus")
     for resource in resources:
-        holder = ElementTree.Element("{DAV:}multistatus")
-        util.add_property_response(holder, resource.get_href(), resource.get_properties(mode, name_list=names))
-        piece = ElementTree.tostring(holder[0], encoding="utf-8")
-        pending.append(piece)
-        size += len(piece)
-        if size >= CHUNK_BYTES:
-            yield b"".join(pending)
-            pending, size = [], 0
-    pending.append(_TAIL)
-    yield b"".join(pending)
+        util.add_property_response(batch, resource.get_href(), resource.get_properties(mode, name_list=names))
+        if len(batch) == BATCH:
+            yield head + _serialised(batch)
+            head, batch = b"", ElementTree.Element("{DAV:}multistatus")
+    yield head + _serialised(batch) + _TAIL
+
+
+def _serialised(batch: ElementTree.Element) -> bytes:
+    """The responses of ``batch``, without the element that holds them."""
+    if not len(batch):
+        return b""
+    whole = ElementTree.tostring(batch, encoding="utf-8")
+    if whole.startswith(_ROOT) and whole.endswith(_END):
+        return whole[len(_ROOT) : -len(_END)]
+    # Another namespace (a property asked for by name) is declared on the holder: serialised one
+    # by one, each response declares what it uses.
+    return b"".join(ElementTree.tostring(response, encoding="utf-8") for response in batch)
 
 
 class StreamedPropfind(BaseMiddleware):
