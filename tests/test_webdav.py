@@ -404,6 +404,15 @@ def test_propfind_gives_the_idc_metadata_by_name_and_404_for_unknown_names(share
     assert status == 400
 
 
+def test_a_client_timeout_that_is_no_number_of_seconds_is_a_clear_error():
+    for flags, env in ((["--client-timeout", "0"], {}), (["--client-timeout", "inf"], {}),
+                       ([], {"IDCFS_CLIENT_TIMEOUT": "soon"})):  # fmt: skip
+        run = subprocess.run(
+            [IDCFS, "serve", *flags], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+        )
+        assert run.returncode != 0 and "client-timeout" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 def test_a_slow_client_is_cut_off_and_others_are_served(s3_proxy, generated, tmp_path):
     """A client that sends its request a byte at a time (each inside the socket timeout), or its
     body so, is cut off once its wait passes --client-timeout; a normal client meanwhile and

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(
             flag,
             type=kind,
-            default=kind(value) if value is not None else None,
+            default=value,  # a string: argparse converts it as if given, and says what is wrong
             metavar=metavar,
             help=f"{help_text} [env {serve_variable(flag)}]" + (f" (default: {default})" if default else ""),
         )
@@ -283,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from idcfs.service.logs import setup_logging
     from idcfs.service.stack import open_tree
-    from idcfs.webdav.server import ServeError, parse_listen, read_users, serve
+    from idcfs.webdav.server import ServeError, check_client_timeout, parse_listen, read_users, serve
 
     options = tree_namespace({o.name: getattr(args, o.name) for o in MOUNT_OPTIONS if hasattr(args, o.name)})
     try:
         host, port = parse_listen(args.listen)
         users = read_users(args.auth) if args.auth is not None else None
+        check_client_timeout(args.client_timeout)
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ServeError("--tls-cert and --tls-key go together")
         tls = (args.tls_cert, args.tls_key) if args.tls_cert is not None and args.tls_key is not None else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterable
@@ -53,6 +54,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_client_timeout(seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ServeError(f"--client-timeout {seconds:g}: expected a number of seconds above 0")
 
 
 def read_users(path: Path) -> dict[str, str]:
@@ -141,8 +147,7 @@ def serve(
 
     if not is_loopback(host) and users is None:
         raise ServeError(f"listening on {host} needs --auth FILE (user:password lines): anyone could read through it")
-    if not client_timeout > 0:
-        raise ServeError(f"--client-timeout {client_timeout:g}: expected a number of seconds above 0")
+    check_client_timeout(client_timeout)
     server = TimedServer((host, port), build_app(vfs, users), client_timeout, numthreads=WORKERS)
     server.shutdown_timeout = 5
     scheme = "http"
