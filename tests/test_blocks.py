@@ -16,6 +16,7 @@ from idcfs.blocks.policy import PrefetchPolicy
 from idcfs.blocks.reader import ObjectRef, Reader, ReadState
 from idcfs.blocks.singleflight import SingleFlight
 from idcfs.remote.retry import RetryPolicy, StoreError
+from tests.conftest import wait_until
 
 
 class BytesStore:
@@ -252,6 +253,48 @@ def test_an_object_read_at_random_is_fetched_whole_if_the_cache_can_hold_it(cach
         assert len(store.gets) == gets
     else:
         assert len(store.gets) <= 4
+    reader.close()
+
+
+class RecordingDisk:
+    """A disk tier that keeps nothing and remembers how each block was handed to it."""
+
+    def __init__(self) -> None:
+        self.writes: dict[str, object] = {}
+        self.capacity = 1 << 30
+        self.bytes_used = 0
+
+    def get(self, key, length):
+        return None
+
+    def put(self, key, block, write=None):
+        self.writes[key] = write
+
+    def close(self) -> None:
+        pass
+
+
+def test_blocks_go_to_disk_as_their_reason_says_a_whole_object_past_the_page_cache():
+    """A stream's readahead never waits for the disk writer; an object read at random, fetched
+    whole, waits (later reads expect it on disk) and passes the page cache by (a gigabyte
+    through it stalls on write-back); a block a reader fetched itself is spare."""
+    from idcfs.blocks.tiers import SPARE, STREAM, WHOLE
+
+    disk = RecordingDisk()
+    reader = Reader(BytesStore({"k": DATA}), BlockCache(10**6, disk), 1000, PrefetchPolicy(mode="file", random_after=4))
+    ref = ObjectRef("b", "k", len(DATA))
+    _read_at_random(reader, ref, ReadState(), 4)
+    assert _settled(reader, ref)
+    assert WHOLE in disk.writes.values() and SPARE in disk.writes.values()
+    assert {disk.writes[reader.block_key(ref, i)] for i in range(reader.num_blocks(ref))} <= {WHOLE, SPARE}
+    reader.close()
+
+    disk = RecordingDisk()
+    reader = Reader(BytesStore({"k": DATA}), BlockCache(10**6, disk), 1000, PrefetchPolicy(mode="file"))
+    state = ReadState()
+    for offset in range(0, 20_000, 1000):
+        reader.read(ref, offset, 1000, state)
+    assert wait_until(lambda: STREAM in disk.writes.values(), 10)
     reader.close()
 
 

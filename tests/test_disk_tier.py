@@ -19,6 +19,7 @@ import pytest
 from idcfs.blocks import disk_tier
 from idcfs.blocks.buffers import new_buffer
 from idcfs.blocks.disk_tier import DiskTier
+from idcfs.blocks.tiers import STREAM
 
 MIB = 1 << 20
 
@@ -225,7 +226,7 @@ def _stream_blocks_round_trip(folder) -> bool:
         block = new_buffer(length)
         block[:] = os.urandom(length)
         blocks[f"stream#{length}"] = bytes(block)
-        tier.put(f"stream#{length}", block, stream=True)
+        tier.put(f"stream#{length}", block, STREAM)
     assert tier.flush(10) and tier.write_failures == 0
     direct = tier._direct
     tier.close()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from idcfs.blocks.buffers import Block, Buffer
 from idcfs.blocks.singleflight import Abandoned, SingleFlight
-from idcfs.blocks.tiers import MemoryTier, Tier
+from idcfs.blocks.tiers import KEEP, SPARE, DiskWrite, MemoryTier, Tier
 from idcfs.remote.retry import StoreError
 from idcfs.util.counters import Counters
 
@@ -78,7 +78,7 @@ class BlockCache:
                 raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
             self.memory.put(key, data)
             if self.disk is not None:
-                self.disk.put(key, data, wait=False)
+                self.disk.put(key, data, SPARE)
             return data
 
         block = self._flight.run(key, load, wait)
@@ -89,7 +89,7 @@ class BlockCache:
         self,
         blocks: list[tuple[str, int]],
         fetch: Callable[[int, int], list[Buffer]],
-        disk_wait: bool = True,
+        write: DiskWrite = KEEP,
     ) -> None:
         """Fetch ahead of demand the blocks of ``blocks`` (key, length) that are neither in memory
         nor on the wire: from disk where it has them, the rest with one ``fetch(first, last)``
@@ -99,9 +99,7 @@ class BlockCache:
         released on every path (``finally``), so no reader can wait on a block nobody fetches.
         A failed stretch passes its error to its waiters; blocks after it that were never
         attempted are released as :class:`Abandoned`, and a waiter then fetches them itself.
-        ``disk_wait``: wait for room in the disk writer's queue, or drop a block from the disk
-        tier when there is none (it stays in memory); the blocks of a stream (no wait) are
-        also written past the page cache.
+        ``write``: how the blocks go to the disk tier (see :class:`DiskWrite`).
         """
         claimed = [i for i, (key, _) in enumerate(blocks) if not self.contains(key) and self._flight.claim(key)]
         unsettled = set(claimed)
@@ -118,12 +116,12 @@ class BlockCache:
                     continue
                 if stretch and stretch[-1] != i - 1:
                     attempted = stretch
-                    self._fetch_stretch(blocks, stretch, fetch, unsettled, disk_wait)
+                    self._fetch_stretch(blocks, stretch, fetch, unsettled, write)
                     stretch = []
                 stretch.append(i)
             if stretch:
                 attempted = stretch
-                self._fetch_stretch(blocks, stretch, fetch, unsettled, disk_wait)
+                self._fetch_stretch(blocks, stretch, fetch, unsettled, write)
         except BaseException as error:
             failure = error
             raise
@@ -141,7 +139,7 @@ class BlockCache:
         stretch: list[int],
         fetch: Callable[[int, int], list[Buffer]],
         unsettled: set[int],
-        disk_wait: bool,
+        write: DiskWrite,
     ) -> None:
         fetched = fetch(stretch[0], stretch[-1])
         lengths = [blocks[i][1] for i in stretch]
@@ -155,7 +153,7 @@ class BlockCache:
             unsettled.discard(i)
             self._flight.resolve(key, block)
             if self.disk is not None:
-                self.disk.put(key, block, wait=disk_wait, stream=not disk_wait)
+                self.disk.put(key, block, write)
 
     def _from_disk(self, key: str, length: int) -> Block | None:
         """The block from the disk tier (then also kept in memory), or None."""

@@ -37,6 +37,7 @@ from pathlib import Path
 from crc32c import crc32c
 
 from idcfs.blocks.buffers import Buffer, new_buffer
+from idcfs.blocks.tiers import KEEP, DiskWrite
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ _STALE_TEMPORARY = 60.0
 _SMALL = 64 << 10
 _PAGE = mmap.PAGESIZE
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: A block waiting to be written: its file's name, its key, its bytes and how.
+_Queued = tuple[str, str, "Buffer | bytes", DiskWrite]
 #: How often eviction reads the stored total again from the index, at most (seconds).
 _TOTAL_REREAD = 5.0
 #: SQLite waits this long at most for another process holding the index (a mount sharing it).
@@ -183,7 +186,7 @@ class DiskTier:
         self.dropped = 0
         self._queue_bytes = queue_bytes
         self._condition = threading.Condition()
-        self._pending: dict[str, tuple[str, Buffer | bytes, bool]] = {}  # name -> (key, block, stream), in order
+        self._pending: dict[str, tuple[str, Buffer | bytes, DiskWrite]] = {}  # name -> (key, block, how), in order
         self._direct = bool(_O_DIRECT)  # until a file system refuses it
         self._pending_bytes = 0
         self._touched: dict[str, int] = {}  # name -> access time, for the index
@@ -237,12 +240,9 @@ class DiskTier:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def put(self, key: str, data: Buffer | bytes, wait: bool = True, stream: bool = False) -> None:
-        """Queue ``data`` for writing; with ``wait=False`` drop it rather than wait for room.
-
-        A ``stream``'s block (an object read from start to end) is written past the page cache
-        where the file system allows: it is rarely read again at once, and gigabytes of it would
-        push everything else out of memory."""
+    def put(self, key: str, data: Buffer | bytes, write: DiskWrite = KEEP) -> None:
+        """Queue ``data`` for writing, as ``write`` says: waiting for room or dropped when there
+        is none; past the page cache where the file system allows."""
         name = block_name(key)
         with self._condition:
             if self.paused or self._closed or name in self._pending:
@@ -250,13 +250,13 @@ class DiskTier:
             give_up = time.monotonic() + PUT_WAIT_TIMEOUT
             while self._pending_bytes + len(data) > self._queue_bytes and self._pending:
                 left = give_up - time.monotonic()
-                if not wait or left <= 0:
+                if not write.wait or left <= 0:
                     self.dropped += 1
                     return
                 self._condition.wait(left)
                 if self.paused or self._closed:
                     return
-            self._pending[name] = (key, data, stream)
+            self._pending[name] = (key, data, write)
             self._pending_bytes += len(data)
             self._condition.notify_all()
 
@@ -273,12 +273,12 @@ class DiskTier:
                     self._condition.wait(1.0)
                 if self._closed and not self._pending:
                     break
-                batch: list[tuple[str, str, Buffer | bytes, bool]] = []
+                batch: list[_Queued] = []
                 size = 0
-                for name, (key, data, stream) in self._pending.items():
+                for name, (key, data, how) in self._pending.items():
                     if len(batch) == _BATCH_BLOCKS or (batch and size + len(data) > _BATCH_BYTES):
                         break
-                    batch.append((name, key, data, stream))
+                    batch.append((name, key, data, how))
                     size += len(data)
                 touched, self._touched = self._touched, {}
                 forget, self._forget = self._forget, set()
@@ -287,9 +287,7 @@ class DiskTier:
             self._index_touches(self._touched)
         self._db.close()
 
-    def _one_turn(
-        self, batch: list[tuple[str, str, Buffer | bytes, bool]], size: int, touched: dict[str, int], forget: set[str]
-    ) -> None:
+    def _one_turn(self, batch: list[_Queued], size: int, touched: dict[str, int], forget: set[str]) -> None:
         failed = False
         try:
             if forget:
@@ -329,7 +327,7 @@ class DiskTier:
                 self._pending_bytes = 0
             self._condition.notify_all()
 
-    def _write(self, batch: list[tuple[str, str, Buffer | bytes, bool]]) -> None:
+    def _write(self, batch: list[_Queued]) -> None:
         """Index the batch, then write its files (so a crash leaves rows without files, never
         files without rows)."""
         now = _now()
@@ -338,16 +336,16 @@ class DiskTier:
                 row = (name, key, len(data), now + i)
                 if self._db.execute("INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)", row).rowcount:
                     self._total += len(data)
-        for name, _, data, direct in batch:
-            self._write_file(name, data, direct)
+        for name, _, data, how in batch:
+            self._write_file(name, data, how)
 
-    def _write_file(self, name: str, data: Buffer | bytes, direct: bool) -> None:
+    def _write_file(self, name: str, data: Buffer | bytes, how: DiskWrite) -> None:
         target = _file_of(self.directory, name)
         folder = target.parent
         temporary = folder / f"{name}.{os.getpid()}.tmp"
         # A page-aligned block (a mapping) is written past the page cache when asked: the DMA
         # reads it where it is, and no page-cache pages are allocated and reclaimed for it.
-        aligned = len(data) & ~(_PAGE - 1) if direct and self._direct and isinstance(data, mmap.mmap) else 0
+        aligned = len(data) & ~(_PAGE - 1) if how.direct and self._direct and isinstance(data, mmap.mmap) else 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | (_O_DIRECT if aligned else 0)
         for _ in range(3):  # at most: the folder made, O_DIRECT dropped
             try:

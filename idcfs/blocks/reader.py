@@ -45,6 +45,7 @@ from cachetools import LRUCache
 from idcfs.blocks.buffers import RECYCLED, Block, Buffer
 from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.policy import DEFAULT_BLOCK_SIZE, PrefetchPolicy
+from idcfs.blocks.tiers import KEEP, STREAM, WHOLE, DiskWrite
 from idcfs.remote.store import Store
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class Reader:
         elif first <= last:
             # A stream's blocks go to disk if the writer keeps up: a reader is never held back
             # by the one disk-writer thread (a series, or an object fetched whole, still waits).
-            self._schedule(obj, first, last, READAHEAD, disk_wait=False)
+            self._schedule(obj, first, last, READAHEAD, STREAM)
 
     def _window_step(self, obj: ObjectRef, last_block: int, state: ReadState) -> tuple[int, int]:
         """The blocks to queue ahead of a sequential read (none while half the window is left).
@@ -266,9 +267,9 @@ class Reader:
                 return
             self._objects_scheduled[obj.key] = True
         log.debug("%s is read at random: fetching it whole (%d bytes)", obj.key, obj.size)
-        self._schedule(obj, 0, self.num_blocks(obj) - 1, READAHEAD)
+        self._schedule(obj, 0, self.num_blocks(obj) - 1, READAHEAD, WHOLE)
 
-    def _schedule(self, obj: ObjectRef, first: int, last: int, priority: int, disk_wait: bool = True) -> None:
+    def _schedule(self, obj: ObjectRef, first: int, last: int, priority: int, write: DiskWrite = KEEP) -> None:
         """Queue blocks ``first..last`` of ``obj``, in runs of up to ``coalesce`` blocks a GET:
         per-request costs (a round trip, a response to parse) dominate small blocks."""
         run: list[int] = []
@@ -281,14 +282,13 @@ class Reader:
             if wanted:
                 run.append(index)
             if run and (not wanted or len(run) == self.prefetch.coalesce or index == last):
-                self._submit_run(obj, run, priority, disk_wait)
+                self._submit_run(obj, run, priority, write)
                 run = []
 
-    def _submit_run(self, obj: ObjectRef, indexes: list[int], priority: int, disk_wait: bool) -> None:
+    def _submit_run(self, obj: ObjectRef, indexes: list[int], priority: int, write: DiskWrite) -> None:
         """Queue one background task for a run of blocks; the cache claims, fetches (one GET per
         contiguous stretch it does not already hold) and settles or releases every block.
-        ``disk_wait``: whether the task waits for room in the disk writer's queue (a series or an
-        object fetched whole, which later reads expect on disk) or leaves a block in memory only."""
+        ``write``: how the blocks go to disk (:class:`~idcfs.blocks.tiers.DiskWrite`)."""
         blocks = [(self.block_key(obj, i), self._block_length(obj, i)) for i in indexes]
         start = indexes[0] * self.block_size
         stop = min(obj.size, (indexes[-1] + 1) * self.block_size)
@@ -299,7 +299,7 @@ class Reader:
 
         def task() -> None:
             try:
-                self.cache.fill(blocks, fetch, disk_wait)
+                self.cache.fill(blocks, fetch, write)
             finally:
                 with self._queued_lock:
                     self._queued.difference_update(key for key, _ in blocks)
