@@ -26,6 +26,9 @@ Sections:
   webdav   idcfs serve: a cold 200-file series by 8 parallel HTTP readers beside the mount and s5cmd,
            PROPFIND of the 26k-entry nlst folder, 32 clients for 30 s (wrong bytes, errors, RSS);
            see bench_webdav.py.
+  link     issue 21's link profile (LINK, default 100mbit,50ms, one line shared by all connections):
+           a cold series, OpenSlide's 500 regions, a demand read behind a stream, the header read,
+           idcfs beside s5cmd, s3fs-fuse and rclone mount; see bench_link.py.
   scale    daemon CPU per file read in a 40-file and in IDC's 91,980-file series; peak daemon RSS
            during a find over 502,482 objects (tiny objects at real paths; see bench_scale.py).
 """
@@ -185,6 +188,7 @@ READS_HEADER = ("workload", "tool", "time", "vs s5cmd", "vs local disk", "vs flo
 DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "requests")
 FSSPEC_HEADER = ("workload", "tool", "time", "idc:// vs it", "requests", "fetched")
 WEBDAV_HEADER = ("workload", "tool / what", "time / result", "requests / memory", "fetched / memory")
+LINK_HEADER = ("workload", "tool", "time", "requests", "fetched")
 
 
 def bench_workdir() -> Path:
@@ -218,6 +222,12 @@ def bench_webdav_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return bench_webdav(args.runs, args.latency, args.bandwidth, bench_workdir())
 
 
+def bench_link_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    from bench_link import bench_link
+
+    return bench_link(args.runs, bench_workdir())
+
+
 def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_dask import bench_dask
 
@@ -231,6 +241,7 @@ SECTIONS = {
     "dask": (DASK_HEADER, bench_dask_section),
     "fsspec": (FSSPEC_HEADER, bench_fsspec_section),
     "webdav": (WEBDAV_HEADER, bench_webdav_section),
+    "link": (LINK_HEADER, bench_link_section),
 }
 
 

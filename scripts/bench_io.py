@@ -357,6 +357,21 @@ def ls_recursive(folders: list[Path]) -> None:
     subprocess.run(["ls", "-lR", *map(str, folders)], stdout=subprocess.DEVNULL, check=True)
 
 
+def s5cmd_series_times(proxy: CountingProxy, workdir: Path, runs: int) -> list[float]:
+    """s5cmd's download of the CT series into an emptied folder, ``runs`` times (the proxy's
+    counts are the last run's)."""
+    times = []
+    with tempfile.TemporaryDirectory(dir=workdir) as target:
+        for _ in range(runs):
+            for child in Path(target).iterdir():
+                child.unlink()
+            proxy.log.clear()
+            started = time.perf_counter()
+            s5cmd_copy(proxy.url, f"s3://idc-open-data/{CT_SERIES}/*", Path(target))
+            times.append(time.perf_counter() - started)
+    return times
+
+
 def s5cmd_copy(endpoint: str, source: str, target: Path) -> None:
     s5cmd = str(BIN / "s5cmd") if (BIN / "s5cmd").exists() else "s5cmd"
     subprocess.run(

@@ -28,7 +28,16 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from bench_io import CT_SERIES, IDCFS, Idcfs, bench_proxy, cat_parallel, prepare_data, s5cmd_copy, warm_server_etags
+from bench_io import (
+    CT_SERIES,
+    IDCFS,
+    Idcfs,
+    bench_proxy,
+    cat_parallel,
+    prepare_data,
+    s5cmd_series_times,
+    warm_server_etags,
+)
 
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import free_port, s3_server
@@ -124,16 +133,7 @@ def bench_webdav(runs: int, latency: float, bandwidth: float | None, workdir: Pa
             mount_times.append(time.perf_counter() - started)
             mount.unmount()
         rows.append(_row("idcfs mount (cat)", mount_times, proxy))
-        with tempfile.TemporaryDirectory(dir=workdir) as target:
-            copies = []
-            for _ in range(runs):
-                for child in Path(target).iterdir():
-                    child.unlink()
-                proxy.log.clear()
-                started = time.perf_counter()
-                s5cmd_copy(proxy.url, f"s3://idc-open-data/{CT_SERIES}/*", Path(target))
-                copies.append(time.perf_counter() - started)
-        rows.append(_row("s5cmd cp", copies, proxy))
+        rows.append(_row("s5cmd cp", s5cmd_series_times(proxy, workdir, runs), proxy))
 
         served = Served(proxy.url, scratch / "load", catalogs)
         try:
