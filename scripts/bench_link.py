@@ -8,7 +8,8 @@ Rows:
 - o. OpenSlide reading 500 random 256x256 level-0 regions of the generated slide, cold;
 - p. a demand read's latency: the first 64 KiB of each of 20 small series' files, one after
   another, with the line idle and while ``dd`` streams the 500 MB object through the same
-  tool (the stream fills the line); p50 and p99 of each, and busy over idle;
+  tool (the stream fills the line); for idcfs also while it fetches the 1 GB object whole
+  (after reads at six places of it); p50 and p99 of each, and busy over idle;
 - q. the header read: ``open(path, "rb").read(65536)`` of the 1 GB object, its time and the
   bytes fetched once background work has settled.
 """
@@ -138,7 +139,11 @@ def _tool_rows(tool: Tool, proxy: CountingProxy, info: dict, cache: Path, runs: 
         report(_row("n. cold 200-file series", tool.name, *timed(lambda: cat_one_by_one(ct_dir))))
         regions = [sys.executable, "-c", f"from bench_io import openslide_regions; openslide_regions({str(slide)!r})"]
         report(_row("o. OpenSlide 500 regions, cold", tool.name, *timed(regions)))
-        report(_demand_row(tool, fresh, small, sm_dir / BIG_SEQUENTIAL))
+        stream = ["dd", f"if={sm_dir / BIG_SEQUENTIAL}", "of=/dev/null", "bs=1M"]
+        report(_demand_row(tool, fresh, small, stream, sm_dir / BIG_SEQUENTIAL, "a stream"))
+        if isinstance(tool, Idcfs):  # the peers have no whole-object fetch
+            whole = [sys.executable, "-c", _JUMPS, str(sm_dir / BIG_RANDOM)]
+            report(_demand_row(tool, fresh, small, whole, sm_dir / BIG_RANDOM, "a whole-object fetch"))
 
         def header() -> None:
             os.stat(sm_dir / BIG_RANDOM)  # the series listed: one LIST, counted with the read
@@ -153,8 +158,11 @@ def _tool_rows(tool: Tool, proxy: CountingProxy, info: dict, cache: Path, runs: 
     return rows
 
 
-def _demand_row(tool: Tool, fresh: Callable[[], Path], small: list[Path], stream: Path) -> tuple[str, ...]:
-    """p50/p99 of first reads of other objects, idle and while a stream fills the line."""
+def _demand_row(
+    tool: Tool, fresh: Callable[[], Path], small: list[Path], filler: list[str], target: Path, what: str
+) -> tuple[str, ...]:
+    """p50/p99 of first reads of other objects, idle and while ``filler`` (a command reading
+    ``target``) has the line full."""
 
     def first_reads() -> list[float]:
         latencies = []
@@ -166,31 +174,39 @@ def _demand_row(tool: Tool, fresh: Callable[[], Path], small: list[Path], stream
             latencies.append(time.perf_counter() - started)
         return latencies
 
-    fresh()
-    for folder in small[:DEMAND_READS]:
-        next(folder.iterdir())  # listed, outside the timing (the stream's listing too)
-    stream.stat()
+    def listed() -> None:  # outside the timing, the filler's own listing too
+        fresh()
+        for folder in small[:DEMAND_READS]:
+            next(folder.iterdir())
+        target.stat()
+
+    listed()
     idle = first_reads()
-    fresh()
-    for folder in small[:DEMAND_READS]:
-        next(folder.iterdir())
-    stream.stat()
-    dd = subprocess.Popen(["dd", f"if={stream}", "of=/dev/null", "bs=1M"], stderr=subprocess.DEVNULL)
+    listed()
+    filling = subprocess.Popen(filler, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(3)  # the stream at full speed
+        time.sleep(3)  # the line full
         busy = first_reads()
     finally:
-        dd.kill()
-        dd.wait()
+        filling.kill()
+        filling.wait()
 
     def p(values: list[float], q: float) -> float:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
-    return ("p. demand read, idle / behind a stream", tool.name,
+    return (f"p. demand read, idle / behind {what}", tool.name,
             f"p50 {p(idle, 0.5) * 1e3:.0f} / {p(busy, 0.5) * 1e3:.0f} ms",
             f"p99 {p(idle, 0.99) * 1e3:.0f} / {p(busy, 0.99) * 1e3:.0f} ms",
             f"{p(busy, 0.5) / p(idle, 0.5):.2f}x / {p(busy, 0.99) / p(idle, 0.99):.2f}x")  # fmt: skip
+
+
+#: Reads at six places of a file, then exits: idcfs then fetches the object whole, in the
+#: background, for as long as the line needs (80 s for 1 GB at 100 Mbit/s).
+_JUMPS = (
+    "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+    "[os.pread(fd, 65536, k * 150_000_017) for k in range(1, 7)]"
+)
 
 
 def _row(workload: str, tool: str, times: list[float], requests: int, fetched: int) -> tuple[str, ...]:
