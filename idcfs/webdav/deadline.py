@@ -34,7 +34,6 @@ class ClientClocks:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._watch = threading.Thread(target=self._run, name="webdav-deadlines", daemon=True)
-        self.expired = 0  #: connections closed for a client too slow
 
     def start(self) -> None:
         self._watch.start()
@@ -69,7 +68,6 @@ class ClientClocks:
                 for sock in overdue:
                     del self._due[sock]
             for sock in overdue:
-                self.expired += 1
                 log.info("closing a connection: its client sent or took nothing for %.0f s", self.seconds)
                 # The plain socket's shutdown, also under TLS: it wakes the blocked call without
                 # touching the TLS object another thread is inside.

@@ -105,10 +105,8 @@ class StreamedPropfind(BaseMiddleware):
         if not isinstance(resource, Folder | FileResource):
             return self.next_app(environ, start_response)  # not found: wsgidav's 404
         mode, names = requested(environ)
-        members = isinstance(resource, Folder) and environ["HTTP_DEPTH"] == "1"
-        body = multistatus(
-            resource.with_members() if isinstance(resource, Folder) and members else [resource], mode, names
-        )
+        with_members = isinstance(resource, Folder) and environ["HTTP_DEPTH"] == "1"
+        body = multistatus(resource.with_members() if with_members else [resource], mode, names)
         first = next(body)  # the listing is fetched here: a failure is still a whole error answer
         start_response(
             "207 Multi-Status",

@@ -3,7 +3,7 @@
 Safe defaults, as a served face must have them: it listens on loopback unless told otherwise,
 and another address is refused without ``--auth`` (and warned about without TLS). PROPFIND with
 ``Depth: infinity`` (or none, which RFC 4918 reads as infinity) is refused before wsgidav sees
-it: it would walk a million series, and depth 1 is streamed (:mod:`idcfs.webdav.propfind`).
+it: it would walk a million series; depth 0 and 1 are streamed (:mod:`idcfs.webdav.propfind`).
 Every wait on a client has a deadline (:mod:`idcfs.webdav.deadline`), so a slow or silent client
 cannot hold a worker thread for ever.
 """
@@ -121,7 +121,7 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
         # What wsgidav reads from a file per chunk it sends (its default, 8 KiB, is 64 Python
         # calls for a 512 KiB DICOM instance; cheroot writes each chunk at once).
         "block_size": 256 << 10,
-        # wsgidav's own stack, with depth-1 PROPFIND taken (streamed) once the user is known.
+        # wsgidav's own stack, with PROPFIND of depth 0 and 1 taken (streamed) once the user is known.
         "middleware_stack": [ErrorPrinter, HTTPAuthenticator, WsgiDavDirBrowser, StreamedPropfind, RequestResolver],
         "lock_storage": None,  # read-only: LOCK is 405
         "property_manager": None,
