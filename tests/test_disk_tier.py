@@ -95,8 +95,32 @@ def test_blocks_outlive_the_tier_that_wrote_them(tmp_path):
     again.close()
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "empty", "trailer"])
-def test_a_damaged_block_file_is_a_miss_and_goes(tmp_path, damage):
+def test_a_part_of_a_block_reads_only_the_chunks_it_touches_and_checks_them(tmp_path):
+    """A 64 KiB tile of a block evicted from memory is a small read, checked all the same: a
+    damaged chunk elsewhere in the block does not spoil it, one it touches is a miss."""
+    tier = _tier(tmp_path)
+    chunk = disk_tier.CHUNK
+    data = os.urandom(5 * chunk + 12_345)  # a short last chunk, as at the end of an object
+    tier.put("k", data)
+    assert bytes(tier.read("k", len(data), 10, 20)) == data[10:20]  # queued, not yet written
+    assert tier.flush(10)
+    for start, stop in [(0, 1), (0, chunk), (chunk - 1, chunk + 1), (3 * chunk + 7, 4 * chunk), (100, len(data))]:
+        assert bytes(tier.read("k", len(data), start, stop)) == data[start:stop], (start, stop)
+    assert bytes(tier.read("k", len(data), len(data) - 5, len(data))) == data[-5:]
+    path = disk_tier.block_path(tmp_path / "blocks", "k")
+    raw = bytearray(path.read_bytes())
+    raw[4 * chunk + 3] ^= 1  # the fifth chunk
+    path.write_bytes(raw)
+    assert bytes(tier.read("k", len(data), 0, 2 * chunk)) == data[: 2 * chunk]  # intact chunks
+    assert tier.read("k", len(data), 3 * chunk, 4 * chunk + 4) is None  # touches the damage
+    with pytest.raises(ValueError):
+        tier.read("k", len(data), 5, len(data) + 1)
+    tier.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "empty", "trailer", "checksum"])
+@pytest.mark.parametrize("reading", ["block", "part"])
+def test_a_damaged_block_file_is_a_miss_and_goes(tmp_path, damage, reading):
     tier = _tier(tmp_path)
     data = os.urandom(300_000)
     tier.put("k", data)
@@ -111,10 +135,12 @@ def test_a_damaged_block_file_is_a_miss_and_goes(tmp_path, damage):
         raw += b"x"
     elif damage == "empty":
         raw = bytearray()
+    elif damage == "checksum":
+        raw[len(data)] ^= 1  # the first chunk's CRC
     else:
         raw[-1] ^= 1  # the magic
     path.write_bytes(raw)
-    assert tier.get("k", len(data)) is None
+    assert (tier.get("k", len(data)) if reading == "block" else tier.read("k", len(data), 1000, 2000)) is None
     deadline = time.monotonic() + 10  # bounds a broken run only
     while (path.exists() or tier.bytes_used) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -156,7 +182,7 @@ def test_what_a_crash_and_an_older_idcfs_left_is_cleaned_up(tmp_path):
     db.close()
     # A crash in the middle of a write: a temporary file, old.
     name = disk_tier.block_name("torn")
-    temporary = folder / "v1" / name[:2] / f"{name}.999999.tmp"
+    temporary = disk_tier.block_path(folder, "torn").parent / f"{name}.999999.tmp"
     temporary.parent.mkdir(parents=True, exist_ok=True)
     temporary.write_bytes(b"half")
     os.utime(temporary, (time.time() - 3600, time.time() - 3600))
@@ -260,6 +286,31 @@ def test_a_file_system_without_o_direct_takes_a_streams_blocks_all_the_same(ramf
 
 def test_a_small_disk_takes_a_streams_blocks(small_disk):
     _stream_blocks_round_trip(small_disk)  # tmpfs takes O_DIRECT since Linux 6.6; either way
+
+
+def test_an_earlier_formats_blocks_go_and_the_tier_starts_empty(tmp_path):
+    """Blocks of an earlier format (v1: one CRC for the whole block) are not read as this one's:
+    their rows go at once and their files in the sweep."""
+    folder = tmp_path / "blocks"
+    tier = _tier(tmp_path)
+    tier.put("k", b"x" * 5000)
+    assert tier.flush(10)
+    tier.close()
+    current = disk_tier.block_path(folder, "k")
+    old = folder / "v1" / current.parent.name / current.name
+    old.parent.mkdir(parents=True)
+    current.rename(old)  # as an earlier idcfs left it: its row, its file in its folder
+    shutil.rmtree(folder / current.parent.parent.name)
+    tier = _tier(tmp_path)
+    assert tier.bytes_used == 0 and tier.get("k", 5000) is None
+    deadline = time.monotonic() + 10  # bounds a broken run only
+    while (folder / "v1").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not (folder / "v1").exists()
+    tier.put("k", b"y" * 5000)
+    assert tier.flush(10)
+    assert bytes(tier.get("k", 5000)) == b"y" * 5000 and disk_tier.summary(folder)[:2] == (1, 5000)
+    tier.close()
 
 
 def test_cache_clear_removes_an_earlier_versions_blocks_too(tmp_path):

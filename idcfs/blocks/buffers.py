@@ -14,10 +14,19 @@ import threading
 
 from idcfs.remote.http import Buffer
 
-__all__ = ["RECYCLED", "Block", "Buffer", "Recycled", "new_buffer", "recycle_if_unreferenced"]
+__all__ = ["RECYCLED", "Block", "Buffer", "Recycled", "new_buffer", "part_of", "recycle_if_unreferenced"]
 
 #: A cached block: a buffer the network filled, or bytes (from the disk tier, or a test's store).
 Block = bytes | Buffer
+
+
+def part_of(block: Block | memoryview, start: int, stop: int) -> Block | memoryview:
+    """``block[start:stop]`` without a copy where one can be avoided: a cached block is a buffer
+    nobody changes, handed out whole or as a view (the FUSE layer copies it once, into the
+    kernel's reply)."""
+    if start == 0 and stop == len(block):
+        return block
+    return block[start:stop] if isinstance(block, bytes) else memoryview(block)[start:stop]
 
 
 def new_buffer(size: int) -> Buffer:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from idcfs.blocks.buffers import Block, Buffer
+from idcfs.blocks.buffers import Block, Buffer, part_of
 from idcfs.blocks.singleflight import Abandoned, SingleFlight
 from idcfs.blocks.tiers import KEEP, SPARE, DiskWrite, MemoryTier, Tier
 from idcfs.remote.retry import StoreError
@@ -64,13 +64,48 @@ class BlockCache:
             self._mark_read(key)
             return block
         self.counters.add("memory_misses")
+        return self._load(key, length, fetch, wait, from_disk=True)
+
+    def read(
+        self, key: str, length: int, fetch: Callable[[], Block], wait: float | None, start: int, stop: int
+    ) -> Block | memoryview:
+        """Bytes ``[start, stop)`` of the block ``key``, as :meth:`get_or_fetch` would give them,
+        except that the disk tier reads only that part (and the block stays on disk only): a
+        small read of a block evicted from memory costs its own bytes, not the block's, and
+        pushes nothing else out of memory."""
+        part = self.cached_part(key, length, start, stop)
+        if part is not None:
+            return part
+        return part_of(self._load(key, length, fetch, wait, from_disk=False), start, stop)
+
+    def cached_part(self, key: str, length: int, start: int, stop: int) -> Block | memoryview | None:
+        """Bytes ``[start, stop)`` of the block ``key`` if memory or disk holds it, else None
+        (nothing is fetched; a miss in both is counted as a memory miss only)."""
+        block = self.memory.get(key)
+        if block is not None:
+            self.counters.add("memory_hits")
+            self._mark_read(key)
+            return part_of(block, start, stop)
+        self.counters.add("memory_misses")
+        if self.disk is not None:
+            part = self.disk.read(key, length, start, stop)
+            if part is not None:
+                self.counters.add("disk_hits")
+                return part
+        return None
+
+    def _load(self, key: str, length: int, fetch: Callable[[], Block], wait: float | None, from_disk: bool) -> Block:
+        """The block from memory (fetched since a miss), disk (``from_disk``), or ``fetch``, by
+        one thread however many ask."""
 
         def load() -> Block:
             block = self.memory.get(key)  # a fetch that finished since our miss
-            if block is None:
+            if block is None and from_disk:
                 block = self._from_disk(key, length)
                 if self.disk is not None:
                     self.counters.add("disk_hits" if block is not None else "disk_misses")
+            elif block is None and self.disk is not None:
+                self.counters.add("disk_misses")
             if block is not None:
                 return block
             data = fetch()

@@ -3,11 +3,13 @@
 Why not a key-value store: diskcache (earlier versions' block store) created a file and wrote a SQLite row per
 block through its own layers, and on two cores that one writer thread was the bottleneck of a
 cold 500 MB read (~1 ms of CPU per MiB, with the fetchers waiting on it). Here a block is one
-``writev`` of its buffer and a 16-byte trailer, and the index costs one row per block in batched
+``writev`` of its buffer and a small trailer, and the index costs one row per block in batched
 transactions.
 
 The read path never touches SQLite: a block's file name is a hash of its key, so a lookup is an
-``open``, and the trailer (length, CRC32C, magic) says whether the file is whole. Hits are noted
+``open``, and the trailer (a CRC32C per chunk, the length, the magic) says whether the file is
+whole. A read of part of a block reads and checks only the chunks it touches: a 64 KiB tile of a
+slide larger than the memory tier costs a 64 KiB read from disk, not the whole block's. Hits are noted
 in memory and written to the index as access times in the writer's next batch (the LRU order
 survives remounts). The index exists for the size cap and eviction (least recently used first),
 and it is written before the files it names: a crash can leave a row without its file (a miss,
@@ -41,12 +43,18 @@ from idcfs.blocks.tiers import KEEP, DiskWrite
 
 log = logging.getLogger(__name__)
 
-#: length, CRC32C of the block (in hardware: a fifth of zlib's CRC32 time), magic; after the block, so
-#: the block starts at offset 0.
-_TRAILER = struct.Struct("<QI4s")
-_MAGIC = b"IDCB"
-#: The folder of this format's block files (a new format gets a new folder).
-_FORMAT = "v1"
+#: After the block (so the block starts at offset 0 and a whole block is one aligned write): a
+#: CRC32C (in hardware: a fifth of zlib's CRC32 time) per chunk of the block, then this footer:
+#: the block's length, the chunk size, the magic.
+_FOOTER = struct.Struct("<QI4s")
+_CRC = struct.Struct("<I")
+_MAGIC = b"IDC2"
+#: A part of a block is read and checked in chunks of this size: what a kernel read or a tile
+#: needs, without a whole block's read for it.
+CHUNK = 64 << 10
+#: The folder of this format's block files (a new format gets a new folder), and earlier formats'.
+_FORMAT = "v2"
+_EARLIER_FORMATS = ("v1",)
 #: Free space the disk cache leaves on its disk (at most 5% of the disk), for everyone else.
 DISK_RESERVE = 256 << 20
 #: A background fetch waits this long at most for room in the disk write queue, then drops.
@@ -120,6 +128,53 @@ def summary(directory: Path) -> tuple[int, int, int | None] | None:
         db.close()
 
 
+def _trailer_size(length: int) -> int:
+    return _CRC.size * -(-length // CHUNK) + _FOOTER.size
+
+
+def _trailer(block: Buffer | bytes) -> bytes:
+    view = memoryview(block)
+    try:
+        crcs = b"".join(_CRC.pack(crc32c(view[at : at + CHUNK])) for at in range(0, len(view), CHUNK))
+    finally:
+        view.release()
+    return crcs + _FOOTER.pack(len(block), CHUNK, _MAGIC)
+
+
+def _read_checked(fd: int, length: int, start: int, stop: int, into: Buffer | None = None) -> Buffer | bytes | None:
+    """Bytes ``[start, stop)`` of the block of ``length`` bytes in ``fd``, the chunks they touch
+    checked against the trailer (None if the file is not that block, whole and intact). With
+    ``into`` (a buffer of ``length`` bytes), the whole block is read into it."""
+    trailer_size = _trailer_size(length)
+    # One byte more than the trailer: a file longer than the block and its trailer is no block.
+    trailer = os.pread(fd, trailer_size + 1, length)
+    if len(trailer) != trailer_size:
+        return None
+    stored_length, chunk, magic = _FOOTER.unpack_from(trailer, trailer_size - _FOOTER.size)
+    if magic != _MAGIC or stored_length != length or chunk != CHUNK:
+        return None
+    first, last = start // CHUNK, (stop - 1) // CHUNK
+    begin, end = first * CHUNK, min(length, (last + 1) * CHUNK)
+    if into is not None:
+        data: Buffer | bytes = into
+        if os.preadv(fd, [into], 0) != length:
+            return None
+    else:
+        data = bytearray(end - begin)  # writable, as the FUSE layer's copy into its reply wants
+        if os.preadv(fd, [data], begin) != end - begin:
+            return None
+    view = memoryview(data)
+    try:
+        base = 0 if into is not None else begin
+        for index in range(first, last + 1):
+            at = index * CHUNK - base
+            if crc32c(view[at : at + CHUNK]) != _CRC.unpack_from(trailer, index * _CRC.size)[0]:
+                return None
+    finally:
+        view.release()
+    return data
+
+
 def remove_legacy(directory: Path) -> bool:
     """Remove an earlier version's diskcache of blocks in ``directory`` (``cache.db`` and its two-letter
     folders of value files), if there is one; whether there was."""
@@ -134,10 +189,19 @@ def remove_legacy(directory: Path) -> bool:
     return True
 
 
+def remove_earlier_formats(directory: Path) -> bool:
+    """Remove the block files of earlier formats of this tier in ``directory``; whether there were any."""
+    earlier = [directory / name for name in _EARLIER_FORMATS if (directory / name).is_dir()]
+    for folder in earlier:
+        shutil.rmtree(folder, ignore_errors=True)
+    return bool(earlier)
+
+
 def clear(directory: Path) -> int:
     """Remove every block (safe while a mount uses the folder: it fetches again what is gone),
     and an earlier version's blocks; the number of blocks removed from the index."""
     remove_legacy(directory)
+    remove_earlier_formats(directory)
     if not (directory / "index.sqlite").exists():
         return 0
     db = _connect(directory)
@@ -168,11 +232,14 @@ class DiskTier:
         self, directory: Path, size_limit: int, queue_bytes: int = 128 << 20, retry_interval: float = 30.0
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        first_of_format = not (directory / _FORMAT).exists()
         (directory / _FORMAT).mkdir(exist_ok=True, mode=0o700)
         self.directory = directory
         self.size_limit = size_limit
         self._db = _connect(directory)
         with self._db:
+            if first_of_format:  # the rows are an earlier format's blocks (their files go in the sweep)
+                self._db.execute("DELETE FROM blocks")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('size_limit', ?)", (size_limit,))
         self._total = self._stored_bytes()
         self._total_read_at = time.monotonic()
@@ -200,43 +267,50 @@ class DiskTier:
 
     def get(self, key: str, length: int) -> Buffer | bytes | None:
         """The block, if stored (or queued) whole and intact; a damaged one is a miss, and goes."""
+        found = self._lookup(key, length, 0, length, whole=True)
+        return None if found is None else found[0]
+
+    def read(self, key: str, length: int, start: int, stop: int) -> Buffer | bytes | memoryview | None:
+        """Bytes ``[start, stop)`` of the block of ``length`` bytes, if stored (or queued) and the
+        chunks they touch are intact: a read of part of a block costs that part, not the block."""
+        if not 0 <= start < stop <= length:
+            raise ValueError(f"[{start}, {stop}) is not inside a block of {length} bytes")
+        found = self._lookup(key, length, start, stop, whole=False)
+        if found is None:
+            return None
+        data, base = found
+        if start == base and stop - start == len(data):
+            return data
+        return memoryview(data)[start - base : stop - base]
+
+    def _lookup(self, key: str, length: int, start: int, stop: int, whole: bool) -> tuple[Buffer | bytes, int] | None:
+        """The block (``whole``), or the chunks of it that ``[start, stop)`` touches, and where
+        in the block what is returned begins."""
         name = block_name(key)
         with self._condition:
             queued = self._pending.get(name)
         if queued is not None:
-            return queued[1]
+            return (queued[1], 0) if len(queued[1]) == length else None
         try:
             fd = os.open(_file_of(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # absent (the usual miss), or a disk in trouble: a miss either way
             return None
         try:
-            block = self._read(fd, length)
+            into = (new_buffer(length) if length >= _SMALL else bytearray(length)) if whole else None
+            data = _read_checked(fd, length, start, stop, into)
         except OSError as error:
             log.debug("disk cache read of %s failed: %s", key, error)
             return None
         finally:
             os.close(fd)
-        if block is None:
+        if data is None:
             log.warning("disk cache block %s is damaged; fetching it again", key)
             self.discard(key)
             return None
         with self._condition:
             if len(self._touched) < _MAX_TOUCHES:
                 self._touched[name] = _now()
-        return block
-
-    @staticmethod
-    def _read(fd: int, length: int) -> Buffer | bytes | None:
-        if os.fstat(fd).st_size != length + _TRAILER.size:
-            return None
-        block: Buffer = new_buffer(length) if length >= _SMALL else bytearray(length)
-        trailer = bytearray(_TRAILER.size)
-        if os.preadv(fd, [block, trailer], 0) != length + _TRAILER.size:
-            return None
-        stored_length, crc, magic = _TRAILER.unpack(trailer)
-        if magic != _MAGIC or stored_length != length or crc32c(block) != crc:
-            return None
-        return block
+        return data, 0 if whole else start // CHUNK * CHUNK
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -362,7 +436,7 @@ class DiskTier:
             fd = os.open(temporary, flags, 0o600)
         view = memoryview(data)
         try:
-            trailer = _TRAILER.pack(len(data), crc32c(data), _MAGIC)
+            trailer = _trailer(data)
             written = 0
             if aligned:
                 written = os.pwritev(fd, [view[:aligned]], 0)
@@ -446,6 +520,8 @@ class DiskTier:
         """Remove what a crash, or an older idcfs, left: temporary files, diskcache's folder."""
         if remove_legacy(self.directory):
             log.info("removed the disk cache of an earlier idcfs version in %s", self.directory)
+        if remove_earlier_formats(self.directory):
+            log.info("removed the disk cache blocks of an earlier idcfs version in %s", self.directory)
         stale = time.time() - _STALE_TEMPORARY
         with contextlib.suppress(OSError):
             for folder in os.scandir(self.directory / _FORMAT):

@@ -47,6 +47,7 @@ from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.policy import DEFAULT_BLOCK_SIZE, PrefetchPolicy
 from idcfs.blocks.tiers import KEEP, STREAM, WHOLE, DiskWrite
 from idcfs.remote.store import Store
+from idcfs.util.counters import Counters
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,6 @@ class ReadState:
     ahead_until: int = 0  # the last block readahead has been scheduled for
     jumps: int = 0  # reads that did not continue where the last one ended
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-
-def _piece(block: Block, start: int, stop: int) -> Block | memoryview:
-    """``block[start:stop]`` without a copy where one can be avoided: a block fetched from the
-    network is a buffer the cache never changes, handed out whole or as a view (the FUSE layer
-    copies it once, into the kernel's reply)."""
-    if start == 0 and stop == len(block):
-        return block
-    return block[start:stop] if isinstance(block, bytes) else memoryview(block)[start:stop]
 
 
 class BackgroundFetcher:
@@ -170,6 +162,8 @@ class Reader:
         self._queued: set[str] = set()  # blocks waiting in the background queue or being fetched
         self._queued_lock = threading.Lock()
         self._series_lock = threading.Lock()
+        #: ``parts_fetched``: demand reads that took only their own bytes ahead of a whole-object fetch.
+        self.counters = Counters("parts_fetched")
 
     # -- demand reads -------------------------------------------------------------------------
 
@@ -187,24 +181,47 @@ class Reader:
         deadline = time.monotonic() + self.store.retry.deadline
         pieces = []
         for index in range(first, last + 1):
-            block = self.block(obj, index, deadline=deadline)
             block_start = index * self.block_size
-            pieces.append(_piece(block, max(offset, block_start) - block_start, end - block_start))
+            start, stop = max(offset, block_start) - block_start, min(end - block_start, self.block_size)
+            pieces.append(self.block(obj, index, deadline, start, stop))
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def block_key(self, obj: ObjectRef, index: int) -> str:
         return f"{obj.key}@{self.block_size}#{index}"
 
-    def block(self, obj: ObjectRef, index: int, deadline: float | None = None) -> Block:
-        start, length = index * self.block_size, self._block_length(obj, index)
+    def block(
+        self, obj: ObjectRef, index: int, deadline: float | None = None, start: int = 0, stop: int | None = None
+    ) -> Block | memoryview:
+        """Bytes ``[start, stop)`` of block ``index`` (the whole block by default)."""
+        begin, length = index * self.block_size, self._block_length(obj, index)
+        stop = length if stop is None else stop
+        key = self.block_key(obj, index)
+        if (start, stop) != (0, length) and self._coming_whole(obj, key):
+            # The object's whole fetch brings this block: a read ahead of it takes only its own
+            # bytes, one small GET (a round trip), rather than the block (a round trip and a
+            # megabyte sharing the line with the whole fetch), or waiting on a run of blocks
+            # that is settled only when its last byte is in.
+            part = self.cache.cached_part(key, length, start, stop)
+            if part is not None:
+                return part
+            self.counters.add("parts_fetched")
+            return self.store.get_blocks(obj.aws_bucket, obj.key, begin + start, [stop - start], deadline)[0]
 
         def fetch() -> Buffer:
-            return self.store.get_blocks(obj.aws_bucket, obj.key, start, [length], deadline)[0]
+            return self.store.get_blocks(obj.aws_bucket, obj.key, begin, [length], deadline)[0]
 
         # A thread joining another's fetch waits until our deadline plus one attempt, at most.
         wait = None if deadline is None else max(0.1, deadline - time.monotonic()) + self.store.retry.attempt_timeout
         # The store returns exactly the bytes asked for, and the cache checks the length again.
-        return self.cache.get_or_fetch(self.block_key(obj, index), length, fetch, wait)
+        return self.cache.read(key, length, fetch, wait, start, stop)
+
+    def _coming_whole(self, obj: ObjectRef, key: str) -> bool:
+        """Whether ``key`` is a block of an object being fetched whole, queued or on the wire."""
+        with self._queued_lock:
+            if key not in self._queued:
+                return False
+        with self._series_lock:
+            return obj.key in self._objects_scheduled
 
     def _block_length(self, obj: ObjectRef, index: int) -> int:
         return min(obj.size, (index + 1) * self.block_size) - index * self.block_size
@@ -376,6 +393,7 @@ class Reader:
                 "wasted_bytes": cached["prefetch_wasted_bytes"],
                 "unread_bytes": cache.unread_prefetched_bytes,
                 "completed": background.completed,
+                "parts_fetched": self.counters.snapshot()["parts_fetched"],
                 "failed": background.failed,
             },
         }

@@ -50,6 +50,11 @@ class Tier(Protocol):
         """The block of exactly ``length`` bytes, or None (absent, or not as expected)."""
         ...
 
+    def read(self, key: str, length: int, start: int, stop: int) -> Block | memoryview | None:
+        """Bytes ``[start, stop)`` of the block of ``length`` bytes, or None: a tier that can
+        read part of a block answers a small read without reading the block."""
+        ...
+
     def put(self, key: str, block: Block, write: DiskWrite = KEEP) -> None:
         """Keep ``block`` if there is room (``write``: how, for a disk tier)."""
         ...
