@@ -139,6 +139,9 @@ class Idcfs(Tool):
     #: The command that mounts (``idcfs mount ...``).
     command: list[str] = [IDCFS]
     environment: dict[str, str] | None = None
+    #: Where the mount command runs: ``python -m idcfs`` puts its working folder first on the
+    #: path, ahead of PYTHONPATH, so another checkout must be run from inside it.
+    cwd: str | None = None
 
     def mount(self, endpoint: str, cache: Path | None) -> Path:
         self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-idcfs-"))
@@ -152,7 +155,7 @@ class Idcfs(Tool):
                 "--endpoint-url",
                 endpoint,
                 "--cache-dir",
-                str(self.cache),
+                str(Path(self.cache).resolve()),
                 "--cache-size",
                 "8G",
                 *os.environ.get("BENCH_IDCFS_OPTIONS", "").split(),
@@ -161,6 +164,7 @@ class Idcfs(Tool):
             text=True,
             check=False,
             env=self.environment,
+            cwd=self.cwd,
         )
         if result.returncode:
             raise RuntimeError(result.stderr)
@@ -183,6 +187,7 @@ class IdcfsBefore(Idcfs):
     def __init__(self) -> None:
         checkout = os.environ.get("BENCH_IDCFS_BEFORE", "")
         self.checkout = checkout
+        self.cwd = checkout or None
         self.command = [sys.executable, "-m", "idcfs"]
         self.environment = {**os.environ, "PYTHONPATH": checkout}
 
@@ -426,6 +431,8 @@ def bench_reads(runs: int, latency: float, bandwidth: float | None, workdir: Pat
         tools: list[Tool] = [
             Idcfs(), IdcfsBefore(), S3fsFuse(), RcloneMount(), LocalDisk(info["data"]), Floor(info["data"])
         ]  # fmt: skip
+        wanted = os.environ.get("BENCH_TOOLS", "").split(",")  # e.g. "idcfs,idcfs (before),s3fs-fuse"
+        tools = [t for t in tools if wanted == [""] or t.name in wanted]
         skipped = [t.name for t in tools if not t.available()]
         tools = [t for t in tools if t.available()]
         idcfs_cache = Path(tempfile.mkdtemp(prefix="bench-idcfs-catalog-"))

@@ -21,12 +21,12 @@ from pathlib import Path
 UNUSED_ENDPOINT = "http://127.0.0.1:9"  # discard port: a mount that never needs the network
 
 
-def mount(command: list[str], env: dict[str, str], cache: Path) -> tuple[Path, float]:
+def mount(command: list[str], env: dict[str, str], cache: Path, cwd: str | None = None) -> tuple[Path, float]:
     point = Path(tempfile.mkdtemp(prefix="idcfs-start-"))
     started = time.perf_counter()
     result = subprocess.run(
         [*command, "mount", str(point), "--endpoint-url", UNUSED_ENDPOINT, "--cache-dir", str(cache)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True, text=True, env=env, check=False, cwd=cwd,
     )  # fmt: skip
     if result.returncode:
         raise RuntimeError(result.stderr)
@@ -54,16 +54,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     variants = {"this checkout": ([str(Path(sys.executable).with_name("idcfs"))], dict(os.environ))}
+    cwd: dict[str, str | None] = {"this checkout": None}
     if args.before:
         variants["before"] = ([sys.executable, "-m", "idcfs"], {**os.environ, "PYTHONPATH": str(args.before.resolve())})
+        # ``python -m`` puts its working folder ahead of PYTHONPATH: run the other checkout from inside it.
+        cwd["before"] = str(args.before.resolve())
     results: dict[str, dict[str, list[float]]] = {name: {"ready": [], "first": [], "warm": []} for name in variants}
     caches = {name: Path(tempfile.mkdtemp(prefix="idcfs-start-cache-")) for name in variants}
     for name, (command, env) in variants.items():  # the catalog is built once, untimed
-        point, _ = mount(command, env, caches[name])
+        point, _ = mount(command, env, caches[name], cwd[name])
         unmount(point)
     for _ in range(args.runs):
         for name, (command, env) in variants.items():
-            point, ready = mount(command, env, caches[name])
+            point, ready = mount(command, env, caches[name], cwd[name])
             try:
                 results[name]["ready"].append(ready)
                 results[name]["first"].append(timed_listdir(point / "nlst"))
