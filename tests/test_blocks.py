@@ -380,35 +380,3 @@ def test_a_read_of_part_of_a_block_on_disk_reads_that_part_and_evicts_nothing(tm
     assert not cache.contains(reader.block_key(ref, 0)) and cache.contains(reader.block_key(ref, 1))
     assert cache.counters.snapshot()["disk_hits"] == 2
     reader.close()
-
-
-class HeldRuns(BytesStore):
-    """GETs of more than one block (the background's runs) wait for ``gate``; a block or less goes at once."""
-
-    def get_range(self, bucket, key, start, end, deadline=None):
-        if end - start > 1000:
-            assert self.gate is not None and self.gate.wait(10)
-        with self.lock:
-            self.gets.append((key, start, end))
-        return self.objects[key][start:end]
-
-
-def test_a_read_ahead_of_a_whole_object_fetch_takes_only_its_own_bytes():
-    """Once an object is being fetched whole, a read whose block is still queued or on the wire
-    does not wait for the run it is in (settled only when its last byte is in), nor fetch the
-    block: one GET of exactly its bytes. The object is still fetched once, whole."""
-    store = HeldRuns({"k": DATA})
-    store.gate = threading.Event()
-    reader = Reader(store, BlockCache(10**6), 1000, PrefetchPolicy(mode="file", random_after=4, coalesce=4))
-    ref = ObjectRef("b", "k", len(DATA))
-    _read_at_random(reader, ref, ReadState(), 4)  # the fourth jump queues the object, whole
-    assert wait_until(lambda: reader.background.completed == 0 and reader._queued)
-    parts = reader.stats()["prefetch"]["parts_fetched"]  # the fourth jump's own read, already
-    offset = 200_450  # in a block the jumps did not read
-    assert bytes(reader.read(ref, offset, 100, ReadState())) == DATA[offset : offset + 100]
-    assert store.gets[-1] == ("k", offset, offset + 100)
-    assert reader.stats()["prefetch"]["parts_fetched"] == parts + 1
-    store.gate.set()
-    assert _settled(reader, ref)
-    assert sum(end - start for _, start, end in store.gets) <= len(DATA) + 5 * 1000
-    reader.close()

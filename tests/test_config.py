@@ -41,7 +41,7 @@ def test_precedence_is_command_line_then_environment_then_file_then_defaults(tmp
     assert values["cache_size"] == 5 << 30  # environment over file
     assert values["prefetch"] == "series"  # flag over environment
     assert values["block_size"] == 128 << 10  # -o over file
-    assert values["memory_cache_size"] == 512 << 20  # the default
+    assert values["memory_cache_size"] is None  # the default: sized from the memory there is
     assert values["config"] == str(config)
 
 

@@ -47,7 +47,6 @@ from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.policy import DEFAULT_BLOCK_SIZE, PrefetchPolicy
 from idcfs.blocks.tiers import KEEP, STREAM, WHOLE, DiskWrite
 from idcfs.remote.store import Store
-from idcfs.util.counters import Counters
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +161,6 @@ class Reader:
         self._queued: set[str] = set()  # blocks waiting in the background queue or being fetched
         self._queued_lock = threading.Lock()
         self._series_lock = threading.Lock()
-        #: ``parts_fetched``: demand reads that took only their own bytes ahead of a whole-object fetch.
-        self.counters = Counters("parts_fetched")
 
     # -- demand reads -------------------------------------------------------------------------
 
@@ -196,16 +193,6 @@ class Reader:
         begin, length = index * self.block_size, self._block_length(obj, index)
         stop = length if stop is None else stop
         key = self.block_key(obj, index)
-        if (start, stop) != (0, length) and self._coming_whole(obj, key):
-            # The object's whole fetch brings this block: a read ahead of it takes only its own
-            # bytes, one small GET (a round trip), rather than the block (a round trip and a
-            # megabyte sharing the line with the whole fetch), or waiting on a run of blocks
-            # that is settled only when its last byte is in.
-            part = self.cache.cached_part(key, length, start, stop)
-            if part is not None:
-                return part
-            self.counters.add("parts_fetched")
-            return self.store.get_blocks(obj.aws_bucket, obj.key, begin + start, [stop - start], deadline)[0]
 
         def fetch() -> Buffer:
             return self.store.get_blocks(obj.aws_bucket, obj.key, begin, [length], deadline)[0]
@@ -214,14 +201,6 @@ class Reader:
         wait = None if deadline is None else max(0.1, deadline - time.monotonic()) + self.store.retry.attempt_timeout
         # The store returns exactly the bytes asked for, and the cache checks the length again.
         return self.cache.read(key, length, fetch, wait, start, stop)
-
-    def _coming_whole(self, obj: ObjectRef, key: str) -> bool:
-        """Whether ``key`` is a block of an object being fetched whole, queued or on the wire."""
-        with self._queued_lock:
-            if key not in self._queued:
-                return False
-        with self._series_lock:
-            return obj.key in self._objects_scheduled
 
     def _block_length(self, obj: ObjectRef, index: int) -> int:
         return min(obj.size, (index + 1) * self.block_size) - index * self.block_size
@@ -393,7 +372,6 @@ class Reader:
                 "wasted_bytes": cached["prefetch_wasted_bytes"],
                 "unread_bytes": cache.unread_prefetched_bytes,
                 "completed": background.completed,
-                "parts_fetched": self.counters.snapshot()["parts_fetched"],
                 "failed": background.failed,
             },
         }

@@ -16,6 +16,7 @@ from typing import Any
 from idcfs.blocks.policy import DEFAULT_BLOCK_SIZE, PREFETCH_MODES, PrefetchPolicy
 from idcfs.remote.buckets import SOURCES
 from idcfs.remote.policy import RetryPolicy
+from idcfs.util.memory import usable_memory
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -65,6 +66,20 @@ def default_cache_dir() -> Path:
         return Path(service_cache.split(":")[0])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "idcfs"
+
+
+#: The memory tier's default: this share of the memory there is, between these bounds.
+MEMORY_CACHE_SHARE, MEMORY_CACHE_MIN, MEMORY_CACHE_MAX = 8, 512 << 20, 2 << 30
+
+
+def default_memory_cache_size(usable: int | None = None) -> int:
+    """An eighth of the memory this process may use (``usable``: found when not given), between
+    512 MiB and 2 GiB: an object read at random is fetched whole, and a slide file read from
+    memory rather than half from disk is read markedly faster; a small machine keeps the floor."""
+    usable = usable_memory() if usable is None else usable
+    if usable is None:
+        return MEMORY_CACHE_MIN
+    return max(MEMORY_CACHE_MIN, min(MEMORY_CACHE_MAX, usable // MEMORY_CACHE_SHARE))
 
 
 def default_cache_size(cache_dir: Path) -> int:
@@ -300,7 +315,14 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "Parallel background fetches (readahead and series prefetch).",
         metavar="N",
     ),
-    Option("memory_cache_size", "size", "512M", "Bytes of file blocks kept in memory.", metavar="SIZE"),
+    Option(
+        "memory_cache_size",
+        "size",
+        None,
+        "Bytes of file blocks kept in memory. Default: an eighth of the memory (the machine's, or its "
+        "container's or job's limit), at least 512M, at most 2G.",
+        metavar="SIZE",
+    ),
     Option(
         "listing_cache_size",
         "size",

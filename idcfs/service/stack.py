@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from idcfs.config.options import default_cache_size
+from idcfs.config.options import default_cache_size, default_memory_cache_size
 from idcfs.service.heap import release_freed
 from idcfs.service.mounting import MountError
 from idcfs.version import __version__
@@ -130,12 +130,13 @@ def _data_path(args: argparse.Namespace) -> tuple[Store, Reader, ListingCache[Se
         RetryPolicy(deadline=args.retry_deadline, attempt_timeout=min(args.request_timeout, args.retry_deadline)),
         allocate=new_buffer,
     )
-    cache = BlockCache(args.memory_cache_size, _disk_tier(args), wait_timeout=store.retry.longest_operation)
+    memory = args.memory_cache_size if args.memory_cache_size is not None else default_memory_cache_size()
+    cache = BlockCache(memory, _disk_tier(args), wait_timeout=store.retry.longest_operation)
     policy = PrefetchPolicy(
         mode=args.prefetch,
         max_series_bytes=args.prefetch_max_series,
         workers=args.prefetch_workers,
-        budget_bytes=min(256 << 20, max(args.memory_cache_size // 2, 4 * args.block_size)),
+        budget_bytes=min(256 << 20, max(memory // 2, 4 * args.block_size)),
     )
     reader = Reader(store, cache, args.block_size, policy)
     # Two thirds of --listing-cache-size for series listings (the rest: folder entries, see open_tree).
