@@ -272,24 +272,29 @@ class RecordingDisk:
 
     def put(self, key, block, write=None):
         self.writes[key] = write
+        return True
 
     def close(self) -> None:
         pass
 
 
-def test_blocks_go_to_disk_as_their_reason_says_a_whole_object_past_the_page_cache():
+@pytest.mark.parametrize("memory_bytes", [10**6, 300_000])
+def test_blocks_go_to_disk_as_their_reason_says_a_whole_object_past_the_page_cache(memory_bytes):
     """A stream's readahead never waits for the disk writer; an object read at random, fetched
-    whole, waits (later reads expect it on disk) and passes the page cache by (a gigabyte
-    through it stalls on write-back); a block a reader fetched itself is spare."""
-    from idcfs.blocks.tiers import SPARE, STREAM, WHOLE
+    whole, passes the page cache by (a gigabyte through it stalls on write-back) and waits for
+    the writer only when memory cannot hold it (later reads expect it on disk); a block a reader
+    fetched itself is spare."""
+    from idcfs.blocks.tiers import SPARE, STREAM, WHOLE, WHOLE_BEHIND
 
     disk = RecordingDisk()
-    reader = Reader(BytesStore({"k": DATA}), BlockCache(10**6, disk), 1000, PrefetchPolicy(mode="file", random_after=4))
+    cache = BlockCache(memory_bytes, disk)
+    reader = Reader(BytesStore({"k": DATA}), cache, 1000, PrefetchPolicy(mode="file", random_after=4))
     ref = ObjectRef("b", "k", len(DATA))
     _read_at_random(reader, ref, ReadState(), 4)
-    assert _settled(reader, ref)
-    assert WHOLE in disk.writes.values() and SPARE in disk.writes.values()
-    assert {disk.writes[reader.block_key(ref, i)] for i in range(reader.num_blocks(ref))} <= {WHOLE, SPARE}
+    assert wait_until(lambda: len(disk.writes) == reader.num_blocks(ref))
+    whole = WHOLE_BEHIND if len(DATA) <= memory_bytes // 2 else WHOLE
+    assert whole in disk.writes.values() and SPARE in disk.writes.values()
+    assert {disk.writes[reader.block_key(ref, i)] for i in range(reader.num_blocks(ref))} <= {whole, SPARE}
     reader.close()
 
     disk = RecordingDisk()
@@ -298,6 +303,43 @@ def test_blocks_go_to_disk_as_their_reason_says_a_whole_object_past_the_page_cac
     for offset in range(0, 20_000, 1000):
         reader.read(ref, offset, 1000, state)
     assert wait_until(lambda: STREAM in disk.writes.values(), 10)
+    reader.close()
+
+
+class FullDisk(RecordingDisk):
+    """A disk tier whose writer has no room until ``room`` is set: a write that would wait, waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = threading.Event()
+
+    def put(self, key, block, write=None):
+        if not (self.room.is_set() or (write.wait and self.room.wait(10))):
+            return False
+        self.writes[key] = write
+        return True
+
+
+def test_an_object_memory_holds_is_fetched_whole_without_waiting_for_the_disk_and_written_behind():
+    """Behind a disk writer that has no room, an object fetched whole that memory holds still
+    arrives at the network's pace (the fetch never waits for the writer), and every block is
+    written to disk once the writer has room, without being fetched again."""
+    from idcfs.blocks.tiers import WHOLE
+
+    disk = FullDisk()
+    store = BytesStore({"k": DATA})
+    reader = Reader(store, BlockCache(10**6, disk), 1000, PrefetchPolicy(mode="file", random_after=4))
+    ref = ObjectRef("b", "k", len(DATA))
+    _read_at_random(reader, ref, ReadState(), 4)
+    assert _settled(reader, ref)  # all in memory while the disk took nothing
+    fetched = sum(end - start for _, start, end in store.gets)
+    disk.room.set()
+    # The blocks the jumps fetched themselves are spare: a full disk drops them, as any demand read's.
+    jumped = {((50_000 + k * 97_001) % (ref.size - 100) + d) // 1000 for k in range(4) for d in (0, 99)}
+    others = [reader.block_key(ref, i) for i in range(reader.num_blocks(ref)) if i not in jumped]
+    assert wait_until(lambda: all(key in disk.writes for key in others))
+    assert {disk.writes[key] for key in others} == {WHOLE}  # written behind, from memory
+    assert sum(end - start for _, start, end in store.gets) == fetched <= 1.05 * len(DATA)
     reader.close()
 
 

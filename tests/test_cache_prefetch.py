@@ -176,6 +176,31 @@ def test_an_object_read_at_random_is_fetched_whole_once(mount_factory, s3_proxy,
     assert s3_proxy.log.body_bytes == fetched
 
 
+def test_an_object_fetched_whole_is_on_disk_for_the_next_mount(mount_factory, s3_proxy, large_object):
+    """Fetched whole without waiting for the disk writer (memory holds it), the object is still
+    written to disk behind the fetch: the next mount on the cache reads it with no request."""
+    mount = mount_factory(s3_proxy.url)
+    path = mount.series_dir(large_object.series) / large_object.name
+    expected = source_file(large_object.series, large_object.name).read_bytes()
+    os.stat(path)
+    _pread_at_random(path, expected, 10)
+
+    def on_disk() -> int:
+        return json.loads((mount.path / ".idcfs" / "stats").read_bytes())["cache"]["disk"]["bytes"]
+
+    assert wait_until(lambda: on_disk() >= large_object.size, 30)
+    run_idcfs("umount", str(mount.path))
+    again = mount_factory(s3_proxy.url, "--cache-dir", str(mount.path.parent / "cache"))
+    path = again.series_dir(large_object.series) / large_object.name
+    os.stat(path)
+    s3_proxy.log.clear()
+    with open(path, "rb") as handle:
+        for offset in range(333, large_object.size - 4096, large_object.size // 41):
+            handle.seek(offset)
+            assert handle.read(4096) == expected[offset : offset + 4096]
+    assert s3_proxy.log.count("GET", large_object.name) == 0
+
+
 def test_sequential_read_uses_readahead_and_is_exact(mount_factory, s3_proxy, large_object):
     mount = mount_factory(s3_proxy.url)
     path = mount.series_dir(large_object.series) / large_object.name

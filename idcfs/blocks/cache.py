@@ -13,15 +13,19 @@ order where locks nest).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from idcfs.blocks.buffers import Block, Buffer, part_of
 from idcfs.blocks.singleflight import Abandoned, SingleFlight
-from idcfs.blocks.tiers import KEEP, SPARE, DiskWrite, MemoryTier, Tier
+from idcfs.blocks.tiers import KEEP, SPARE, WHOLE, DiskWrite, MemoryTier, Tier
 from idcfs.remote.retry import StoreError
 from idcfs.util.counters import Counters
 
 log = logging.getLogger(__name__)
+
+#: Blocks remembered to be written behind a fetch, at most.
+_BEHIND_KEYS = 1 << 16
 
 
 class BlockCache:
@@ -36,6 +40,9 @@ class BlockCache:
         self.memory = MemoryTier(max_bytes, lambda size: self.counters.add("prefetch_wasted_bytes", size))
         self.disk = disk
         self._flight: SingleFlight[Block] = SingleFlight(wait_timeout)
+        #: Keys of blocks to write to disk from memory once the writer has room (bounded: one
+        #: forgotten is only a block not on disk).
+        self._behind: deque[str] = deque(maxlen=_BEHIND_KEYS)
 
     def _mark_read(self, key: str) -> None:
         """A demand read used ``key``: if it was fetched ahead, that prefetch was useful."""
@@ -187,8 +194,27 @@ class BlockCache:
             self.memory.put(key, block, ahead=True)
             unsettled.discard(i)
             self._flight.resolve(key, block)
-            if self.disk is not None:
-                self.disk.put(key, block, write)
+            if self.disk is not None and not self.disk.put(key, block, write) and write.later:
+                self._behind.append(key)
+
+    @property
+    def behind(self) -> bool:
+        """Blocks wait to be written to disk from memory (see :meth:`write_behind`)."""
+        return bool(self._behind)
+
+    def write_behind(self) -> int:
+        """Write to disk, waiting for room, the blocks a ``later`` write could not queue when
+        they came, as far as memory still holds them; the number written."""
+        written = 0
+        while self._behind and self.disk is not None:
+            try:
+                key = self._behind.popleft()
+            except IndexError:  # another thread took the last one
+                break
+            block = self.memory.get(key)
+            if block is not None and self.disk.put(key, block, WHOLE):
+                written += 1
+        return written
 
     def _from_disk(self, key: str, length: int) -> Block | None:
         """The block from the disk tier (then also kept in memory), or None."""

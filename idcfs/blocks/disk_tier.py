@@ -314,25 +314,29 @@ class DiskTier:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def put(self, key: str, data: Buffer | bytes, write: DiskWrite = KEEP) -> None:
+    def put(self, key: str, data: Buffer | bytes, write: DiskWrite = KEEP) -> bool:
         """Queue ``data`` for writing, as ``write`` says: waiting for room or dropped when there
-        is none; past the page cache where the file system allows."""
+        is none; past the page cache where the file system allows. Whether it was queued (or
+        was already)."""
         name = block_name(key)
         with self._condition:
-            if self.paused or self._closed or name in self._pending:
-                return
+            if name in self._pending:
+                return True
+            if self.paused or self._closed:
+                return False
             give_up = time.monotonic() + PUT_WAIT_TIMEOUT
             while self._pending_bytes + len(data) > self._queue_bytes and self._pending:
                 left = give_up - time.monotonic()
                 if not write.wait or left <= 0:
                     self.dropped += 1
-                    return
+                    return False
                 self._condition.wait(left)
                 if self.paused or self._closed:
-                    return
+                    return False
             self._pending[name] = (key, data, write)
             self._pending_bytes += len(data)
             self._condition.notify_all()
+            return True
 
     def discard(self, key: str) -> None:
         """Forget the block ``key`` (its file and its row), in the writer's next turn."""

@@ -45,7 +45,7 @@ from cachetools import LRUCache
 from idcfs.blocks.buffers import RECYCLED, Block, Buffer
 from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.policy import DEFAULT_BLOCK_SIZE, PrefetchPolicy
-from idcfs.blocks.tiers import KEEP, STREAM, WHOLE, DiskWrite
+from idcfs.blocks.tiers import KEEP, STREAM, WHOLE, WHOLE_BEHIND, DiskWrite
 from idcfs.remote.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 #: (a ``dd`` through 1 MiB readahead looked "random" after ~4 such swaps, and was fetched whole).
 SEQUENTIAL_SLACK_BLOCKS = 3
 
-#: Background priorities: readahead of the file being read first, then the rest of its series.
-READAHEAD, SERIES = 0, 1
+#: Background priorities: readahead of the file being read first, then the rest of its series,
+#: then blocks written to disk behind a fetch.
+READAHEAD, SERIES, BEHIND = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class Reader:
         self._queued: set[str] = set()  # blocks waiting in the background queue or being fetched
         self._queued_lock = threading.Lock()
         self._series_lock = threading.Lock()
+        self._writing_behind = False  # a write-behind task is queued or running
 
     # -- demand reads -------------------------------------------------------------------------
 
@@ -263,7 +265,9 @@ class Reader:
                 return
             self._objects_scheduled[obj.key] = True
         log.debug("%s is read at random: fetching it whole (%d bytes)", obj.key, obj.size)
-        self._schedule(obj, 0, self.num_blocks(obj) - 1, READAHEAD, WHOLE)
+        # Held in memory, it need not wait for the disk writer; larger, later reads need it on disk.
+        write = WHOLE_BEHIND if obj.size <= self.cache.max_bytes // 2 else WHOLE
+        self._schedule(obj, 0, self.num_blocks(obj) - 1, READAHEAD, write)
 
     def _schedule(self, obj: ObjectRef, first: int, last: int, priority: int, write: DiskWrite = KEEP) -> None:
         """Queue blocks ``first..last`` of ``obj``, in runs of up to ``coalesce`` blocks a GET:
@@ -299,8 +303,33 @@ class Reader:
             finally:
                 with self._queued_lock:
                     self._queued.difference_update(key for key, _ in blocks)
+            if self.cache.behind:
+                self._write_behind_soon()
 
         self.background.submit(priority, stop - start, task)
+
+    def _write_behind_soon(self) -> None:
+        """Queue, once at a time, the writing to disk of blocks fetched faster than the disk
+        writer took them (after every fetch queued before it)."""
+        with self._series_lock:
+            if self._writing_behind:
+                return
+            self._writing_behind = True
+
+        def task() -> None:
+            try:
+                while True:
+                    self.cache.write_behind()
+                    with self._series_lock:  # none left: the next fetch that leaves some queues a task
+                        if not self.cache.behind:
+                            self._writing_behind = False
+                            return
+            except BaseException:
+                with self._series_lock:
+                    self._writing_behind = False
+                raise
+
+        self.background.submit(BEHIND, 0, task)
 
     def wants_series(self, series_uuid: str) -> bool:
         """Whether opening an instance of this series should queue the series (cheap: called on

@@ -28,6 +28,9 @@ class DiskWrite:
     #: Past the page cache: the bytes of a large object would push everything else out of
     #: memory and stall on write-back, while the device itself takes them fast.
     direct: bool = False
+    #: Not waiting, and not lost either: a block the writer has no room for now is written
+    #: later, from memory (if memory still holds it then).
+    later: bool = False
 
 
 #: A series' files, fetched ahead: kept, through the page cache (small files, read soon).
@@ -40,6 +43,10 @@ STREAM = DiskWrite(wait=False, direct=True)
 #: through it stalled on write-back once memory was full: 5-11 s for the 1 GB random-read row,
 #: against 3.5 s past it).
 WHOLE = DiskWrite(wait=True, direct=True)
+#: An object read at random that the memory tier holds, fetched whole: its fetch never waits for
+#: the disk writer (behind the writer's queue a gigabyte came at the writer's pace, not the
+#: network's); what the writer has no room for is written behind the fetch, from memory.
+WHOLE_BEHIND = DiskWrite(wait=False, direct=True, later=True)
 
 
 class Tier(Protocol):
@@ -55,8 +62,9 @@ class Tier(Protocol):
         read part of a block answers a small read without reading the block."""
         ...
 
-    def put(self, key: str, block: Block, write: DiskWrite = KEEP) -> None:
-        """Keep ``block`` if there is room (``write``: how, for a disk tier)."""
+    def put(self, key: str, block: Block, write: DiskWrite = KEEP) -> bool:
+        """Keep ``block`` if there is room (``write``: how, for a disk tier); whether it was
+        taken (kept, or queued to be)."""
         ...
 
     @property
@@ -112,13 +120,15 @@ class MemoryTier:
         with self._lock:
             return self._lru.get(key)
 
-    def put(self, key: str, block: Block, write: DiskWrite = KEEP, ahead: bool = False) -> None:
+    def put(self, key: str, block: Block, write: DiskWrite = KEEP, ahead: bool = False) -> bool:
         """``ahead``: fetched ahead of demand (counted useful when read, wasted when evicted)."""
-        if len(block) <= self._max_bytes:
-            with self._lock:
-                self._lru[key] = block
-                if ahead:
-                    self._unread[key] = len(block)
+        if len(block) > self._max_bytes:
+            return False
+        with self._lock:
+            self._lru[key] = block
+            if ahead:
+                self._unread[key] = len(block)
+        return True
 
     def contains(self, key: str) -> bool:
         with self._lock:
