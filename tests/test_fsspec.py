@@ -330,3 +330,25 @@ def test_get_and_open_files_as_fsspecs_abstract_get_tests_ask(idc, generated, tm
             assert f.read() == expected[opened[0].path.rsplit("/", 1)[1]]
     finally:
         opened.fs.vfs.close()  # the options say skip_instance_cache: a tree of its own
+
+
+READ_AND_EXIT = """
+import sys, fsspec
+endpoint, cache, collection, *paths = sys.argv[1:]
+fs = fsspec.filesystem("idc", endpoint_url=endpoint, cache_dir=cache, collection=[collection], block_size="64K")
+for path in paths:
+    fs.cat_file(path)
+"""
+
+
+def test_a_script_that_reads_and_ends_leaves_what_it_read_in_the_cache(generated, s3_proxy, tmp_path):
+    """A Python process that reads files through idc:// and exits at once (no close: scripts do
+    not close filesystems) has its disk writer's queue written at exit: the next run of the
+    script reads the same files with no request."""
+    series = first(generated)
+    paths = [f"{series.path}/{f.name}" for f in series.files]
+    arguments = [s3_proxy.url, str(tmp_path / "cache"), series.collection_id, *paths]
+    subprocess.run([sys.executable, "-c", READ_AND_EXIT, *arguments], check=True, timeout=120)
+    s3_proxy.log.clear()
+    subprocess.run([sys.executable, "-c", READ_AND_EXIT, *arguments], check=True, timeout=120)
+    assert s3_proxy.log.count("GET") == 0

@@ -303,8 +303,8 @@ class Reader:
             finally:
                 with self._queued_lock:
                     self._queued.difference_update(key for key, _ in blocks)
-            if self.cache.behind:
-                self._write_behind_soon()
+                if self.cache.behind:  # a failed run may have left some too
+                    self._write_behind_soon()
 
         self.background.submit(priority, stop - start, task)
 
@@ -404,6 +404,10 @@ class Reader:
                 "failed": background.failed,
             },
         }
+
+    def flush(self, timeout: float) -> bool:
+        """Wait, ``timeout`` seconds at most, until the blocks queued for the disk are written."""
+        return self.cache.disk.flush(timeout) if self.cache.disk is not None else True
 
     def close(self) -> None:
         self.background.close()

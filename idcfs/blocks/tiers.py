@@ -73,6 +73,10 @@ class Tier(Protocol):
     @property
     def capacity(self) -> int: ...
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the blocks taken are kept (a disk tier's queue written); False on timeout."""
+        ...
+
     def close(self) -> None:
         """Finish what is under way (a disk tier's writes); the tier is not used after."""
         ...

@@ -13,10 +13,12 @@ anything that would write ``PermissionError`` (EROFS), a network failure after r
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -41,6 +43,19 @@ RANGE_READERS = 8
 
 def _read_only(path: str) -> PermissionError:
     return PermissionError(errno.EROFS, "idc:// is read-only (IDC's objects never change)", path)
+
+
+#: At the interpreter's exit, blocks still queued for the disk cache get this long to be written.
+EXIT_FLUSH_SECONDS = 10.0
+
+
+def _flush_at_exit(tree: weakref.ref[Vfs], pid: int) -> None:
+    """A script that read files and ends finds them in the cache next time: the disk writer's
+    queue is written before the interpreter goes (bounded; never in a forked child, whose copy
+    of the tree has no writer thread)."""
+    vfs = tree()
+    if vfs is not None and os.getpid() == pid:
+        vfs.flush(EXIT_FLUSH_SECONDS)
 
 
 class IdcFileSystem(AbstractFileSystem):
@@ -76,6 +91,7 @@ class IdcFileSystem(AbstractFileSystem):
         with self._vfs_lock:
             if self._vfs is None:
                 self._vfs = open_tree(self._options, where="idc://")
+                atexit.register(_flush_at_exit, weakref.ref(self._vfs), os.getpid())
             return self._vfs
 
     @classmethod

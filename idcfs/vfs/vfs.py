@@ -339,6 +339,10 @@ class Vfs:
             "open_files": open_files,
         }
 
+    def flush(self, timeout: float) -> bool:
+        """Wait, ``timeout`` seconds at most, until what was read is written to the disk cache."""
+        return self.reader.flush(timeout)
+
     def close(self) -> None:
         self.reader.close()
         self.store.close()
