@@ -106,6 +106,10 @@ def _wait_mounted(path: Path, timeout: float = 60) -> None:
     raise RuntimeError(f"{path} did not mount")
 
 
+def _running(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode == 0
+
+
 def _unmount(path: Path) -> None:
     for command in (["fusermount3", "-u", str(path)], ["umount", str(path)], ["fusermount3", "-u", "-z", str(path)]):
         if subprocess.run(command, capture_output=True, check=False).returncode == 0:
@@ -243,6 +247,13 @@ class RcloneMount(Tool):
 
     def unmount(self) -> None:
         _unmount(self.root)
+        # Its daemon goes too: lazily unmounted while busy (a reader stopped at the time limit)
+        # it stays, downloading for nobody, and the next mount on this folder never got ready.
+        pattern = f"rclone mount .* {self.root}"
+        subprocess.run(["pkill", "-f", pattern], check=False, capture_output=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _running(pattern):
+            time.sleep(0.1)
 
 
 class LocalDisk(Tool):
