@@ -373,14 +373,14 @@ def test_a_block_a_reader_still_holds_is_never_reused_and_the_others_are():
 
         return fetch
 
-    held = cache.get_or_fetch("k0", size, filled(1))  # a read in progress holds its block
+    held = cache.read("k0", size, filled(1), None, 0, size)  # a read in progress holds its block
     reused = RECYCLED.reused
     for i in range(1, 12):
-        cache.get_or_fetch(f"k{i}", size, filled(i + 1))  # evicts k0, and then the others
+        cache.read(f"k{i}", size, filled(i + 1), None, 0, size)  # evicts k0, and then the others
     assert bytes(held) == bytes([1]) * size
     assert RECYCLED.reused > reused  # the blocks nobody held served the later fetches
     for i in range(10, 12):
-        assert bytes(cache.get_or_fetch(f"k{i}", size, filled(0))) == bytes([i + 1]) * size
+        assert bytes(cache.read(f"k{i}", size, filled(0), None, 0, size)) == bytes([i + 1]) * size
 
 
 def test_spare_buffers_go_back_once_a_mount_is_quiet():

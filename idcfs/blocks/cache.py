@@ -61,29 +61,35 @@ class BlockCache:
     def in_flight(self, key: str) -> bool:
         return self._flight.pending(key)
 
-    def get_or_fetch(self, key: str, length: int, fetch: Callable[[], Block], wait: float | None = None) -> Block:
-        """The block ``key`` of ``length`` bytes: from memory, disk, or ``fetch`` (once). A
-        demand read never waits for room in the disk writer's queue (background work does, in
-        :meth:`fill`)."""
-        block = self.memory.get(key)
-        if block is not None:
-            self.counters.add("memory_hits")
-            self._mark_read(key)
-            return block
-        self.counters.add("memory_misses")
-        return self._load(key, length, fetch, wait, from_disk=True)
-
     def read(
         self, key: str, length: int, fetch: Callable[[], Block], wait: float | None, start: int, stop: int
     ) -> Block | memoryview:
-        """Bytes ``[start, stop)`` of the block ``key``, as :meth:`get_or_fetch` would give them,
-        except that the disk tier reads only that part (and the block stays on disk only): a
-        small read of a block evicted from memory costs its own bytes, not the block's, and
-        pushes nothing else out of memory."""
+        """Bytes ``[start, stop)`` of the block ``key`` of ``length`` bytes: from memory, disk, or
+        ``fetch`` (once, however many readers ask). The disk tier reads only that part, and the
+        block stays on disk only: a small read of a block evicted from memory costs its own bytes,
+        not the block's, and pushes nothing else out of memory. A demand read never waits for
+        room in the disk writer's queue (background work does, in :meth:`fill`)."""
         part = self.cached_part(key, length, start, stop)
         if part is not None:
             return part
-        return part_of(self._load(key, length, fetch, wait, from_disk=False), start, stop)
+
+        def load() -> Block:
+            block = self.memory.get(key)  # a fetch that finished since our miss
+            if block is not None:
+                return block
+            if self.disk is not None:
+                self.counters.add("disk_misses")
+            data = fetch()
+            if len(data) != length:  # a cache must never hold a short block
+                raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
+            self.memory.put(key, data)
+            if self.disk is not None:
+                self.disk.put(key, data, SPARE)
+            return data
+
+        block = self._flight.run(key, load, wait)
+        self._mark_read(key)  # joined a prefetch that was on the wire
+        return part_of(block, start, stop)
 
     def cached_part(self, key: str, length: int, start: int, stop: int) -> Block | memoryview | None:
         """Bytes ``[start, stop)`` of the block ``key`` if memory or disk holds it, else None
@@ -100,32 +106,6 @@ class BlockCache:
                 self.counters.add("disk_hits")
                 return part
         return None
-
-    def _load(self, key: str, length: int, fetch: Callable[[], Block], wait: float | None, from_disk: bool) -> Block:
-        """The block from memory (fetched since a miss), disk (``from_disk``), or ``fetch``, by
-        one thread however many ask."""
-
-        def load() -> Block:
-            block = self.memory.get(key)  # a fetch that finished since our miss
-            if block is None and from_disk:
-                block = self._from_disk(key, length)
-                if self.disk is not None:
-                    self.counters.add("disk_hits" if block is not None else "disk_misses")
-            elif block is None and self.disk is not None:
-                self.counters.add("disk_misses")
-            if block is not None:
-                return block
-            data = fetch()
-            if len(data) != length:  # a cache must never hold a short block
-                raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
-            self.memory.put(key, data)
-            if self.disk is not None:
-                self.disk.put(key, data, SPARE)
-            return data
-
-        block = self._flight.run(key, load, wait)
-        self._mark_read(key)  # joined a prefetch that was on the wire
-        return block
 
     def fill(
         self,

@@ -188,13 +188,9 @@ class Reader:
     def block_key(self, obj: ObjectRef, index: int) -> str:
         return f"{obj.key}@{self.block_size}#{index}"
 
-    def block(
-        self, obj: ObjectRef, index: int, deadline: float | None = None, start: int = 0, stop: int | None = None
-    ) -> Block | memoryview:
-        """Bytes ``[start, stop)`` of block ``index`` (the whole block by default)."""
+    def block(self, obj: ObjectRef, index: int, deadline: float | None, start: int, stop: int) -> Block | memoryview:
+        """Bytes ``[start, stop)`` of block ``index``."""
         begin, length = index * self.block_size, self._block_length(obj, index)
-        stop = length if stop is None else stop
-        key = self.block_key(obj, index)
 
         def fetch() -> Buffer:
             return self.store.get_blocks(obj.aws_bucket, obj.key, begin, [length], deadline)[0]
@@ -202,7 +198,7 @@ class Reader:
         # A thread joining another's fetch waits until our deadline plus one attempt, at most.
         wait = None if deadline is None else max(0.1, deadline - time.monotonic()) + self.store.retry.attempt_timeout
         # The store returns exactly the bytes asked for, and the cache checks the length again.
-        return self.cache.read(key, length, fetch, wait, start, stop)
+        return self.cache.read(self.block_key(obj, index), length, fetch, wait, start, stop)
 
     def _block_length(self, obj: ObjectRef, index: int) -> int:
         return min(obj.size, (index + 1) * self.block_size) - index * self.block_size
