@@ -141,38 +141,25 @@ def _trailer(block: Buffer | bytes) -> bytes:
     return crcs + _FOOTER.pack(len(block), CHUNK, _MAGIC)
 
 
-def _read_checked(fd: int, length: int, start: int, stop: int, into: Buffer | None = None) -> Buffer | bytes | None:
-    """Bytes ``[start, stop)`` of the block of ``length`` bytes in ``fd``, the chunks they touch
-    checked against the trailer (None if the file is not that block, whole and intact). With
-    ``into`` (a buffer of ``length`` bytes), the whole block is read into it."""
+def _read_checked(fd: int, length: int, first: int, into: Buffer) -> bool:
+    """Read chunks ``first`` on, as many as ``into`` holds, of the block of ``length`` bytes in
+    ``fd`` into ``into``, each checked against the trailer; whether the file is that block,
+    whole, and those chunks intact."""
     trailer_size = _trailer_size(length)
     # One byte more than the trailer: a file longer than the block and its trailer is no block.
     trailer = os.pread(fd, trailer_size + 1, length)
     if len(trailer) != trailer_size:
-        return None
+        return False
     stored_length, chunk, magic = _FOOTER.unpack_from(trailer, trailer_size - _FOOTER.size)
     if magic != _MAGIC or stored_length != length or chunk != CHUNK:
-        return None
-    first, last = start // CHUNK, (stop - 1) // CHUNK
-    begin, end = first * CHUNK, min(length, (last + 1) * CHUNK)
-    if into is not None:
-        data: Buffer | bytes = into
-        if os.preadv(fd, [into], 0) != length:
-            return None
-    else:
-        data = bytearray(end - begin)  # writable, as the FUSE layer's copy into its reply wants
-        if os.preadv(fd, [data], begin) != end - begin:
-            return None
-    view = memoryview(data)
-    try:
-        base = 0 if into is not None else begin
-        for index in range(first, last + 1):
-            at = index * CHUNK - base
-            if crc32c(view[at : at + CHUNK]) != _CRC.unpack_from(trailer, index * _CRC.size)[0]:
-                return None
-    finally:
-        view.release()
-    return data
+        return False
+    if os.preadv(fd, [into], first * CHUNK) != len(into):
+        return False
+    with memoryview(into) as view:
+        for at in range(0, len(view), CHUNK):
+            if crc32c(view[at : at + CHUNK]) != _CRC.unpack_from(trailer, (first + at // CHUNK) * _CRC.size)[0]:
+                return False
+    return True
 
 
 def remove_legacy(directory: Path) -> bool:
@@ -295,22 +282,25 @@ class DiskTier:
             fd = os.open(_file_of(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # absent (the usual miss), or a disk in trouble: a miss either way
             return None
+        # The chunks that [start, stop) touches; a part goes to a bytearray (writable, as the
+        # FUSE layer's copy into its reply wants).
+        first, end = start // CHUNK, min(length, -(-stop // CHUNK) * CHUNK)
+        data: Buffer = new_buffer(length) if whole and length >= _SMALL else bytearray(end - first * CHUNK)
         try:
-            into = (new_buffer(length) if length >= _SMALL else bytearray(length)) if whole else None
-            data = _read_checked(fd, length, start, stop, into)
+            intact = _read_checked(fd, length, first, data)
         except OSError as error:
             log.debug("disk cache read of %s failed: %s", key, error)
             return None
         finally:
             os.close(fd)
-        if data is None:
+        if not intact:
             log.warning("disk cache block %s is damaged; fetching it again", key)
             self.discard(key)
             return None
         with self._condition:
             if len(self._touched) < _MAX_TOUCHES:
                 self._touched[name] = _now()
-        return data, 0 if whole else start // CHUNK * CHUNK
+        return data, first * CHUNK
 
     # -- writes -----------------------------------------------------------------------------
 
