@@ -39,8 +39,20 @@ def new_buffer(size: int) -> Buffer:
     recycled = RECYCLED.take(size)
     if recycled is not None:
         return recycled
-    # Private: a shared anonymous mapping is shmem, whose pages cost a third more to fault in.
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    return _anonymous(size)
+
+
+if sys.platform != "win32" and hasattr(mmap, "MAP_PRIVATE"):
+
+    def _anonymous(size: int) -> mmap.mmap:
+        # Private: a shared anonymous mapping is shmem, whose pages cost a third more to fault in.
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+else:
+
+    def _anonymous(size: int) -> mmap.mmap:
+        # Windows: an anonymous mapping backed by the paging file (no flags to give), zeroed too.
+        return mmap.mmap(-1, size)
 
 
 class Recycled:

@@ -18,20 +18,28 @@ renamed, so a reader (or another mount sharing the folder) never sees half a blo
 
 A disk that fails (full, read-only, removed) pauses the writes with one warning and is tried
 again later; reads go on meanwhile.
+
+On Windows a file another process (or thread) has open can be neither removed nor replaced: a
+block that will not go keeps its row and is tried again at the next eviction, and a rename onto
+a block file someone is reading finds the same bytes already there (a key names immutable
+bytes) and drops its own copy. Files are opened in binary mode there (``O_BINARY``: the C
+runtime's text mode would translate line ends), and read and written at an offset through a
+file object where ``os`` has no positional calls (:func:`_read_into`, :func:`_write_at`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
+import io
 import logging
 import mmap
 import os
 import shutil
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -69,6 +77,9 @@ _STALE_TEMPORARY = 60.0
 _SMALL = 64 << 10
 _PAGE = mmap.PAGESIZE
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: Binary mode on Windows (0 elsewhere). Close-on-exec needs no flag: Python's descriptors are
+#: not inherited by child processes (PEP 446), on every platform.
+_O_BINARY = getattr(os, "O_BINARY", 0)
 #: A block waiting to be written: its file's name, its key, its bytes and how.
 _Queued = tuple[str, str, "Buffer | bytes", DiskWrite]
 #: How often eviction reads the stored total again from the index, at most (seconds).
@@ -103,6 +114,66 @@ def _file_of(directory: Path, name: str) -> Path:
 def block_path(directory: Path, key: str) -> Path:
     """Where the block ``key`` lives under the tier's ``directory`` (for ``cache`` commands and tests)."""
     return _file_of(directory, block_name(key))
+
+
+def _read_into_portable(fd: int, into: Buffer, offset: int) -> int:
+    """Read ``len(into)`` bytes at ``offset`` into ``into`` (fewer at the end of the file)
+    through a file object: the path where ``os`` has no ``preadv`` (Windows). Each lookup opens
+    its own descriptor, so moving its offset races with nobody."""
+    with io.FileIO(fd, "rb", closefd=False) as handle, memoryview(into) as view:
+        handle.seek(offset)
+        done = 0
+        while done < len(view):
+            count = handle.readinto(view[done:])
+            if not count:
+                break
+            done += count
+        return done
+
+
+def _write_at_portable(fd: int, parts: list[memoryview | bytes], offset: int) -> int:
+    """Write ``parts`` one after the other at ``offset``, through a file object: the path where
+    ``os`` has no ``pwritev`` (Windows). The descriptor is the writer's own temporary file."""
+    with io.FileIO(fd, "wb", closefd=False) as handle:
+        handle.seek(offset)
+        done = 0
+        for part in parts:
+            with memoryview(part) as view:
+                at = 0
+                while at < len(view):
+                    count = handle.write(view[at:])
+                    if not count:
+                        return done + at
+                    at += count
+            done += at
+        return done
+
+
+if sys.platform != "win32" and hasattr(os, "preadv") and hasattr(os, "pwritev"):
+
+    def _read_into(fd: int, into: Buffer, offset: int) -> int:
+        return os.preadv(fd, [into], offset)
+
+    def _write_at(fd: int, parts: list[memoryview | bytes], offset: int) -> int:
+        return os.pwritev(fd, parts, offset)
+
+else:
+    _read_into, _write_at = _read_into_portable, _write_at_portable
+
+
+if sys.platform != "win32":
+
+    def _drop_direct(fd: int) -> None:
+        """Clear ``O_DIRECT`` on ``fd`` (for a block's unaligned tail); called only where
+        ``O_DIRECT`` exists (Linux)."""
+        import fcntl  # POSIX only: imported where it is used, so Windows never meets it
+
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+
+else:
+
+    def _drop_direct(fd: int) -> None:
+        raise AssertionError("Windows has no O_DIRECT")  # never called there
 
 
 def _connect(directory: Path) -> sqlite3.Connection:
@@ -147,13 +218,13 @@ def _read_checked(fd: int, length: int, first: int, into: Buffer) -> bool:
     whole, and those chunks intact."""
     trailer_size = _trailer_size(length)
     # One byte more than the trailer: a file longer than the block and its trailer is no block.
-    trailer = os.pread(fd, trailer_size + 1, length)
-    if len(trailer) != trailer_size:
+    trailer = bytearray(trailer_size + 1)
+    if _read_into(fd, trailer, length) != trailer_size:
         return False
     stored_length, chunk, magic = _FOOTER.unpack_from(trailer, trailer_size - _FOOTER.size)
     if magic != _MAGIC or stored_length != length or chunk != CHUNK:
         return False
-    if os.preadv(fd, [into], first * CHUNK) != len(into):
+    if _read_into(fd, into, first * CHUNK) != len(into):
         return False
     with memoryview(into) as view:
         for at in range(0, len(view), CHUNK):
@@ -196,15 +267,38 @@ def clear(directory: Path) -> int:
     try:
         while rows := db.execute("SELECT name FROM blocks LIMIT 1000").fetchall():
             names = [name for (name,) in rows]
+            gone = []
             for name in names:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(_file_of(directory, name))
+                except FileNotFoundError:
+                    pass
+                except OSError:  # open in another process, on Windows: it keeps its row
+                    continue
+                gone.append((name,))
             with db:
-                db.executemany("DELETE FROM blocks WHERE name = ?", rows)
-            removed += len(names)
+                db.executemany("DELETE FROM blocks WHERE name = ?", gone)
+            removed += len(gone)
+            if len(gone) < len(names):
+                break  # what is left will not go now (the next clear or eviction tries again)
     finally:
         db.close()
     return removed
+
+
+def _rename_into_place(temporary: Path, target: Path) -> None:
+    """Move a written block file to its name. On Windows a block file another reader has open
+    cannot be replaced: it holds the same bytes (a key names immutable bytes), so the new copy
+    is dropped instead of failing the writer's batch."""
+    try:
+        os.replace(temporary, target)
+    except PermissionError:
+        if not target.exists():
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
 
 
 class DiskTier:
@@ -279,7 +373,7 @@ class DiskTier:
         if queued is not None:
             return (queued[1], 0) if len(queued[1]) == length else None
         try:
-            fd = os.open(_file_of(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(_file_of(self.directory, name), os.O_RDONLY | _O_BINARY)
         except OSError:  # absent (the usual miss), or a disk in trouble: a miss either way
             return None
         # The chunks that [start, stop) touches; a part goes to a bytearray (writable, as the
@@ -414,7 +508,7 @@ class DiskTier:
         # A page-aligned block (a mapping) is written past the page cache when asked: the DMA
         # reads it where it is, and no page-cache pages are allocated and reclaimed for it.
         aligned = len(data) & ~(_PAGE - 1) if how.direct and self._direct and isinstance(data, mmap.mmap) else 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | (_O_DIRECT if aligned else 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY | (_O_DIRECT if aligned else 0)
         for _ in range(3):  # at most: the folder made, O_DIRECT dropped
             try:
                 fd = os.open(temporary, flags, 0o600)
@@ -433,9 +527,9 @@ class DiskTier:
             trailer = _trailer(data)
             written = 0
             if aligned:
-                written = os.pwritev(fd, [view[:aligned]], 0)
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)  # the tail
-            written += os.pwritev(fd, [view[aligned:], trailer], written)
+                written = _write_at(fd, [view[:aligned]], 0)
+                _drop_direct(fd)  # the tail
+            written += _write_at(fd, [view[aligned:], trailer], written)
             if written != len(data) + len(trailer):
                 raise OSError(errno.ENOSPC, f"short write of {name}: {written} bytes")
         except BaseException:
@@ -446,7 +540,7 @@ class DiskTier:
         finally:
             view.release()
         os.close(fd)
-        os.replace(temporary, target)
+        _rename_into_place(temporary, target)
 
     def _index_touches(self, touched: dict[str, int]) -> None:
         with self._db:

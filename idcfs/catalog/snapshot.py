@@ -45,7 +45,7 @@ FORMAT = 2
 KEEP = 4
 KEEP_ANY = 64
 SMALL_BYTES = 16 << 20
-#: Longest wait for the forked child that builds a catalog (the full index takes ~3 s).
+#: Longest wait for the child process that builds a catalog (the full index takes ~3 s).
 CHILD_BUILD_TIMEOUT = 600.0
 
 
@@ -157,40 +157,101 @@ def _load_stored(folder: Path) -> Snapshot | None:
 
 
 def _built_in_child(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> bool:
-    """Build and store the snapshot in a forked child; False when that could not be done (the
+    """Build and store the snapshot in a child process; False when that could not be done (the
     caller then builds in this process, and reports any error in the selection itself).
 
-    Forking is safe only while this process has no other thread (a child would inherit their
-    locks, held, without the threads): otherwise it is not tried.
+    Where there is ``fork`` (Linux, macOS) the child is a fork: it starts at once, with the
+    index already open. Forking is safe only while this process has no other thread (a child
+    would inherit their locks, held, without the threads): otherwise it is not tried. Where
+    there is none (Windows) the child is a new interpreter given the build's arguments.
     """
     with contextlib.suppress(OSError):
         catalogs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if threading.active_count() > 1 or not hasattr(os, "fork") or not os.access(catalogs, os.W_OK):
+    if not os.access(catalogs, os.W_OK):
         return False
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: build, store, and leave without running this process's exit code
-        status = 1
-        try:
-            open_snapshot(files, template_text, selection, catalogs)
-            status = 0
-        except BaseException:  # noqa: BLE001 - reported by the parent's own build
-            pass
-        finally:
-            os._exit(status)
-    deadline = time.monotonic() + CHILD_BUILD_TIMEOUT
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        time.sleep(0.05)
+    if hasattr(os, "fork"):
+        return threading.active_count() == 1 and _built_in_fork(files, template_text, selection, catalogs)
+    return _built_in_interpreter(files, template_text, selection, catalogs)
+
+
+if sys.platform != "win32":
+
+    def _built_in_fork(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> bool:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: build, store, and leave without running this process's exit code
+            status = 1
+            try:
+                open_snapshot(files, template_text, selection, catalogs)
+                status = 0
+            except BaseException:  # noqa: BLE001 - reported by the parent's own build
+                pass
+            finally:
+                os._exit(status)
+        deadline = time.monotonic() + CHILD_BUILD_TIMEOUT
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status) == 0
+            time.sleep(0.05)
+        _too_long(pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # killed: reaped at once
+        return False
+
+else:
+
+    def _built_in_fork(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> bool:
+        return False  # no fork on Windows (never called there)
+
+
+#: The new interpreter's part: the build's arguments come pickled on its standard input.
+_INTERPRETER_BUILD = (
+    "import pickle, sys\n"
+    "from idcfs.catalog.snapshot import open_snapshot\n"
+    "open_snapshot(*pickle.load(sys.stdin.buffer))\n"
+)
+
+
+def _built_in_interpreter(files: IndexFiles, template_text: str, selection: Selection, catalogs: Path) -> bool:
+    """The build in a new interpreter (``sys.executable``), for a platform without ``fork``: a
+    script's own code is not run again in it (as ``multiprocessing``'s spawn would, through
+    ``__main__``), and its heap goes back whole when it exits."""
+    import pickle
+    import subprocess
+
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _INTERPRETER_BUILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as error:
+        log.debug("cannot start a process to build the catalog: %s", error)
+        return False
+    try:
+        assert child.stdin is not None
+        with child.stdin:
+            child.stdin.write(pickle.dumps((files, template_text, selection, catalogs)))
+        return child.wait(CHILD_BUILD_TIMEOUT) == 0
+    except subprocess.TimeoutExpired:
+        _too_long(child.pid)
+        return False
+    except OSError as error:  # the child died before reading its arguments
+        log.debug("the catalog build's process failed: %s", error)
+        return False
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+def _too_long(pid: int) -> None:
     log.warning("the catalog build in process %d took over %gs; building it here instead", pid, CHILD_BUILD_TIMEOUT)
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)  # killed: reaped at once
-    return False
 
 
 def manifest_text(series: pa.Table) -> bytes:

@@ -21,7 +21,7 @@ from idcfs.config.options import (
     serve_variable,
 )
 from idcfs.config.sources import ConfigError, as_flags, resolve, tree_namespace
-from idcfs.service.mounting import MountError
+from idcfs.service.mounting import NO_MOUNT_ON_WINDOWS, MountError
 from idcfs.util.suggest import did_you_mean
 from idcfs.version import __version__
 
@@ -413,6 +413,8 @@ def _resolve_options(args: argparse.Namespace) -> None:
 def _mount(args: argparse.Namespace) -> int:
     from idcfs.service.mounting import check_allow_other, check_fuse_available, check_mountpoint, start_daemon
 
+    if sys.platform == "win32":
+        raise MountError(NO_MOUNT_ON_WINDOWS)
     _resolve_options(args)
     args.mountpoint = args.mountpoint.absolute()
     args.cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()  # paths: absolute already
@@ -432,10 +434,26 @@ def _mount(args: argparse.Namespace) -> int:
     elif usable:
         log_file = args.cache_dir / "idcfs.log"
     else:
-        log_file = Path(tempfile.gettempdir()) / f"idcfs-{os.getuid()}" / "idcfs.log"
+        log_file = _private_temporary_dir() / "idcfs.log"
     args.log_file = str(log_file)
     start_daemon(_child_argv(args), log_file, args.ready_timeout)
     return 0
+
+
+def _private_temporary_dir() -> Path:
+    """A folder of this user's under the temporary folder (the mount's log when the cache
+    folder is unusable), named by uid where there are uids."""
+    uid = _uid()
+    if uid is None:
+        return Path(tempfile.gettempdir()) / "idcfs"  # Windows: already the user's own (%TEMP%)
+    return Path(tempfile.gettempdir()) / f"idcfs-{uid}"
+
+
+def _uid() -> int | None:
+    """This process's user id; None where there are none (Windows)."""
+    if sys.platform == "win32" or not hasattr(os, "getuid"):
+        return None
+    return os.getuid()
 
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
@@ -450,7 +468,7 @@ def _make_private_dir(path: Path) -> bool:
     """Create the cache folder; a folder that cannot be made only costs the cache (one warning)."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        if _uid() is not None and path.stat().st_uid == _uid() and path.stat().st_mode & 0o077:
             path.chmod(0o700)  # blocks of what a user reads are nobody else's business
         return os.access(path, os.W_OK)
     except OSError as error:

@@ -60,12 +60,15 @@ def parse_seconds(text: str) -> float:
 
 
 def default_cache_dir() -> Path:
-    """systemd's ``CacheDirectory=`` for a service, else the user's XDG cache folder."""
+    """systemd's ``CacheDirectory=`` for a service, else the user's cache folder as the system
+    keeps them (platformdirs): ``$XDG_CACHE_HOME/idcfs`` or ``~/.cache/idcfs`` on Linux,
+    ``~/Library/Caches/idcfs`` on macOS, ``%LOCALAPPDATA%\\idcfs\\Cache`` on Windows."""
     service_cache = os.environ.get("CACHE_DIRECTORY")
     if service_cache:
         return Path(service_cache.split(":")[0])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "idcfs"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("idcfs", appauthor=False))
 
 
 #: The memory tier's default: this share of the memory there is, between these bounds.
@@ -270,7 +273,8 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "cache_dir",
         "str",
         None,
-        "Folder for the cache and the daemon's log (default: $XDG_CACHE_HOME/idcfs, or under systemd "
+        "Folder for the cache and the daemon's log (default: $XDG_CACHE_HOME/idcfs or ~/.cache/idcfs; "
+        "~/Library/Caches/idcfs on macOS, %%LOCALAPPDATA%%\\idcfs\\Cache on Windows; or under systemd "
         "the unit's CacheDirectory=; created with mode 0700).",
         metavar="DIR",
         is_path=True,

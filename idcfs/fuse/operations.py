@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -73,6 +74,13 @@ def _read_only(*_args: Any, **_kwargs: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
 
+def _owner() -> tuple[int, int]:
+    """Whose the files are: this process's user and group (Windows has none)."""
+    if sys.platform == "win32":
+        return 0, 0
+    return os.getuid(), os.getgid()
+
+
 class FuseOperations(mfusepy.Operations):
     use_ns = True
 
@@ -82,7 +90,7 @@ class FuseOperations(mfusepy.Operations):
         self.ready = False  # set once the kernel has completed the FUSE handshake
         #: Set at the first request after INIT: the handshake is done in the kernel too.
         self.answering = threading.Event()
-        self._uid, self._gid = os.getuid(), os.getgid()
+        self._uid, self._gid = _owner()
         self._files: dict[int, File] = {}
         self._files_lock = threading.Lock()
         self._next_fh = itertools.count(1)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from idcfs.service.heap import Trimmer, bound_heap
-from idcfs.service.mounting import MountError
+from idcfs.service.mounting import MountError, is_root
 
 log = logging.getLogger("idcfs")
 
@@ -169,4 +169,4 @@ def _set_kernel_readahead(mountpoint: Path, nbytes: int, answering: threading.Ev
         if problem is not None and answered:
             break
     if problem is not None:
-        log.log(logging.INFO if os.getuid() == 0 else logging.DEBUG, "kernel readahead left as it is: %s", problem)
+        log.log(logging.INFO if is_root() else logging.DEBUG, "kernel readahead left as it is: %s", problem)

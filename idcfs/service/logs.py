@@ -105,6 +105,8 @@ def handle_sighup() -> None:
     Must run in the main thread before any other thread starts: threads inherit the blocked
     signal, so only the waiting thread ever receives it.
     """
+    if sys.platform == "win32" or not hasattr(signal, "SIGHUP"):
+        return  # no hangup signal (Windows): logs are rotated with the process stopped
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
     def wait_for_hangups() -> None:

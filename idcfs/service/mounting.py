@@ -43,6 +43,18 @@ def fusermount() -> str:
     return tool
 
 
+#: What ``idcfs mount`` says on Windows, in one line.
+NO_MOUNT_ON_WINDOWS = (
+    "idcfs mount needs FUSE, which Windows does not have: run `idcfs serve` and map the share in Explorer "
+    "(http://127.0.0.1:8080/), or read idc:// paths from Python"
+)
+
+
+def is_root() -> bool:
+    """Whether this process runs as root (never on Windows, which has no uids and no mount)."""
+    return sys.platform != "win32" and hasattr(os, "getuid") and os.getuid() == 0
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     """Refuse, with a clear message, what would fail later or obscurely."""
     try:
@@ -59,7 +71,7 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point (unmount it first: idcfs umount {mountpoint})")
-    if not os.access(mountpoint, os.W_OK | os.X_OK) and os.getuid() != 0:
+    if not os.access(mountpoint, os.W_OK | os.X_OK) and not is_root():
         raise MountError(f"no write permission on mountpoint {mountpoint}")
     if any(os.scandir(mountpoint)):
         raise MountError(f"mountpoint {mountpoint} is not empty")
@@ -69,7 +81,7 @@ def check_mountpoint(mountpoint: Path) -> None:
 def check_allow_other(allow_other: bool, uid: int | None = None, fuse_conf: Path = Path("/etc/fuse.conf")) -> None:
     """``--allow-other`` by a user other than root needs ``user_allow_other`` in fuse.conf:
     fusermount refuses it otherwise, after the catalog is built, in words only the log saw."""
-    if not allow_other or (os.getuid() if uid is None else uid) == 0:
+    if not allow_other or (is_root() if uid is None else uid == 0):
         return
     try:
         lines = fuse_conf.read_text().splitlines()

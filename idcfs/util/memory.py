@@ -5,18 +5,46 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 #: cgroup v2's limit of this process's group, then v1's (a v1 "no limit" is a huge number).
 _CGROUP_LIMITS = ("memory.max", "memory/memory.limit_in_bytes")
 
 
-def physical_memory() -> int | None:
-    """Bytes of RAM of the machine, or None where the platform does not say (Windows)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+if sys.platform == "win32":
+
+    def physical_memory() -> int | None:
+        """Bytes of RAM of the machine (Windows: ``GlobalMemoryStatusEx``), or None if it fails."""
+        import ctypes
+
+        class _Status(ctypes.Structure):
+            _fields_ = [
+                ("dwLength", ctypes.c_ulong),
+                ("dwMemoryLoad", ctypes.c_ulong),
+                ("ullTotalPhys", ctypes.c_ulonglong),
+                ("ullAvailPhys", ctypes.c_ulonglong),
+                ("ullTotalPageFile", ctypes.c_ulonglong),
+                ("ullAvailPageFile", ctypes.c_ulonglong),
+                ("ullTotalVirtual", ctypes.c_ulonglong),
+                ("ullAvailVirtual", ctypes.c_ulonglong),
+                ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+            ]
+
+        status = _Status()
+        status.dwLength = ctypes.sizeof(_Status)
+        if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+            return None
+        return int(status.ullTotalPhys)
+
+else:
+
+    def physical_memory() -> int | None:
+        """Bytes of RAM of the machine (Linux, macOS: ``sysconf``), or None where it is not said."""
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
 
 
 def cgroup_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
