@@ -23,7 +23,7 @@ import logging
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from idcfs.util.counters import Counters
 from idcfs.vfs import errors
 from idcfs.vfs.control import BY_ID, BY_ID_DIR, CONTROL, CONTROL_DIR, LIVE_FILES, ControlFiles, ControlFolder
 from idcfs.vfs.files import BytesFile, File, SeriesFile
+from idcfs.vfs.groups import SEPARATOR, Span, find_group, group_name, spans
 from idcfs.vfs.listing import SeriesListing
 from idcfs.vfs.listings import ListingCache, ListingPath
 from idcfs.vfs.series_rows import ROWS_KEPT, SeriesRows
@@ -152,6 +153,12 @@ class Vfs:
     def stat(self, path: str) -> Entry:
         """The entry of ``path``. A series folder looked up may have its listing fetched ahead
         (it is usually listed next)."""
+        real, span = self._ungrouped(path)
+        if span is not None:  # a group of a large folder's entries (idcfs.vfs.groups)
+            return Entry(True, 0, self._stat(real).mtime_ns, children=span[1] - span[0])
+        return self._stat(real)
+
+    def _stat(self, path: str) -> Entry:
         folder, name = self._resolve(path)
         if isinstance(folder, ControlFolder):
             if name is None:
@@ -176,7 +183,9 @@ class Vfs:
 
     def require_folder(self, path: str) -> None:
         """Nothing when ``path`` is a folder; else why not (not found, or not a folder)."""
-        self._folder_at(path)
+        real, span = self._ungrouped(path)
+        if span is None:
+            self._folder_at(real)
 
     def _folder_at(self, path: str) -> Node | ControlFolder:
         folder, name = self._resolve(path)
@@ -185,18 +194,28 @@ class Vfs:
             raise errors.not_a_folder(path)
         return folder
 
-    def list(self, path: str) -> Iterable[tuple[str, bool]]:
+    def list(self, path: str, grouped: bool = False) -> Iterable[tuple[str, bool]]:
         """The entries of the folder ``path`` as (name, is a folder), sorted; without ``.`` and
         ``..``. A series folder's names come straight from its listing, one at a time (a
-        92,000-entry folder costs no copy)."""
-        folder = self._folder_at(path)
+        92,000-entry folder costs no copy). ``grouped``: a large folder as groups of its
+        entries (:mod:`idcfs.vfs.groups`), for a client that cannot take it whole."""
+        real, span = self._ungrouped(path)
+        if span is not None or grouped:
+            return ((name, is_dir) for name, is_dir, _ in self._list_grouped(real, span))
+        folder = self._folder_at(real)
         if isinstance(folder, Node) and self.tree.is_series(folder):
             return _files(self.listings.get(folder.index).entry_names())
         return self._folder_entries(folder)
 
-    def list_sized(self, path: str) -> Iterable[tuple[str, bool, int]]:
+    def list_sized(self, path: str, grouped: bool = False) -> Iterable[tuple[str, bool, int]]:
         """:meth:`list` with each file's exact size (0 for a folder), from the listing itself: a
         face that shows sizes (fsspec's ``ls``, a WebDAV PROPFIND) needs no lookup per file."""
+        real, span = self._ungrouped(path)
+        if span is not None or grouped:
+            return self._list_grouped(real, span)
+        return self._list_sized(real)
+
+    def _list_sized(self, path: str) -> Iterable[tuple[str, bool, int]]:
         folder = self._folder_at(path)
         if isinstance(folder, Node) and self.tree.is_series(folder):
             listing = self.listings.get(folder.index)
@@ -205,6 +224,54 @@ class Vfs:
             return ((name, is_dir, 0 if is_dir else self.stat(f"{CONTROL_DIR}/{name}").size)
                     for name, is_dir in self._folder_entries(folder))  # fmt: skip
         return ((name, is_dir, 0) for name, is_dir in self._folder_entries(folder))
+
+    # -- groups of a large folder's entries (idcfs.vfs.groups) -------------------------------------
+
+    def _ungrouped(self, path: str) -> tuple[str, Span | None]:
+        """The real path of ``path`` (its group names taken out) and, when it names a group,
+        that group's span of its folder's entries."""
+        if SEPARATOR not in path:
+            return path, None
+        real: builtins.list[str] = []
+        span: Span | None = None
+        for part in (p for p in path.split("/") if p):
+            if SEPARATOR in part:
+                found = self._group_in("/".join(real), span, part)
+                if found is not None:
+                    span = found
+                    continue
+            real.append(part)
+            span = None
+        return "/".join(real), span
+
+    def _group_in(self, path: str, within: Span | None, name: str) -> Span | None:
+        try:
+            count, name_at, _ = self._by_position(path)
+        except OSError:  # not a folder: the name is looked up as it is, and not found
+            return None
+        return find_group(name_at, within or (0, count), name)
+
+    def _list_grouped(self, path: str, span: Span | None) -> Iterable[tuple[str, bool, int]]:
+        """The real folder ``path``'s entries of ``span`` (all when None), as groups where
+        there are too many to show."""
+        count, name_at, kind_at = self._by_position(path)
+        within = span or (0, count)
+        groups = spans(*within)
+        if groups:
+            return [(group_name(name_at, group), True, 0) for group in groups]
+        if span is None:
+            return self._list_sized(path)
+        return ((name_at(k), *kind_at(k)) for k in range(*within))
+
+    def _by_position(self, path: str) -> tuple[int, Callable[[int], str], Callable[[int], tuple[bool, int]]]:
+        """The real folder ``path``'s entries by position: how many, the name at a position,
+        and (whether it is a folder, its size) at a position."""
+        folder = self._folder_at(path)
+        if isinstance(folder, Node) and self.tree.is_series(folder):
+            listing = self.listings.get(folder.index)
+            return len(listing), listing.names.get, lambda k: (False, listing.sizes[k])
+        entries = self._folder_entries(folder)
+        return len(entries), lambda k: entries[k][0], lambda k: (entries[k][1], 0)
 
     def _folder_entries(self, folder: Node | ControlFolder) -> builtins.list[tuple[str, bool]]:
         """The entries of a folder above the series level (or of a control folder), kept."""
@@ -247,7 +314,10 @@ class Vfs:
 
     def open(self, path: str) -> File:
         """An open file of ``path``, to read ranges from; close it when done."""
-        folder, name = self._resolve(path)
+        real, span = self._ungrouped(path)
+        if span is not None:
+            raise errors.is_a_folder(path)
+        folder, name = self._resolve(real)
         if name is None:
             raise errors.is_a_folder(path)
         if isinstance(folder, ControlFolder):
@@ -289,8 +359,11 @@ class Vfs:
 
     def xattrs(self, path: str) -> dict[str, str]:
         """``user.idc.*`` metadata of a folder (the values its path stands for, counts) or of a
-        series' file (its series, URL, ETag, size)."""
-        folder, name = self._resolve(path)
+        series' file (its series, URL, ETag, size). A group of a folder's entries has none."""
+        real, span = self._ungrouped(path)
+        if span is not None:
+            return {}
+        folder, name = self._resolve(real)
         if isinstance(folder, ControlFolder):
             if name is not None:
                 self._control_file(folder, name, path)
