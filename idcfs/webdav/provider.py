@@ -6,6 +6,11 @@ Read-only by construction: the provider says so, so wsgidav answers every write-
 with an empty, ``.`` or ``..`` segment, a backslash, a NUL or an overlong name is no resource
 (404): the tree is virtual, so nothing outside it can be reached, and nothing odd is looked up.
 
+Windows' client (Explorer's Mini-Redirector) refuses a folder listing over a million bytes and
+shows the folder empty: to it, a folder of more than :data:`~idcfs.vfs.groups.GROUP_SIZE`
+entries lists as groups of them (:mod:`idcfs.vfs.groups`), each a folder. Every other client
+sees the tree as it is; a group's path opens the same files for all.
+
 A resource's ``user.idc.*`` metadata (what ``getfattr`` shows on the mount) are live properties
 in the :data:`IDC_NAMESPACE`, given when asked for by name (``DAV:propname`` lists them).
 ``DAV:allprop`` leaves them out, as RFC 4918 lets a server do with live properties: a listing of
@@ -32,6 +37,16 @@ IDC_NAMESPACE = "urn:idcfs:"
 
 #: The longest name a segment may have (POSIX's NAME_MAX, what every filesystem face allows).
 MAX_NAME_BYTES = 255
+
+
+#: How Windows' WebDAV client names itself: the Mini-Redirector of the WebClient service
+#: ("Microsoft-WebDAV-MiniRedir/10.0.19045"), and its discovery requests ("DavClnt").
+_WINDOWS_CLIENTS = ("Microsoft-WebDAV-MiniRedir/", "DavClnt")
+
+
+def is_windows_client(environ: dict[str, Any]) -> bool:
+    """Whether the request comes from Windows' WebDAV client, whose listings are capped."""
+    return str(environ.get("HTTP_USER_AGENT", "")).startswith(_WINDOWS_CLIENTS)
 
 
 def tree_path(path: str) -> str | None:
@@ -106,7 +121,7 @@ class Folder(IdcProperties, DAVCollection):
         self.inner = inner
 
     def get_member_names(self) -> list[str]:
-        return [name for name, _ in self.vfs.list(self.inner)]
+        return [name for name, _ in self.vfs.list(self.inner, grouped=is_windows_client(self.environ))]
 
     def get_member_list(self) -> list[Folder | FileResource]:
         return list(self.members())
@@ -117,7 +132,7 @@ class Folder(IdcProperties, DAVCollection):
         prefix = f"{self.inner}/" if self.inner else ""
         base = self.path.rstrip("/")
         mtime_ns = self.vfs.stat(self.inner).mtime_ns
-        for name, is_dir, size in self.vfs.list_sized(self.inner):
+        for name, is_dir, size in self.vfs.list_sized(self.inner, grouped=is_windows_client(self.environ)):
             url = f"{base}/{name}"
             if is_dir:
                 yield Folder(url, self.environ, self.vfs, prefix + name)
