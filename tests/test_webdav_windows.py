@@ -89,3 +89,25 @@ def test_windows_reads_every_file_of_a_large_series_through_its_groups(share, ma
     # Other clients list the series whole.
     status, _, body = share.request("PROPFIND", url_of(series.path) + "/", {"Depth": "1"})
     assert status == 207 and body.count(b"<D:response>") == len(shown) + 1
+
+
+@pytest.mark.integration
+def test_a_path_windows_shows_opens_the_same_file_on_a_mount_and_through_idc(
+    share, many_objects, s3_proxy, mount_factory
+):
+    from idcfs.fsspec import IdcFileSystem
+
+    series = many_objects.series
+    shown = {escape_name(name): name for name in many_objects.names}
+    group = names(windows_listing(share, series.path))[1]
+    name = names(windows_listing(share, f"{series.path}/{group}"))[0]
+    windows_path = f"{series.path}/{group}/{name}"
+    mount = mount_factory(s3_proxy.url, f"--collection={series.collection_id}")
+    assert (mount.path / windows_path).read_bytes() == many_objects.payload(shown[name])
+    assert not any(SEPARATOR in p.name for p in (mount.path / series.path).iterdir())  # listed as it is
+    fs = IdcFileSystem(endpoint_url=s3_proxy.url, collection=[series.collection_id], skip_instance_cache=True,
+                       cache_dir=str(mount.path.parent / "idc-cache"))  # fmt: skip
+    try:
+        assert fs.cat_file(windows_path) == many_objects.payload(shown[name])
+    finally:
+        fs.vfs.close()
