@@ -39,6 +39,8 @@ import fsspec
 endpoint, cache, catalogs, collections, *folders = sys.argv[1:]
 fs = fsspec.filesystem("idc", endpoint_url=endpoint, cache_dir=cache, catalog_dir=catalogs,
                        collection=collections.split(","), block_size="64K", skip_instance_cache=True)
+result = fs.prefetch(folders, progress=False)
+assert not result.failures, result.failures
 found = {}
 for folder in folders:
     for info in fs.ls(folder, detail=True):
