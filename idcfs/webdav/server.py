@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 CLIENT_TIMEOUT = 30.0
 #: Worker threads answering requests (each reads through the core, which fetches in parallel).
 WORKERS = 32
+#: Connections the kernel holds for the server before it accepts them. cheroot's default, 5,
+#: dropped connections that Finder, Explorer or a lab's clients opened at once (each dropped SYN
+#: costs its client a second's retransmission); the kernel caps it at ``net.core.somaxconn``.
+BACKLOG = 1024
 
 _FINITE_DEPTH = (
     b'<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
@@ -148,7 +152,9 @@ def serve(
     if not is_loopback(host) and users is None:
         raise ServeError(f"listening on {host} needs --auth FILE (user:password lines): anyone could read through it")
     check_client_timeout(client_timeout)
-    server = TimedServer((host, port), build_app(vfs, users), client_timeout, numthreads=WORKERS)
+    server = TimedServer(
+        (host, port), build_app(vfs, users), client_timeout, numthreads=WORKERS, request_queue_size=BACKLOG
+    )
     server.shutdown_timeout = 5
     scheme = "http"
     if tls is not None:
