@@ -266,6 +266,17 @@ def test_a_damaged_snapshot_is_rebuilt(files, tmp_path):
     assert again.built and tags(again.tree) == expected
 
 
+def test_what_a_removal_left_never_passes_for_a_snapshot_and_a_new_build_replaces_it(files, tmp_path):
+    """On Windows a snapshot another process maps cannot be removed whole: its mark of
+    completeness goes first, and what stays is cleared by the next build of its key."""
+    first = open_snapshot(files, "default", Selection(), tmp_path)
+    expected = tags(first.tree)
+    (first.folder / "info.json").unlink()  # as the removal left it: the mapped files still there
+    again = open_snapshot(files, "default", Selection(), tmp_path)
+    assert again.built and again.folder == first.folder and tags(again.tree) == expected
+    assert (again.folder / "info.json").exists()
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_round_trips_on_the_real_index(preset):
     tree = open_snapshot(IndexFiles.bundled(), preset, Selection(), None).tree

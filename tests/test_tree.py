@@ -142,3 +142,17 @@ def test_a_daemon_builds_its_catalog_in_a_child_and_maps_what_it_stored(tmp_path
     assert run.stdout.split() == ["True", "True", "False", "1"]
     again = subprocess.run([sys.executable, "-c", BUILD_APART, str(tmp_path)], capture_output=True, text=True)
     assert again.stdout.split() == ["False", "True", "False", "1"]  # stored: loaded, not built
+
+
+def test_without_fork_the_catalog_is_built_in_a_new_interpreter_as_on_windows(tmp_path):
+    """The same, where ``os.fork`` does not exist (tests/windows_like): no DuckDB in the
+    serving process either."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_windows_like import WINDOWS_LIKE
+
+    env = {**os.environ, **WINDOWS_LIKE}
+    run = subprocess.run([sys.executable, "-c", BUILD_APART, str(tmp_path)], capture_output=True, text=True, env=env)
+    assert run.stdout.split() == ["True", "True", "False", "1"], run.stderr

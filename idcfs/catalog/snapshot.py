@@ -152,7 +152,7 @@ def _load_stored(folder: Path) -> Snapshot | None:
         return snapshot
     except (OSError, ValueError, KeyError, pa.ArrowInvalid) as error:
         log.warning("catalog snapshot %s is unreadable (%s); rebuilding it", folder, error)
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove(folder)
         return None
 
 
@@ -285,6 +285,8 @@ def save(folder: Path, catalog: Catalog, levels: list[Level], manifest: bytes) -
         (temporary / "manifest.txt").write_bytes(manifest)
         info = dict(catalog.info, template=catalog.template.text, depth=len(levels), saved=time.time())
         (temporary / "info.json").write_text(json.dumps(info, indent=1))  # last: marks it complete
+        if folder.exists() and not (folder / "info.json").exists():
+            _remove(folder)  # what an earlier removal left (on Windows, files then still mapped)
         try:
             temporary.rename(folder)
         except OSError:
@@ -315,6 +317,17 @@ def _map(path: Path) -> bytes | mmap.mmap:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _remove(folder: Path) -> None:
+    """Remove a stored snapshot, its mark of completeness first: on Windows a file another
+    process maps cannot be removed, and what is left must never pass for a whole snapshot (a
+    later save of the same key clears it)."""
+    try:
+        (folder / "info.json").unlink(missing_ok=True)
+    except OSError:
+        return  # still whole, and in use: kept
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _prune(catalogs: Path) -> None:
     """Keep the KEEP most recently used large snapshots, and KEEP_ANY snapshots in all: a few
     small selections must not push out the whole release that every other mount uses. A
@@ -328,7 +341,7 @@ def _prune(catalogs: Path) -> None:
             size = (entry / "series.arrow").stat().st_size if (entry / "series.arrow").exists() else 0
             large += size > SMALL_BYTES
             if rank >= KEEP_ANY or (size > SMALL_BYTES and large > KEEP):
-                shutil.rmtree(entry, ignore_errors=True)
+                _remove(entry)
         for alias in catalogs.glob("*.alias"):  # aliases of snapshots gone
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 if not (catalogs / alias.read_text().strip() / "info.json").exists():
