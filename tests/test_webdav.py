@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,6 +207,24 @@ def test_another_address_needs_auth_and_a_password_file_is_enforced(s3_proxy, ge
 DAVFS_CONF = "use_locks 0\nbuf_size 64\n"
 
 
+@pytest.fixture
+def davfs2_cache() -> Iterator[Path]:
+    """A cache folder for one davfs2 mount, removed after it.
+
+    davfs2 keeps state outside a mount, named after its mount point: a PID file in
+    /var/run/mount.davfs and a cache in /var/cache/davfs2 (named after the host too, not the
+    port). pytest names a test's folders alike from run to run (pytest-0/... again once a passing
+    run's are removed), so a mount on ``tmp_path / "dav"`` met what earlier runs left there: the
+    PID file of a mount.davfs that did not end cleanly fails the mount ("found PID file"), and
+    their cache, index and lost+found were taken over. So each mount has a mount point of a name
+    no run had before (see the test) and this cache of its own."""
+    cache = Path(tempfile.mkdtemp(prefix="idcfs-davfs2-"))
+    cache.chmod(0o770)  # davfs2's daemon runs as its own user, of group davfs2
+    shutil.chown(cache, group="davfs2")
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def dcm2niix(folder: Path, out: Path) -> dict[str, bytes]:
     """What dcm2niix makes of a folder, by file name (a fixed name: folders are named apart)."""
     out.mkdir()
@@ -217,15 +236,14 @@ def dcm2niix(folder: Path, out: Path) -> dict[str, bytes]:
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("mount.davfs") is None or os.getuid() != 0, reason="needs davfs2, as root")
 def test_davfs2_mounts_the_share_and_dcm2niix_converts_a_series_as_from_the_fuse_mount(
-    share, generated, s3_mount, tmp_path
+    share, generated, s3_mount, davfs2_cache, tmp_path
 ):
     """davfs2, as Linux desktops mount WebDAV: it lists a series, reads it byte-exact, and
     dcm2niix converts it to the same NIfTI as from the FUSE mount."""
     series = first(generated)
     conf = tmp_path / "davfs2.conf"
-    conf.write_text(DAVFS_CONF)
-    point = tmp_path / "dav"
-    point.mkdir()
+    conf.write_text(f"{DAVFS_CONF}cache_dir {davfs2_cache}\n")
+    point = Path(tempfile.mkdtemp(prefix="dav-", dir=tmp_path))  # a name no earlier run mounted on
     mounted = subprocess.run(
         ["mount", "-t", "davfs", "-o", f"ro,conf={conf}", f"{share.url}{url_of(series.path)}/", str(point)],
         input="\n\n",  # no user name, no password
@@ -243,7 +261,7 @@ def test_davfs2_mounts_the_share_and_dcm2niix_converts_a_series_as_from_the_fuse
         assert any(name.endswith(".nii") for name in through_dav)
         assert through_dav == dcm2niix(s3_mount.series_dir(series), tmp_path / "from-fuse")
     finally:
-        subprocess.run(["umount", str(point)], capture_output=True, timeout=60, check=False)
+        subprocess.run(["umount", str(point)], capture_output=True, timeout=60, check=False)  # waits for mount.davfs
 
 
 @pytest.mark.skipif(shutil.which("litmus") is None, reason="needs litmus")
