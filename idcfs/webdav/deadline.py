@@ -7,6 +7,12 @@ and sending each chunk of the answer. The work in between (a block fetched, a li
 the core's, bounded by its own deadlines, and is not counted. A watch thread shuts down the
 socket of a connection whose clock ran out; the worker's blocked call then fails at once and
 cheroot closes the connection.
+
+A request's body the application never read (a PROPFIND's for a name that does not exist, a
+refused PUT's) is read and dropped by the server before it answers, under the same deadline, so
+the next request on the connection starts where it should: at most :data:`DRAIN_LIMIT` bytes of
+it; a larger body, a chunked one, or one that cannot be read whole closes the connection after
+the answer (``Connection: close``), which is still sent whole.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 log = logging.getLogger(__name__)
+
+#: The most of a request's unread body that is read and dropped to keep its connection: a
+#: client's PROPFIND body is a few hundred bytes; anything longer (a PUT the share refuses)
+#: closes the connection instead of being read.
+DRAIN_LIMIT = 64 << 10
 
 
 class ClientClocks:
@@ -53,11 +64,17 @@ class ClientClocks:
 
     @contextlib.contextmanager
     def waiting(self, sock: socket.socket) -> Iterator[None]:
-        self.arm(sock)
+        """A wait on the client; one inside another (a body drained while an answer's first chunk
+        is written) is part of the outer wait and its deadline."""
+        with self._lock:
+            outer = sock in self._due
+            if not outer:
+                self._due[sock] = time.monotonic() + self.seconds
         try:
             yield
         finally:
-            self.disarm(sock)
+            if not outer:
+                self.disarm(sock)
 
     def _run(self) -> None:
         tick = min(1.0, self.seconds / 4)
@@ -81,18 +98,22 @@ class _TimedInput:
     def __init__(self, inner: Any, clocks: ClientClocks, sock: socket.socket) -> None:
         self._inner = inner
         self._clocks = clocks
-        self._sock = sock
+        # Not ``_sock``: wsgidav (util.read_and_discard_input) takes a wsgi.input with a ``_sock``
+        # for a socket's file, makes that socket non-blocking to read an unread body, and leaves
+        # it so when the read fails, as it does when the body has not all arrived: cheroot's next
+        # read of the connection then got None and raised, and the answer was never sent.
+        self._socket = sock
 
     def read(self, size: int | None = None) -> bytes:
-        with self._clocks.waiting(self._sock):
+        with self._clocks.waiting(self._socket):
             return bytes(self._inner.read(size))
 
     def readline(self, size: int | None = None) -> bytes:
-        with self._clocks.waiting(self._sock):
+        with self._clocks.waiting(self._socket):
             return bytes(self._inner.readline(size))
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
-        with self._clocks.waiting(self._sock):
+        with self._clocks.waiting(self._socket):
             return list(self._inner.readlines(hint))
 
     def __iter__(self) -> Iterator[bytes]:
@@ -116,6 +137,35 @@ class _Request(cheroot_server.HTTPRequest):
     def write(self, chunk: bytes) -> None:
         with self.conn.server.client_clocks.waiting(self.conn.socket):
             super().write(chunk)
+
+    def send_headers(self) -> None:
+        with self.conn.server.client_clocks.waiting(self.conn.socket):
+            if not self.close_connection:
+                self.close_connection = not self._drained()
+            super().send_headers()  # with Connection: close if the body was not drained
+
+    def _drained(self) -> bool:
+        """Whether what is left of the request's body has been read (and dropped) so that the
+        connection can carry the next request. cheroot's own drain read it whole in one call,
+        however long, and raised when the read came back empty-handed."""
+        rfile = self.rfile
+        if self.chunked_read:
+            return bool(getattr(rfile, "closed", False))  # read to its end by the application
+        remaining = getattr(rfile, "remaining", 0)
+        if remaining <= 0:
+            return True
+        if remaining > DRAIN_LIMIT:
+            return False
+        sock = self.conn.socket
+        try:
+            if sock.gettimeout() != self.server.timeout:
+                sock.settimeout(self.server.timeout)  # blocking again, whoever changed it
+            while rfile.remaining > 0:
+                if not rfile.read(min(rfile.remaining, DRAIN_LIMIT)):
+                    return False  # the client stopped sending (or half-closed)
+        except (OSError, ValueError, TypeError):  # reset, timed out, cut off, or a read of nothing
+            return False
+        return True
 
 
 class _Connection(cheroot_server.HTTPConnection):
