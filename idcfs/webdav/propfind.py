@@ -23,6 +23,10 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from idcfs.webdav.provider import FileResource, Folder
 
+#: Set in the environ of a request whose multistatus is streamed: its answer has no length (it is
+#: chunked), which wsgidav takes for a reason to close the connection; the server keeps it.
+STREAMED = "idcfs.webdav.streamed"
+
 #: Responses serialised and sent together: one call of ElementTree's serialiser per response
 #: cost more than building them.
 BATCH = 256
@@ -108,6 +112,7 @@ class StreamedPropfind(BaseMiddleware):
         with_members = isinstance(resource, Folder) and environ["HTTP_DEPTH"] == "1"
         body = multistatus(resource.with_members() if with_members else [resource], mode, names)
         first = next(body)  # the listing is fetched here: a failure is still a whole error answer
+        environ[STREAMED] = True
         start_response(
             "207 Multi-Status",
             [("Content-Type", "application/xml; charset=utf-8"), ("Date", util.get_rfc1123_time())],

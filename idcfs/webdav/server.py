@@ -6,6 +6,11 @@ and another address is refused without ``--auth`` (and warned about without TLS)
 it: it would walk a million series; depth 0 and 1 are streamed (:mod:`idcfs.webdav.propfind`).
 Every wait on a client has a deadline (:mod:`idcfs.webdav.deadline`), so a slow or silent client
 cannot hold a worker thread for ever.
+
+What the desktop clients send is answered as they need it (tests/test_webdav_clients.py replays
+Finder, Windows, gvfs and KIO): a file not modified since the date a client has is a 304
+(:class:`NotModified`), and an answer without a length (a streamed multistatus, a 304) keeps its
+connection, which wsgidav would close.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from wsgidav import util as wsgidav_util
+from wsgidav.mw.base_mw import BaseMiddleware
+
 from idcfs.vfs.vfs import Vfs
-from idcfs.webdav.provider import IdcProvider
+from idcfs.webdav.propfind import STREAMED
+from idcfs.webdav.provider import FileResource, IdcProvider
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +110,54 @@ def guarded(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes
             return answer(start_response, "400 Bad Request", b"not a path of the tree\n", "text/plain")
         if environ.get("REQUEST_METHOD") == "PROPFIND" and environ.get("HTTP_DEPTH", "infinity").lower() == "infinity":
             return answer(start_response, "403 Forbidden", _FINITE_DEPTH, 'application/xml; charset="utf-8"')
-        return app(environ, start_response)
+
+        def kept_alive(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            # wsgidav closes the connection of every answer without a length: a streamed
+            # multistatus has none (it is chunked), a 304 none (it has no body); the server drains
+            # what is left of a request's body (deadline.py), so the connection stays.
+            if environ.get(STREAMED) or status.startswith("304"):
+                headers = [(k, v) for k, v in headers if (k.lower(), v.lower()) != ("connection", "close")]
+            return start_response(status, headers, exc_info)
+
+        return app(environ, kept_alive)
 
     return wrapped
+
+
+class NotModified(BaseMiddleware):
+    """GET and HEAD of a file with ``If-Modified-Since`` answered 304 when the file is not newer
+    than the date (RFC 9110 13.1.3), before wsgidav, which answers 304 only for a date after the
+    file's and so sent the whole file again to Finder, which revalidates a cached file with
+    exactly the Last-Modified it was given. Every file of the tree is immutable. A request with
+    another condition (If-None-Match, which takes precedence, If-Match, ...) goes to wsgidav."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        since = environ.get("HTTP_IF_MODIFIED_SINCE")
+        if (
+            environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
+            or not since
+            or any(environ.get(header) for header in _OTHER_CONDITIONS)
+        ):
+            return self.next_app(environ, start_response)
+        seconds = wsgidav_util.parse_time_string(since)
+        provider = environ.get("wsgidav.provider")
+        if seconds is None or provider is None:
+            return self.next_app(environ, start_response)  # no date: the header is ignored
+        resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
+        if not isinstance(resource, FileResource) or int(resource.get_last_modified()) > seconds:
+            return self.next_app(environ, start_response)
+        start_response(
+            "304 Not Modified",
+            [
+                ("ETag", f'"{resource.get_etag()}"'),
+                ("Last-Modified", wsgidav_util.get_rfc1123_time(resource.get_last_modified())),
+                ("Date", wsgidav_util.get_rfc1123_time()),
+            ],
+        )
+        return [b""]
+
+
+_OTHER_CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_UNMODIFIED_SINCE")
 
 
 def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[bytes]]:
@@ -125,8 +179,16 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
         # What wsgidav reads from a file per chunk it sends (its default, 8 KiB, is 64 Python
         # calls for a 512 KiB DICOM instance; cheroot writes each chunk at once).
         "block_size": 256 << 10,
-        # wsgidav's own stack, with PROPFIND of depth 0 and 1 taken (streamed) once the user is known.
-        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, WsgiDavDirBrowser, StreamedPropfind, RequestResolver],
+        # wsgidav's own stack, with PROPFIND of depth 0 and 1 taken (streamed) and a file not
+        # modified since a date answered 304 once the user is known.
+        "middleware_stack": [
+            ErrorPrinter,
+            HTTPAuthenticator,
+            NotModified,
+            WsgiDavDirBrowser,
+            StreamedPropfind,
+            RequestResolver,
+        ],
         "lock_storage": None,  # read-only: LOCK is 405
         "property_manager": None,
         "verbose": 1,
