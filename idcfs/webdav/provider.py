@@ -148,6 +148,16 @@ class Folder(IdcProperties, DAVCollection):
         provider = self.provider
         return provider.get_resource_inst(f"{self.path.rstrip('/')}/{name}", self.environ)
 
+    def get_href(self) -> str:
+        """The folder's URL in a multistatus, with its slash; but as the client wrote it when the
+        folder is the one it asked about. Finder takes every href whose path is longer than the
+        URL it asked for as a member (webdavfs' ``GetComponentName``): a folder asked for
+        without its slash listed itself inside itself. gvfs and KIO ignore the slash."""
+        href: str = super().get_href()
+        if self.path == self.environ.get("PATH_INFO") and not self.path.endswith("/"):
+            return href.rstrip("/")
+        return href
+
     def get_last_modified(self) -> float:
         return self.vfs.stat(self.inner).mtime_ns / 1e9  # the release's date, as the mount shows it
 
