@@ -23,7 +23,8 @@ Sections:
   fsspec   idc:// in Python beside fsspec's s3fs on the raw UUID keys, the mount and s5cmd: a cold
            200-file series (file by file, and all at once), 2000 random 64 KiB reads in 1 GB,
            the warm re-read in a new process (s3fs under fsspec's filecache); see bench_fsspec.py.
-  webdav   idcfs serve: a cold 200-file series by 8 parallel HTTP readers beside the mount and s5cmd,
+  webdav   idcfs serve: a 200-file series by 8 parallel HTTP readers, cold and warm, beside rclone serve
+           webdav (server CPU per file for both), the mount and s5cmd (cold),
            PROPFIND of the 26k-entry nlst folder, 32 clients for 30 s (wrong bytes, errors, RSS);
            see bench_webdav.py.
   link     issue 21's link profile (LINK, default 100mbit,50ms, one line shared by all connections):

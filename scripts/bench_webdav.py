@@ -3,8 +3,10 @@ S3 server behind one proxy adding latency per request.
 
 Rows:
 
-- k. a cold 200-file CT series: through the share with 8 parallel ``curl`` processes (keep-alive,
-  25 files each), through the FUSE mount with 8 parallel ``cat``, and s5cmd's download;
+- k. a 200-file CT series, cold (a new server, an empty cache) and warm (read again): through the
+  share with 8 parallel ``curl`` processes (keep-alive, 25 files each), beside ``rclone serve
+  webdav`` (its S3 backend, VFS cache ``full``) read the same way, the server's CPU per file
+  beside each; the FUSE mount with 8 parallel ``cat``, and s5cmd's download, cold;
 - l. PROPFIND (Depth 1) of IDC's largest folder (``nlst``: ~26k patients): streamed (idcfs's
   own answer) and built whole (wsgidav's, which a conditional header still takes), the share's
   RSS before and its peak while answering, sampled every 20 ms (streamed first: memory Python
@@ -40,7 +42,7 @@ from bench_io import (
 )
 
 from tests.testbed.proxy import CountingProxy
-from tests.testbed.servers import free_port, s3_server
+from tests.testbed.servers import free_port, rclone_binary, s3_server
 
 CLIENTS = 32
 SECONDS = 30.0
@@ -89,6 +91,58 @@ class Served:
         self.process.wait(30)
 
 
+class RcloneServed:
+    """``rclone serve webdav`` of the bucket through the same proxy: files at ``/<uuid>/<name>``,
+    its VFS cache full (what it reads, it keeps on disk), server mtimes (no HEAD per file)."""
+
+    def __init__(self, endpoint: str, cache: Path) -> None:
+        self.port = free_port()
+        cache.mkdir(parents=True, exist_ok=True)
+        self.log = cache.parent / f"rclone-webdav-{self.port}.log"
+        remote = f":s3,provider=Other,endpoint='{endpoint}',env_auth=false:idc-open-data"
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(
+                [rclone_binary(), "serve", "webdav", remote, "--addr", f"127.0.0.1:{self.port}", "--read-only",
+                 "--config", "/dev/null", "--vfs-cache-mode", "full", "--cache-dir", str(cache),
+                 "--use-server-modtime", "--no-checksum"],
+                stdout=out, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("OPTIONS", "/")
+                connection.getresponse().read()
+                connection.close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"rclone serve webdav did not start: {self.log.read_text()}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def curl_parallel(urls: list[str], readers: int = 8) -> float:
+    """Seconds for ``readers`` curl processes (keep-alive) to GET ``urls``, failing on any error."""
+    started = time.perf_counter()
+    subprocess.run(
+        ["xargs", "-P", str(readers), "-n", str(-(-len(urls) // readers)), "curl", "-sSf"],
+        input="\n".join(urls).encode(),
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
 def bench_webdav(runs: int, latency: float, bandwidth: float | None, workdir: Path) -> list[tuple[str, ...]]:
     info = prepare_data(workdir / "data")
     ct, small = info["ct"], info["small"]
@@ -102,26 +156,35 @@ def bench_webdav(runs: int, latency: float, bandwidth: float | None, workdir: Pa
         warm_server_etags(server.url, [CT_SERIES, *(s.crdc_series_uuid for s in small)])
         names = sorted(p.name for p in (info["data"] / "idc-open-data" / CT_SERIES).iterdir())
 
-        def share_series() -> float:
-            served = Served(proxy.url, scratch / "cold", catalogs)
+        def series_cold_and_warm(start, path: str) -> tuple[float, float, float, float]:
+            """Cold and warm seconds, and the server's CPU milliseconds per file for each."""
+            server = start(scratch / "cold")
             try:
-                urls = "\n".join(f"http://127.0.0.1:{served.port}/{quote(ct.path)}/{name}" for name in names)
+                urls = [f"http://127.0.0.1:{server.port}/{quote(path)}/{name}" for name in names]
                 proxy.log.clear()
-                started = time.perf_counter()
-                subprocess.run(
-                    ["xargs", "-P", "8", "-n", str(-(-len(names) // 8)), "curl", "-sSf"],
-                    input=urls.encode(),
-                    stdout=subprocess.DEVNULL,
-                    check=True,
-                )
-                return time.perf_counter() - started
+                cpu = cpu_seconds(server.process.pid)
+                cold = curl_parallel(urls)
+                cpu_cold, cpu = cpu_seconds(server.process.pid) - cpu, cpu_seconds(server.process.pid)
+                time.sleep(1)  # what the server writes behind the cold read, done
+                cpu = cpu_seconds(server.process.pid)
+                warm = curl_parallel(urls)
+                cpu_warm = cpu_seconds(server.process.pid) - cpu
             finally:
-                served.stop()
+                server.stop()
                 shutil.rmtree(scratch / "cold", ignore_errors=True)
+            return cold, warm, cpu_cold * 1000 / len(names), cpu_warm * 1000 / len(names)
 
         Served(proxy.url, scratch / "warm-up", catalogs).stop()  # the catalog, once, untimed
-        times = [share_series() for _ in range(runs)]
-        rows.append(_row("idcfs serve (8 curl)", times, proxy))
+        peers = (
+            ("idcfs serve (8 curl)", lambda cache: Served(proxy.url, cache, catalogs), ct.path),
+            ("rclone serve webdav (8 curl)", lambda cache: RcloneServed(proxy.url, cache), CT_SERIES),
+        )
+        measured: dict[str, list[tuple[float, float, float, float]]] = {tool: [] for tool, _, _ in peers}
+        for _ in range(runs):  # interleaved: the machine's moods fall on both
+            for tool, start, path in peers:
+                measured[tool].append(series_cold_and_warm(start, path))
+        for tool, _, _ in peers:
+            rows.append(_share_row(tool, measured[tool], proxy))
         mount = Idcfs()
         mount_times = []
         for _ in range(runs):
@@ -173,6 +236,13 @@ def _propfind(served: Served, how: str, headers: dict[str, str], runs: int) -> t
     return (f"l. PROPFIND Depth 1 of nlst, {how}", f"{entries:,} entries, {len(body) / 1e6:.1f} MB",
             f"{statistics.median(times):.3f} s", f"RSS {before // 1024} MiB before",
             f"peak {peak // 1024} MiB")  # fmt: skip
+
+
+def _share_row(tool: str, runs: list[tuple[float, float, float, float]], proxy: CountingProxy) -> tuple[str, ...]:
+    """A row of k for a share: median cold and warm seconds, and CPU per file for each."""
+    cold, warm, cpu_cold, cpu_warm = (statistics.median(column) for column in zip(*runs, strict=True))
+    return ("k. 200-file series, 8 parallel readers", tool, f"cold {cold:.3f} s, warm {warm:.3f} s",
+            f"CPU/file {cpu_cold:.1f} / {cpu_warm:.1f} ms", f"{proxy.log.count()} requests (last run, cold + warm)")  # fmt: skip
 
 
 def _row(tool: str, times: list[float], proxy: CountingProxy) -> tuple[str, ...]:
