@@ -242,7 +242,8 @@ def _share_row(tool: str, runs: list[tuple[float, float, float, float]], proxy: 
     """A row of k for a share: median cold and warm seconds, and CPU per file for each."""
     cold, warm, cpu_cold, cpu_warm = (statistics.median(column) for column in zip(*runs, strict=True))
     return ("k. 200-file series, 8 parallel readers", tool, f"cold {cold:.3f} s, warm {warm:.3f} s",
-            f"CPU/file {cpu_cold:.1f} / {cpu_warm:.1f} ms", f"{proxy.log.count()} requests (last run, cold + warm)")  # fmt: skip
+            f"CPU/file {cpu_cold:.1f} / {cpu_warm:.1f} ms",
+            f"{proxy.log.count()} requests (last run, cold + warm)")  # fmt: skip
 
 
 def _row(tool: str, times: list[float], proxy: CountingProxy) -> tuple[str, ...]:
