@@ -26,6 +26,15 @@ from tests.testbed.wsigen import generate_slide
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / ".testdata"
 IDCFS = str(Path(sys.executable).with_name("idcfs"))
+#: What makes a Python process Windows-like (tests/windows_like/sitecustomize.py: the calls
+#: Windows lacks taken away), for the processes of idcfs a test starts.
+PYTHON_AS_ON_WINDOWS = {
+    "PYTHON_AS_ON_WINDOWS": "1",
+    "PYTHONPATH": os.pathsep.join((str(REPO / "tests" / "windows_like"), str(REPO))),
+}
+#: Set to 1, every ``idcfs serve`` the WebDAV tests start is Windows-like
+#: (tests/test_windows_like.py runs them so).
+SERVE_AS_ON_WINDOWS = "TEST_SERVE_AS_ON_WINDOWS"
 #: Small blocks make 130 kB test files span several blocks, so block logic is exercised.
 TEST_BLOCK_SIZE = "64K"
 

@@ -3,6 +3,7 @@ webdav backend, Python's http.client) against the local S3 server. No FUSE anywh
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -17,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import IDCFS, source_file
+from tests.conftest import IDCFS, PYTHON_AS_ON_WINDOWS, SERVE_AS_ON_WINDOWS, source_file
 from tests.testbed.dicomgen import GeneratedSeries
 from tests.testbed.servers import free_port, rclone_binary
 
@@ -48,6 +49,7 @@ def start_serve(tmp_path: Path, endpoint: str, *options: str) -> Share:
         [IDCFS, "serve", "--listen", f"127.0.0.1:{port}", "--endpoint-url", endpoint,
          "--cache-dir", str(tmp_path / "cache"), "--block-size", "64K", *options],
         stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **PYTHON_AS_ON_WINDOWS} if os.environ.get(SERVE_AS_ON_WINDOWS) == "1" else None,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -243,25 +245,33 @@ def test_davfs2_mounts_the_share_and_dcm2niix_converts_a_series_as_from_the_fuse
     series = first(generated)
     conf = tmp_path / "davfs2.conf"
     conf.write_text(f"{DAVFS_CONF}cache_dir {davfs2_cache}\n")
-    point = Path(tempfile.mkdtemp(prefix="dav-", dir=tmp_path))  # a name no earlier run mounted on
+    # A mount point of a name no earlier run mounted on, and short: davfs2 names its cache folder
+    # after the URL and the mount point, and a name over 255 bytes cannot be made (the share's
+    # root is mounted, not the series' long URL).
+    point = Path(tempfile.mkdtemp(prefix="idcfs-dav-"))
     mounted = subprocess.run(
-        ["mount", "-t", "davfs", "-o", f"ro,conf={conf}", f"{share.url}{url_of(series.path)}/", str(point)],
+        ["mount", "-t", "davfs", "-o", f"ro,conf={conf}", f"{share.url}/", str(point)],
         input="\n\n",  # no user name, no password
         capture_output=True,
         text=True,
         timeout=60,
     )
+    if mounted.returncode != 0:
+        point.rmdir()
     assert mounted.returncode == 0, mounted.stderr
+    folder = point / series.path
     try:
-        assert sorted(p.name for p in point.iterdir() if p.name != "lost+found") == sorted(f.name for f in series.files)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(f.name for f in series.files)
         for f in series.files:
-            assert (point / f.name).stat().st_size == f.size
-            assert (point / f.name).read_bytes() == source_file(series, f.name).read_bytes()
-        through_dav = dcm2niix(point, tmp_path / "from-dav")
+            assert (folder / f.name).stat().st_size == f.size
+            assert (folder / f.name).read_bytes() == source_file(series, f.name).read_bytes()
+        through_dav = dcm2niix(folder, tmp_path / "from-dav")
         assert any(name.endswith(".nii") for name in through_dav)
         assert through_dav == dcm2niix(s3_mount.series_dir(series), tmp_path / "from-fuse")
     finally:
         subprocess.run(["umount", str(point)], capture_output=True, timeout=60, check=False)  # waits for mount.davfs
+        with contextlib.suppress(OSError):
+            point.rmdir()
 
 
 @pytest.mark.skipif(shutil.which("litmus") is None, reason="needs litmus")

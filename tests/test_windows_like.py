@@ -18,15 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, source_file
+from tests.conftest import PYTHON_AS_ON_WINDOWS, REPO, SERVE_AS_ON_WINDOWS, source_file
 from tests.test_webdav import start_serve, stop_serve, url_of
 from tests.testbed.dicomgen import GeneratedSeries
 
 #: What makes an interpreter Windows-like: tests/windows_like/sitecustomize.py, switched on.
-WINDOWS_LIKE = {
-    "PYTHON_AS_ON_WINDOWS": "1",
-    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "tests" / "windows_like"), str(REPO)) if p),
-}
+WINDOWS_LIKE = PYTHON_AS_ON_WINDOWS
 
 #: idc:// in a Windows-like interpreter: each file's size as listed and its bytes' length and
 #: hash, as JSON; and proof that the calls are gone.
@@ -168,3 +165,17 @@ def test_mount_on_windows_says_in_one_line_what_to_use_instead(tmp_path, monkeyp
     assert main(["mount", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "idcfs serve" in error and "idc://" in error
+
+
+@pytest.mark.integration
+def test_the_webdav_tests_pass_against_a_windows_like_share(tmp_path):
+    """Every WebDAV test (real clients, replayed desktop clients, Windows' groups, the load) again,
+    with each ``idcfs serve`` they start Windows-like."""
+    files = ["tests/test_webdav.py", "tests/test_webdav_clients.py", "tests/test_webdav_windows.py",
+             "tests/test_webdav_load.py"]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}", *files],
+        cwd=REPO, env={**os.environ, SERVE_AS_ON_WINDOWS: "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout.splitlines()[-1] and "skipped" not in run.stdout.splitlines()[-1]
