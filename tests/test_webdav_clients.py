@@ -283,9 +283,12 @@ def test_finder_mounts_read_only_and_its_probes_are_404_on_a_kept_connection(sha
         assert href == "/" and is_collection(props) and props["{DAV:}getlastmodified"][0] == 200
         quota = finder.send("PROPFIND", "/", [*FINDER_PROPFIND, ("Depth", "0")], FINDER_QUOTA)
         assert quota.status == 207 and quota.kept
-        [(_, props)] = responses(quota.body)  # parse_statfs: no IETF quota -> no quota shown
+        [(_, props)] = responses(quota.body)  # parse_statfs: the IETF quota is the volume's size
         assert {tag.split("}")[1] for tag in props} == {"quota-available-bytes", "quota-used-bytes", "quota",
                                                         "quotaused"}  # fmt: skip
+        available, used = props["{DAV:}quota-available-bytes"], props["{DAV:}quota-used-bytes"]
+        assert (available[0], available[1].text) == (200, "0")  # read-only
+        assert used[0] == 200 and int(used[1].text or 0) > 0  # the selection's size
         for folder in ("/", url_of(series.path) + "/", url_of(series.path.rsplit("/", 1)[0]) + "/"):
             for name in (*FINDER_PROBES, f"._{series.files[0].name}"):
                 probe = finder.send("PROPFIND", folder + name, [*FINDER_PROPFIND, ("Depth", "0")], FINDER_STAT)

@@ -158,6 +158,14 @@ class Folder(IdcProperties, DAVCollection):
             return href.rstrip("/")
         return href
 
+    def get_used_bytes(self) -> int | None:
+        """RFC 4331's quota at the share's root (Finder shows it as the volume's size): the
+        selection's bytes, as ``df`` on a mount shows them; elsewhere none, so listings stay small."""
+        return self.vfs.usage().total_bytes if not self.inner else None
+
+    def get_available_bytes(self) -> int | None:
+        return 0 if not self.inner else None  # read-only: nothing can be written
+
     def get_last_modified(self) -> float:
         return self.vfs.stat(self.inner).mtime_ns / 1e9  # the release's date, as the mount shows it
 
