@@ -293,12 +293,10 @@ def _rename_into_place(temporary: Path, target: Path) -> None:
     try:
         os.replace(temporary, target)
     except PermissionError:
-        if not target.exists():
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if not target.exists():
+            raise
 
 
 class DiskTier:

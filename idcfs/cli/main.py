@@ -21,7 +21,7 @@ from idcfs.config.options import (
     serve_variable,
 )
 from idcfs.config.sources import ConfigError, as_flags, resolve, tree_namespace
-from idcfs.service.mounting import NO_MOUNT_ON_WINDOWS, MountError
+from idcfs.service.mounting import NO_MOUNT_ON_WINDOWS, MountError, current_uid
 from idcfs.util.suggest import did_you_mean
 from idcfs.version import __version__
 
@@ -443,17 +443,10 @@ def _mount(args: argparse.Namespace) -> int:
 def _private_temporary_dir() -> Path:
     """A folder of this user's under the temporary folder (the mount's log when the cache
     folder is unusable), named by uid where there are uids."""
-    uid = _uid()
+    uid = current_uid()
     if uid is None:
         return Path(tempfile.gettempdir()) / "idcfs"  # Windows: already the user's own (%TEMP%)
     return Path(tempfile.gettempdir()) / f"idcfs-{uid}"
-
-
-def _uid() -> int | None:
-    """This process's user id; None where there are none (Windows)."""
-    if sys.platform == "win32" or not hasattr(os, "getuid"):
-        return None
-    return os.getuid()
 
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
@@ -468,7 +461,8 @@ def _make_private_dir(path: Path) -> bool:
     """Create the cache folder; a folder that cannot be made only costs the cache (one warning)."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if _uid() is not None and path.stat().st_uid == _uid() and path.stat().st_mode & 0o077:
+        uid = current_uid()
+        if uid is not None and path.stat().st_uid == uid and path.stat().st_mode & 0o077:
             path.chmod(0o700)  # blocks of what a user reads are nobody else's business
         return os.access(path, os.W_OK)
     except OSError as error:

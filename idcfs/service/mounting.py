@@ -50,9 +50,16 @@ NO_MOUNT_ON_WINDOWS = (
 )
 
 
+def current_uid() -> int | None:
+    """This process's user id; None where there are none (Windows)."""
+    if sys.platform == "win32" or not hasattr(os, "getuid"):
+        return None
+    return os.getuid()
+
+
 def is_root() -> bool:
     """Whether this process runs as root (never on Windows, which has no uids and no mount)."""
-    return sys.platform != "win32" and hasattr(os, "getuid") and os.getuid() == 0
+    return current_uid() == 0
 
 
 def check_mountpoint(mountpoint: Path) -> None:

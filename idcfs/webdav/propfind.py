@@ -31,7 +31,8 @@ STREAMED = "idcfs.webdav.streamed"
 #: cost more than building them.
 BATCH = 256
 
-_CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE")
+#: The request headers that make an answer conditional (such a PROPFIND is left to wsgidav).
+CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE")
 _HEAD = b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
 _TAIL = b"</D:multistatus>\n"
 _ROOT, _END = b'<D:multistatus xmlns:D="DAV:">', b"</D:multistatus>"
@@ -101,7 +102,7 @@ class StreamedPropfind(BaseMiddleware):
         if (
             environ.get("REQUEST_METHOD") != "PROPFIND"
             or environ.get("HTTP_DEPTH") not in ("0", "1")
-            or any(environ.get(header) for header in _CONDITIONS)
+            or any(environ.get(header) for header in CONDITIONS)
         ):
             return self.next_app(environ, start_response)
         provider = environ.get("wsgidav.provider")

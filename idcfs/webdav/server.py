@@ -28,7 +28,7 @@ from wsgidav import util as wsgidav_util
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from idcfs.vfs.vfs import Vfs
-from idcfs.webdav.propfind import STREAMED
+from idcfs.webdav.propfind import CONDITIONS, STREAMED
 from idcfs.webdav.provider import FileResource, IdcProvider
 
 log = logging.getLogger(__name__)
@@ -144,20 +144,24 @@ class NotModified(BaseMiddleware):
         if seconds is None or provider is None:
             return self.next_app(environ, start_response)  # no date: the header is ignored
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
-        if not isinstance(resource, FileResource) or int(resource.get_last_modified()) > seconds:
+        if not isinstance(resource, FileResource):
+            return self.next_app(environ, start_response)
+        modified = resource.get_last_modified()
+        if int(modified) > seconds:
             return self.next_app(environ, start_response)
         start_response(
             "304 Not Modified",
             [
                 ("ETag", f'"{resource.get_etag()}"'),
-                ("Last-Modified", wsgidav_util.get_rfc1123_time(resource.get_last_modified())),
+                ("Last-Modified", wsgidav_util.get_rfc1123_time(modified)),
                 ("Date", wsgidav_util.get_rfc1123_time()),
             ],
         )
         return [b""]
 
 
-_OTHER_CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_UNMODIFIED_SINCE")
+#: The conditions NotModified leaves to wsgidav: all but its own.
+_OTHER_CONDITIONS = tuple(header for header in CONDITIONS if header != "HTTP_IF_MODIFIED_SINCE")
 
 
 def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[bytes]]:
