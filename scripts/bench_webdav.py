@@ -164,7 +164,7 @@ def bench_webdav(runs: int, latency: float, bandwidth: float | None, workdir: Pa
                 proxy.log.clear()
                 cpu = cpu_seconds(server.process.pid)
                 cold = curl_parallel(urls)
-                cpu_cold, cpu = cpu_seconds(server.process.pid) - cpu, cpu_seconds(server.process.pid)
+                cpu_cold = cpu_seconds(server.process.pid) - cpu
                 time.sleep(1)  # what the server writes behind the cold read, done
                 cpu = cpu_seconds(server.process.pid)
                 warm = curl_parallel(urls)

@@ -151,8 +151,8 @@ def test_without_fork_the_catalog_is_built_in_a_new_interpreter_as_on_windows(tm
     import subprocess
     import sys
 
-    from tests.test_windows_like import WINDOWS_LIKE
+    from tests.conftest import PYTHON_AS_ON_WINDOWS
 
-    env = {**os.environ, **WINDOWS_LIKE}
+    env = {**os.environ, **PYTHON_AS_ON_WINDOWS}
     run = subprocess.run([sys.executable, "-c", BUILD_APART, str(tmp_path)], capture_output=True, text=True, env=env)
     assert run.stdout.split() == ["True", "True", "False", "1"], run.stderr

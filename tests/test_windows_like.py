@@ -22,9 +22,6 @@ from tests.conftest import PYTHON_AS_ON_WINDOWS, REPO, SERVE_AS_ON_WINDOWS, sour
 from tests.test_webdav import start_serve, stop_serve, url_of
 from tests.testbed.dicomgen import GeneratedSeries
 
-#: What makes an interpreter Windows-like: tests/windows_like/sitecustomize.py, switched on.
-WINDOWS_LIKE = PYTHON_AS_ON_WINDOWS
-
 #: idc:// in a Windows-like interpreter: each file's size as listed and its bytes' length and
 #: hash, as JSON; and proof that the calls are gone.
 LIST_AND_READ = """
@@ -48,7 +45,7 @@ print(json.dumps(found))
 
 
 def windows_like_env() -> dict[str, str]:
-    return {**os.environ, **WINDOWS_LIKE}
+    return {**os.environ, **PYTHON_AS_ON_WINDOWS}
 
 
 def expected(series: list[GeneratedSeries]) -> dict[str, list]:
@@ -108,7 +105,7 @@ def test_idc_lists_exact_sizes_reads_byte_exact_and_a_second_process_reads_from_
 def test_serve_lists_exact_sizes_and_answers_byte_exact(generated, s3_proxy, tmp_path, monkeypatch):
     series = some_series(generated, 1)[0]
     with monkeypatch.context() as patch:
-        for name, value in WINDOWS_LIKE.items():
+        for name, value in PYTHON_AS_ON_WINDOWS.items():
             patch.setenv(name, value)
         served = start_serve(tmp_path, s3_proxy.url, f"--collection={series.collection_id}")
     try:
@@ -134,7 +131,7 @@ def test_a_mount_idc_and_serve_share_one_cache_folder(generated, s3_proxy, mount
     cache = tmp_path / "cache"
     mount = mount_factory(s3_proxy.url, *selection, "--cache-dir", str(cache), "--block-size", "64K")
     with monkeypatch.context() as patch:
-        for name, value in WINDOWS_LIKE.items():
+        for name, value in PYTHON_AS_ON_WINDOWS.items():
             patch.setenv(name, value)
         served = start_serve(tmp_path, s3_proxy.url, *selection)  # its cache: tmp_path / "cache"
     try:
