@@ -212,6 +212,25 @@ def _trailer(block: Buffer | bytes) -> bytes:
     return crcs + _FOOTER.pack(len(block), CHUNK, _MAGIC)
 
 
+def seal(path: Path) -> int:
+    """Append a block file's trailer to the file at ``path`` (written elsewhere, e.g. a volume
+    built in a child process), so the tier can keep and check it as one block; its length."""
+    with open(path, "r+b") as file:
+        crcs = bytearray()
+        while chunk := file.read(CHUNK):
+            crcs += _CRC.pack(crc32c(chunk))
+        length = file.tell()
+        file.write(bytes(crcs) + _FOOTER.pack(length, CHUNK, _MAGIC))
+    return length
+
+
+def _tail(path: Path) -> bytes:
+    """The footer of the block file at ``path``."""
+    with open(path, "rb") as file:
+        file.seek(-_FOOTER.size, os.SEEK_END)
+        return file.read(_FOOTER.size)
+
+
 def _read_checked(fd: int, length: int, first: int, into: Buffer) -> bool:
     """Read chunks ``first`` on, as many as ``into`` holds, of the block of ``length`` bytes in
     ``fd`` into ``into``, each checked against the trailer; whether the file is that block,
@@ -337,6 +356,7 @@ class DiskTier:
         self._pending_bytes = 0
         self._touched: dict[str, int] = {}  # name -> access time, for the index
         self._forget: set[str] = set()  # names whose file and row must go (damaged, failed)
+        self._adopting: dict[str, tuple[str, Path, int, threading.Event]] = {}  # name -> (key, file, length, done)
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="idcfs-disk-writer", daemon=True)
         self._writer.start()
@@ -420,6 +440,55 @@ class DiskTier:
             self._condition.notify_all()
             return True
 
+    def adopt(self, key: str, path: Path, timeout: float) -> bool:
+        """Keep the sealed file at ``path`` (see :func:`seal`) as the block ``key``: moved into
+        the tier (same file system), indexed, counted in the cap and evicted like any block.
+        Whether it was kept within ``timeout`` seconds (else the file is left where it is)."""
+        length = _FOOTER.unpack(_tail(path))[0]
+        done = threading.Event()
+        with self._condition:
+            if self.paused or self._closed:
+                return False
+            self._adopting[block_name(key)] = (key, path, length, done)
+            self._condition.notify_all()
+        return done.wait(timeout)
+
+    def _adopt_files(self, adopting: dict[str, tuple[str, Path, int, threading.Event]]) -> None:
+        """Index, then move into place (a crash leaves a row without its file, never the reverse)."""
+        for name, (key, path, length, done) in adopting.items():
+            try:
+                self._fit_to_disk(0)
+                with self._db:
+                    self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
+                    self._db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?)", (name, key, length, _now()))
+                target = _file_of(self.directory, name)
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _rename_into_place(path, target)
+            except Exception as error:  # noqa: BLE001 - the caller keeps its file and says why
+                log.warning("disk cache %s cannot keep %s: %s", self.directory, key, error)
+                with self._condition:
+                    self._forget.add(name)
+                continue
+            self._total = self._stored_bytes()
+            done.set()
+        if self._total > self._effective_limit:
+            self._evict()
+
+    def stored_length(self, key: str) -> int | None:
+        """The length of the block ``key`` as its file says (None when there is none): for a
+        block whose length only the tier knows (a volume's file)."""
+        try:
+            stored = _FOOTER.unpack(_tail(_file_of(self.directory, block_name(key))))
+        except (OSError, struct.error):
+            return None
+        return int(stored[0]) if stored[2] == _MAGIC and stored[1] == CHUNK else None
+
+    def touch(self, key: str) -> None:
+        """Note a use of the block ``key`` (kept by the LRU), as a read of it does."""
+        with self._condition:
+            if len(self._touched) < _MAX_TOUCHES:
+                self._touched[block_name(key)] = _now()
+
     def discard(self, key: str) -> None:
         """Forget the block ``key`` (its file and its row), in the writer's next turn."""
         with self._condition:
@@ -429,7 +498,7 @@ class DiskTier:
     def _write_loop(self) -> None:
         while True:
             with self._condition:
-                if not (self._pending or self._forget or self._closed):
+                if not (self._pending or self._forget or self._adopting or self._closed):
                     self._condition.wait(1.0)
                 if self._closed and not self._pending:
                     break
@@ -442,6 +511,9 @@ class DiskTier:
                     size += len(data)
                 touched, self._touched = self._touched, {}
                 forget, self._forget = self._forget, set()
+                adopting, self._adopting = self._adopting, {}
+            if adopting:
+                self._adopt_files(adopting)
             self._one_turn(batch, size, touched, forget)
         with contextlib.suppress(Exception):
             self._index_touches(self._touched)

@@ -373,6 +373,28 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "ready_timeout", "seconds", "300", "How long `idcfs mount` waits for the daemon to be ready.", metavar="SECONDS"
     ),
     Option(
+        "volumes",
+        "bool",
+        False,
+        "Show <series folder>.nifti/ beside each image series (CT, MR, PT, NM) and SEG: the series as "
+        "NIfTI (dcm2niix), a SEG as a label map on its image's grid (highdicom); built on first use and "
+        "kept in the disk cache. Off by default: a script that walks a study folder would see new entries.",
+    ),
+    Option(
+        "volume_max_series",
+        "size",
+        "2GiB",
+        "Series larger than this (as the index says) get no .nifti folder: too large to convert.",
+        metavar="SIZE",
+    ),
+    Option(
+        "volume_timeout",
+        "seconds",
+        "900",
+        "A volume's build (its series' fetch aside) is stopped after this long; the next use tries again.",
+        metavar="SECONDS",
+    ),
+    Option(
         "metrics_port",
         "int",
         None,
@@ -406,6 +428,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                        "no_commercial_restrictions", "idc_version", "manifest", "allow_missing", "shard")),
     ("where from", ("source", "endpoint_url", "retry_deadline", "request_timeout")),
     ("cache", ("cache_dir", "catalog_dir", "cache_size", "memory_cache_size", "listing_cache_size")),
+    ("volumes for machine learning", ("volumes", "volume_max_series", "volume_timeout")),
     ("speed", ("prefetch", "prefetch_max_series", "prefetch_workers", "block_size", "kernel_readahead")),
     ("running as a service", ("config", "foreground", "log_level", "debug", "log_file", "allow_other",
                               "ready_timeout", "metrics_port")),

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from idcfs.blocks.tiers import Tier
     from idcfs.catalog.index import Catalog, IndexFiles
     from idcfs.catalog.snapshot import Snapshot
+    from idcfs.derived.volumes import Volumes
     from idcfs.remote.store import Store
     from idcfs.vfs.listing import SeriesListing
     from idcfs.vfs.listings import ListingCache
@@ -56,7 +57,20 @@ def open_tree(args: argparse.Namespace, where: str | None = None) -> Vfs:
     store, reader, listings = _data_path(args)
     info = _tree_info(args, where, files, snapshot.tree.catalog, reader.cache.disk)
     # A third of --listing-cache-size for the entries of folders above the series level.
-    return Vfs(snapshot, reader, listings, args.listing_cache_size // 3, info=info)
+    return Vfs(snapshot, reader, listings, args.listing_cache_size // 3, info=info, volumes=_volumes(args, reader))
+
+
+def _volumes(args: argparse.Namespace, reader: Reader) -> Volumes | None:
+    """``--volumes``: its builds, kept in the disk cache (which it needs)."""
+    if not getattr(args, "volumes", False):
+        return None
+    from idcfs.blocks.disk_tier import DiskTier
+    from idcfs.derived.volumes import Volumes
+
+    disk = reader.cache.disk
+    if not isinstance(disk, DiskTier):
+        raise MountError("--volumes keeps the volumes it builds in the disk cache: it needs one (--cache-size above 0)")
+    return Volumes(reader, disk, args.cache_dir / "volumes", args.volume_timeout, args.volume_max_series)
 
 
 def _open_catalog(args: argparse.Namespace) -> tuple[IndexFiles, Snapshot]:

@@ -27,12 +27,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 from cachetools import LRUCache
 
 from idcfs.blocks.reader import ObjectRef, Reader
 from idcfs.catalog.snapshot import Snapshot
 from idcfs.catalog.tree import Node
+from idcfs.derived.kinds import IMAGE
+from idcfs.derived.pack import PackedFile
+from idcfs.derived.volumes import SeriesToBuild, Volumes
 from idcfs.remote.objects import ObjectInfo
 from idcfs.util.counters import Counters
 from idcfs.vfs import errors
@@ -42,6 +46,7 @@ from idcfs.vfs.groups import SEPARATOR, Span, find_group, group_name, spans
 from idcfs.vfs.listing import SeriesListing
 from idcfs.vfs.listings import ListingCache, ListingPath
 from idcfs.vfs.series_rows import ROWS_KEPT, SeriesRows
+from idcfs.vfs.volume_view import VolumeFolder, VolumeView
 from idcfs.vfs.xattrs import folder_xattrs, series_xattrs
 
 log = logging.getLogger(__name__)
@@ -73,7 +78,8 @@ class Usage:
     num_series: int
 
 
-_Place = tuple[Node | ControlFolder, str | None]
+_Folder = Node | ControlFolder | VolumeFolder
+_Place = tuple[_Folder, str | None]
 
 
 class Vfs:
@@ -86,6 +92,7 @@ class Vfs:
         listings: ListingCache[SeriesListing],
         entries_bytes: int,
         info: dict[str, Any] | None = None,
+        volumes: Volumes | None = None,
     ) -> None:
         self.tree = snapshot.tree
         self.catalog = self.tree.catalog
@@ -113,6 +120,8 @@ class Vfs:
         self._folder = functools.lru_cache(maxsize=ROWS_KEPT)(self._lookup_folder)
         self._total_bytes = int((pc.sum(self.catalog.series.column("series_size_MB")).as_py() or 0) * 1e6)
         self._release_ns = int(self.catalog.release_time() * 1e9)
+        #: ``--volumes``: a ``.nifti`` folder beside each image series and SEG.
+        self.volumes = None if volumes is None else self._volume_view(volumes)
 
     @property
     def block_size(self) -> int:
@@ -139,8 +148,18 @@ class Vfs:
             raise errors.not_found(path)
         return folder, parts[depth] if len(parts) == depth + 1 else None
 
-    def _lookup_folder(self, parts: tuple[str, ...]) -> Node | None:
-        return self.tree.lookup(list(parts))
+    def _lookup_folder(self, parts: tuple[str, ...]) -> Node | VolumeFolder | None:
+        found = self.tree.lookup(list(parts))
+        if found is None and self.volumes is not None and len(parts) == self.tree.depth:
+            parent = self.tree.lookup(list(parts[:-1]))
+            if parent is not None:
+
+                def series_row(name: str) -> int | None:
+                    node = self.tree.child(parent, name)
+                    return None if node is None else node.index
+
+                return self.volumes.folder(parts[-1], series_row)
+        return found
 
     def _object(self, node: Node, name: str, path: str) -> ObjectInfo:
         info = self.listings.get(node.index).get(name)
@@ -164,6 +183,11 @@ class Vfs:
             if name is None:
                 return Entry(True, 0, self._release_ns)
             return Entry(False, len(self._control_file(folder, name, path)), self._release_ns)
+        if isinstance(folder, VolumeFolder):
+            mtime = self.series.time_ns(folder.row)
+            if name is None:
+                return Entry(True, 0, mtime)
+            return Entry(False, self._volume_file(folder, name, path).size, mtime)
         tree = self.tree
         if name is None:
             if tree.is_series(folder):
@@ -178,7 +202,7 @@ class Vfs:
     def _looked_up_series(self, path: str, row: int) -> None:
         parts = [p for p in path.split("/") if p]
         parent = self._folder(tuple(parts[:-1]))
-        if parent is not None:
+        if isinstance(parent, Node):
             self.listings.series_looked_up(row, self.tree.num_children(parent))
 
     def require_folder(self, path: str) -> None:
@@ -187,7 +211,7 @@ class Vfs:
         if span is None:
             self._folder_at(real)
 
-    def _folder_at(self, path: str) -> Node | ControlFolder:
+    def _folder_at(self, path: str) -> _Folder:
         folder, name = self._resolve(path)
         if name is not None:
             self._control_or_object(folder, name, path)  # not found, or a file
@@ -205,6 +229,8 @@ class Vfs:
         folder = self._folder_at(real)
         if isinstance(folder, Node) and self.tree.is_series(folder):
             return _files(self.listings.get(folder.index).entry_names())
+        if isinstance(folder, VolumeFolder):
+            return [(name, False) for name, _ in self._volume_entries(folder)]
         return self._folder_entries(folder)
 
     def list_sized(self, path: str, grouped: bool = False) -> Iterable[tuple[str, bool, int]]:
@@ -220,6 +246,8 @@ class Vfs:
         if isinstance(folder, Node) and self.tree.is_series(folder):
             listing = self.listings.get(folder.index)
             return ((name, False, size) for name, size in zip(listing.entry_names(), listing.sizes, strict=True))
+        if isinstance(folder, VolumeFolder):
+            return [(name, False, size) for name, size in self._volume_entries(folder)]
         if folder is CONTROL:
             return ((name, is_dir, 0 if is_dir else self.stat(f"{CONTROL_DIR}/{name}").size)
                     for name, is_dir in self._folder_entries(folder))  # fmt: skip
@@ -270,6 +298,9 @@ class Vfs:
         if isinstance(folder, Node) and self.tree.is_series(folder):
             listing = self.listings.get(folder.index)
             return len(listing), listing.names.get, lambda k: (False, listing.sizes[k])
+        if isinstance(folder, VolumeFolder):
+            files = self._volume_entries(folder)
+            return len(files), lambda k: files[k][0], lambda k: (False, files[k][1])
         entries = self._folder_entries(folder)
         return len(entries), lambda k: entries[k][0], lambda k: (entries[k][1], 0)
 
@@ -292,13 +323,17 @@ class Vfs:
             return [(BY_ID_DIR, True), *((name, False) for name in self.control.names)]
         assert isinstance(folder, Node)
         entries = [(name, True) for name in self.tree.children(folder)]
+        if self.volumes is not None and folder.depth == self.tree.depth - 1:
+            entries = self.volumes.with_volumes(entries, self.tree.rows(folder).start)
         if folder == self.tree.root:
             entries.append((CONTROL_DIR, True))
         return entries
 
-    def _control_or_object(self, folder: Node | ControlFolder, name: str, path: str) -> None:
+    def _control_or_object(self, folder: _Folder, name: str, path: str) -> None:
         if isinstance(folder, ControlFolder):
             self._control_file(folder, name, path)
+        elif isinstance(folder, VolumeFolder):
+            self._volume_file(folder, name, path)
         elif self.tree.is_series(folder):
             self._object(folder, name, path)
         else:
@@ -309,6 +344,47 @@ class Vfs:
         if data is None:
             raise errors.not_found(path)
         return data
+
+    # -- the --volumes view (idcfs.vfs.volume_view) ------------------------------------------------
+
+    def _volume_view(self, volumes: Volumes) -> VolumeView:
+        sizes = self.catalog.series.column("series_size_MB")
+        uids = self.catalog.series.column("SeriesInstanceUID")
+
+        def series_bytes(row: int) -> int:
+            return int((sizes[row].as_py() or 0) * 1e6)
+
+        def to_build(row: int, kind: str, base: str) -> SeriesToBuild:
+            def objects() -> builtins.list[ObjectRef]:
+                return [self._object_ref(row, info) for info in self.listings.get(row)]
+
+            return SeriesToBuild(self.series.uuid(row), kind, base, objects)
+
+        @functools.lru_cache(maxsize=1024)
+        def row_of_uid(uid: str) -> int | None:
+            rows = np.flatnonzero(pc.fill_null(pc.equal(uids, uid), False).to_numpy(zero_copy_only=False))
+            return int(rows[0]) if rows.size else None
+
+        def image_series(uid: str) -> SeriesToBuild | None:
+            row = row_of_uid(uid)
+            if row is None or view.kind(row) != IMAGE:
+                return None
+            return to_build(row, IMAGE, self.tree.path_of_row(row)[-1])
+
+        volumes.image_series = image_series
+        view = VolumeView(volumes, self.series.modality, series_bytes, to_build)
+        return view
+
+    def _volume_entries(self, folder: VolumeFolder) -> builtins.list[tuple[str, int]]:
+        assert self.volumes is not None
+        return self.volumes.entries(folder)
+
+    def _volume_file(self, folder: VolumeFolder, name: str, path: str) -> PackedFile:
+        assert self.volumes is not None
+        found = self.volumes.file(folder, name)
+        if found is None:
+            raise errors.not_found(path)
+        return found
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -323,6 +399,12 @@ class Vfs:
         if isinstance(folder, ControlFolder):
             data = self._control_file(folder, name, path)  # a snapshot, consistent while read
             opened: File = BytesFile(data, live=folder is CONTROL and name in LIVE_FILES)
+        elif isinstance(folder, VolumeFolder):
+            assert self.volumes is not None
+            volume = self.volumes.open(folder, name)
+            if volume is None:
+                raise errors.not_found(path)
+            opened = volume
         elif not self.tree.is_series(folder):
             raise errors.not_found(path)
         else:
@@ -364,9 +446,9 @@ class Vfs:
         if span is not None:
             return {}
         folder, name = self._resolve(real)
-        if isinstance(folder, ControlFolder):
+        if isinstance(folder, ControlFolder | VolumeFolder):
             if name is not None:
-                self._control_file(folder, name, path)
+                self._control_or_object(folder, name, path)
             return {}
         if not self.tree.is_series(folder):
             if name is not None:
@@ -410,6 +492,7 @@ class Vfs:
             },
             "prefetch": blocks["prefetch"],
             "open_files": open_files,
+            **({"volumes": self.volumes.volumes.stats()} if self.volumes is not None else {}),
         }
 
     def flush(self, timeout: float) -> bool:

@@ -1,0 +1,99 @@
+"""The ``--volumes`` view: ``<series folder>.nifti/`` beside each image series and SEG.
+
+Which series get one is read from the catalog (modality, size): listing a study folder costs no
+request. What such a folder holds is built on first use by :mod:`idcfs.derived.volumes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from idcfs.derived.kinds import kind_of, series_folder_of, volume_folder
+from idcfs.derived.pack import PackedFile
+from idcfs.derived.volumes import Built, SeriesToBuild, Volumes
+
+
+@dataclass(frozen=True)
+class VolumeFolder:
+    """``<series folder>.nifti``: the series' catalog row and the series folder's name."""
+
+    row: int
+    base: str
+
+
+class VolumeFile:
+    """A file of a built ``.nifti`` folder (a face reads ranges of it, like any file)."""
+
+    live = False
+
+    def __init__(self, volumes: Volumes, series: SeriesToBuild, built: Built, file: PackedFile) -> None:
+        self._volumes, self._series, self._built, self._file = volumes, series, built, file
+        self.size = file.size
+
+    def read(self, offset: int, size: int) -> bytes | Any:
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        return self._volumes.read(self._series, self._built, self._file, offset, size)
+
+    def close(self) -> None:
+        pass
+
+
+class VolumeView:
+    """Which series have a ``.nifti`` folder, and their builds (one :class:`Volumes`)."""
+
+    def __init__(
+        self,
+        volumes: Volumes,
+        modality: Callable[[int], str | None],
+        series_bytes: Callable[[int], int],
+        to_build: Callable[[int, str, str], SeriesToBuild],
+    ) -> None:
+        self.volumes = volumes
+        self._modality = modality
+        self._series_bytes = series_bytes
+        self._to_build = to_build
+
+    def kind(self, row: int) -> str | None:
+        return kind_of(self._modality(row), self._series_bytes(row), self.volumes.series_limit)
+
+    def with_volumes(self, names: list[tuple[str, bool]], first_row: int) -> list[tuple[str, bool]]:
+        """A folder of series (``names``, rows from ``first_row`` on) with the ``.nifti`` folders
+        added, in the tree's (bytewise) order."""
+        added = [(volume_folder(name), True) for k, (name, _) in enumerate(names) if self.kind(first_row + k)]
+        if not added:
+            return names
+        return sorted([*names, *added], key=lambda entry: entry[0].encode("utf-8", "surrogateescape"))
+
+    def folder(self, name: str, series_row: Callable[[str], int | None]) -> VolumeFolder | None:
+        """The ``.nifti`` folder ``name`` in a folder of series (``series_row`` finds a series
+        folder's row there), or None when there is no such folder."""
+        base = series_folder_of(name)
+        if base is None:
+            return None
+        row = series_row(base)
+        if row is None or self.kind(row) is None:
+            return None
+        return VolumeFolder(row, base)
+
+    def series(self, folder: VolumeFolder) -> SeriesToBuild:
+        kind = self.kind(folder.row)
+        assert kind is not None
+        return self._to_build(folder.row, kind, folder.base)
+
+    def built(self, folder: VolumeFolder) -> Built:
+        return self.volumes.contents(self.series(folder))
+
+    def entries(self, folder: VolumeFolder) -> list[tuple[str, int]]:
+        return [(f.name, f.size) for f in self.built(folder).pack.files]
+
+    def file(self, folder: VolumeFolder, name: str) -> PackedFile | None:
+        return self.built(folder).pack.get(name)
+
+    def open(self, folder: VolumeFolder, name: str) -> VolumeFile | None:
+        series = self.series(folder)
+        built = self.volumes.contents(series)
+        file = built.pack.get(name)
+        return None if file is None else VolumeFile(self.volumes, series, built, file)
