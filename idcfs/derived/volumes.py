@@ -56,6 +56,8 @@ MEMORY_BASE, MEMORY_PER_BYTE = 2 << 30, 4
 MAX_SHARE_OF_CACHE = 0.5
 #: Packs whose headers are kept in memory (stat and listing without a disk read).
 PACKS_KEPT = 1024
+#: A child in a session of its own (POSIX), so that a kill at its deadline takes its converter too.
+_SESSIONS = hasattr(os, "killpg") and hasattr(os, "setsid")
 #: Leftovers of builds (a killed process) older than this are removed when a tree opens.
 STALE_WORK = 24 * 3600.0
 
@@ -289,7 +291,7 @@ class Volumes:
             stderr=subprocess.PIPE,
             cwd=job["work"],
             env=env,
-            start_new_session=os.name == "posix",  # the converter it starts goes with it at the deadline
+            start_new_session=_SESSIONS,  # the converter it starts goes with it at the deadline
         )
         try:
             _, stderr = process.communicate(json.dumps(job).encode(), timeout=self._timeout)
@@ -376,7 +378,7 @@ class Volumes:
 def _kill(process: subprocess.Popen[bytes]) -> None:
     """The child and what it started (its session, on POSIX), at once."""
     with contextlib.suppress(OSError):
-        if os.name == "posix":
+        if _SESSIONS:
             os.killpg(process.pid, signal.SIGKILL)
         else:
             process.kill()
