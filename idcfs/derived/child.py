@@ -72,9 +72,11 @@ class _NotConvertible(Exception):
 def _limit_memory(limit: int) -> None:
     """Cap this process (and the converter it starts) at ``limit`` bytes of address space
     where the system has a way (POSIX rlimits); Windows has none here."""
+    if sys.platform == "win32":
+        return
     try:
         import resource
-    except ImportError:
+    except ImportError:  # (tests that take POSIX calls away)
         return
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 

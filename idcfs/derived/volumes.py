@@ -378,7 +378,7 @@ class Volumes:
 def _kill(process: subprocess.Popen[bytes]) -> None:
     """The child and what it started (its session, on POSIX), at once."""
     with contextlib.suppress(OSError):
-        if _SESSIONS:
+        if sys.platform != "win32" and _SESSIONS:
             os.killpg(process.pid, signal.SIGKILL)
         else:
             process.kill()
