@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import Mount, source_file
+from tests.conftest import Mount, run_idcfs, source_file
 from tests.test_webdav import Share, start_serve, stop_serve, url_of
 from tests.testbed.dicomgen import GeneratedSeries
 
@@ -89,6 +89,9 @@ def test_through_the_mount_nibabel_and_simpleitk_read_what_dcm2niix_makes(volume
         same_in_itk(path, local)
         sidecar = path.with_name(f"{base_of(series)}.json")
         assert sidecar.read_bytes() == local.with_suffix(".json").read_bytes()
+    shown = run_idcfs("stats", str(volumes_mount.path))
+    assert shown.returncode == 0, shown.stderr
+    assert f"built {len(volume_series(generated))}" in shown.stdout and "none building" in shown.stdout
 
 
 def test_a_write_into_a_nifti_folder_is_refused(volumes_mount, generated):

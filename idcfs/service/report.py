@@ -38,6 +38,19 @@ def _store_state(store: dict[str, Any]) -> str:
     )
 
 
+def _volumes(volumes: dict[str, Any]) -> str:
+    building = volumes["building"]
+    now = (
+        f"building {len(building)} ({', '.join(building[:3])}{', ...' if len(building) > 3 else ''})"
+        if building
+        else "none building"
+    )
+    return (
+        f"{now}   built {volumes['built']:,}   found in the cache {volumes['found']:,}   "
+        f"not convertible {volumes['not_convertible']:,}   failed {volumes['failed']:,}"
+    )
+
+
 def format_table(stats: dict[str, Any]) -> str:
     """The compact view ``idcfs stats`` prints."""
     requests, cache, prefetch, latency = stats["requests"], stats["cache"], stats["prefetch"], stats["get_latency"]
@@ -61,6 +74,7 @@ def format_table(stats: dict[str, Any]) -> str:
                      f"wasted {binary_size(prefetch['wasted_bytes'])}   "
                      f"unread {binary_size(prefetch['unread_bytes'])}   failed {prefetch['failed']:,}"),
         ("open files", f"{stats['open_files']:,}"),
+        *([("volumes", _volumes(stats["volumes"]))] if "volumes" in stats else []),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -142,6 +156,11 @@ PROMETHEUS_METRICS: tuple[_Metric, ...] = (
      lambda s: iter([({"quantile": "0.5"}, s["get_latency"]["p50"]), ({"quantile": "0.99"}, s["get_latency"]["p99"])])),
     ("idcfs_store_offline", "gauge", "1 while the object store cannot be reached (uncached reads fail at once).",
      lambda s: iter([({}, int(s.get("store", {}).get("state") == "offline"))])),
+    ("idcfs_volume_builds_total", "counter", "Volume builds (--volumes), by outcome.",
+     lambda s: (({"outcome": k}, s["volumes"][k]) for k in ("built", "found", "not_convertible", "failed")
+                if "volumes" in s)),
+    ("idcfs_volume_builds_running", "gauge", "Volume builds under way (--volumes).",
+     lambda s: iter([({}, len(s["volumes"]["building"]))] if "volumes" in s else [])),
     ("idcfs_open_files", "gauge", "Files open in the mount.", lambda s: iter([({}, s["open_files"])])),
     ("idcfs_uptime_seconds", "gauge", "Seconds since the mount started.", lambda s: iter([({}, s["uptime_seconds"])])),
 )  # fmt: skip
