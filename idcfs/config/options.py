@@ -376,14 +376,14 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
         "volumes",
         "bool",
         False,
-        "Show <series folder>.nifti/ beside each image series (CT, MR, PT, NM) and SEG: the series as "
+        "Show SERIES.nifti/ beside each image series SERIES (CT, MR, PT, NM) and SEG: the series as "
         "NIfTI (dcm2niix), a SEG as a label map on its image's grid (highdicom); built on first use and "
         "kept in the disk cache. Off by default: a script that walks a study folder would see new entries.",
     ),
     Option(
         "volume_max_series",
         "size",
-        "2GiB",
+        "2G",
         "Series larger than this (as the index says) get no .nifti folder: too large to convert.",
         metavar="SIZE",
     ),
