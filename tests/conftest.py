@@ -21,6 +21,7 @@ from tests.testbed.bulk import PAGED_SERIES, TinySeries, tiny_series
 from tests.testbed.dicomgen import GeneratedSeries, generate, index_rows, series_from_row
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import gcs_server, s3_server
+from tests.testbed.volumegen import generate_volume_cases
 from tests.testbed.wsigen import generate_slide
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ def shared_catalogs(tmp_path_factory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def generated(large_object, many_objects, slide) -> list[GeneratedSeries]:
+def generated(large_object, many_objects, slide, volume_cases) -> list[GeneratedSeries]:
     return generate(TESTDATA / "data", max_instances=6, image_size=256)
 
 
@@ -92,6 +93,15 @@ def slide() -> GeneratedSeries:
     """A small DICOM whole-slide image (3 levels, JPEG tiles) at a real SM series' paths
     (written before the servers start: they load their folders at start)."""
     return generate_slide(TESTDATA / "data")
+
+
+@pytest.fixture(scope="session")
+def volume_cases() -> dict[str, GeneratedSeries]:
+    """The hard cases of ``--volumes`` (tests/testbed/volumegen.py: gantry tilt, two orientations,
+    two echoes, an Enhanced CT, a SEG over a CT of its study, an unconvertible CT), each a small
+    series at a real series' paths (written before the servers start: they load their folders
+    at start)."""
+    return generate_volume_cases(TESTDATA / "data")
 
 
 @pytest.fixture(scope="session")
