@@ -201,3 +201,31 @@ def test_without_a_disk_cache_volumes_are_refused_with_a_reason(generated, s3_pr
 
     with pytest.raises(MountError, match="disk cache"):
         open_vfs(tmp_path, s3_proxy.url, ["lung_pet_ct_dx"], volumes=True, cache_size="0")
+
+
+def test_series_over_the_size_limit_get_no_nifti_folder(generated, s3_proxy, tmp_path):
+    series = ct(generated)
+    tree = open_vfs(tmp_path, s3_proxy.url, [series.collection_id], volumes=True, volume_max_series="1K")
+    try:
+        study = series.path.rsplit("/", 1)[0]
+        assert not [name for name, _ in tree.list(study) if name.endswith(".nifti")]
+        with pytest.raises(FileNotFoundError):
+            tree.stat(series.path + ".nifti")
+    finally:
+        tree.close()
+
+
+def test_a_build_past_its_deadline_is_killed_and_leaves_nothing(generated, s3_proxy, tmp_path):
+    series = ct(generated)
+    folder, _ = nifti_of(series)
+    tree = open_vfs(tmp_path, s3_proxy.url, [series.collection_id], volumes=True, volume_timeout="0.01")
+    try:
+        with pytest.raises(TimeoutError, match="longer than"):
+            tree.list(folder)
+        stats = tree.stats()["volumes"]
+        assert (stats["failed"], stats["building"]) == (1, [])
+        assert not list((tmp_path / "cache" / "volumes").glob("*.*.*"))
+        children = subprocess.run(["pgrep", "-f", "idcfs.derived.child"], capture_output=True, text=True)
+        assert children.stdout.strip() == ""
+    finally:
+        tree.close()
