@@ -176,3 +176,36 @@ def test_the_webdav_tests_pass_against_a_windows_like_share(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1] and "skipped" not in run.stdout.splitlines()[-1]
+
+
+#: idc:// with volumes in a Windows-like interpreter: the volume's size as listed, its hash.
+VOLUME = """
+import hashlib, json, sys
+import fsspec
+endpoint, cache, catalogs, collection, folder = sys.argv[1:]
+fs = fsspec.filesystem("idc", endpoint_url=endpoint, cache_dir=cache, catalog_dir=catalogs, collection=[collection],
+                       block_size="64K", skip_instance_cache=True, volumes=True)
+found = {i["name"].rsplit("/", 1)[1]: [i["size"], hashlib.sha256(fs.cat_file(i["name"])).hexdigest()]
+         for i in fs.ls(folder, detail=True)}
+print(json.dumps(found))
+"""
+
+
+def test_idc_builds_the_same_volumes_without_the_calls_windows_lacks(generated, s3_proxy, tmp_path):
+    """No fork, no fcntl lock, no rlimit, no process group: the build runs, and gives the bytes a
+    Linux build gives."""
+    series = next(s for s in generated if s.modality == "CT")
+    folder = f"{series.path}.nifti"
+
+    def build(cache: Path, env: dict[str, str] | None) -> dict[str, list]:
+        run = subprocess.run(
+            [sys.executable, "-c", VOLUME, s3_proxy.url, str(cache), str(tmp_path / "catalogs"),
+             series.collection_id, folder],
+            env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    windows_like = build(tmp_path / "windows-like", windows_like_env())
+    assert windows_like == build(tmp_path / "linux", None)
+    assert {name.rsplit(".", 2)[-2:][-1] for name in windows_like} == {"gz", "json"}
