@@ -330,7 +330,9 @@ class Volumes:
         try:
             stream = io.BufferedReader(_ObjectFile(self._reader, objects[0]), 64 << 10)
             header = pydicom.dcmread(stream, stop_before_pixels=True)
-        except (InvalidDicomError, ValueError, EOFError, struct.error) as error:
+        except OSError:
+            raise  # the network: this use fails, the next tries again
+        except (InvalidDicomError, ValueError, EOFError, struct.error, AttributeError, KeyError, TypeError) as error:
             log.info("SEG %s: its header cannot be read (%s)", series.base, error)
             return None
         for item in header.get("ReferencedSeriesSequence", []):
@@ -391,6 +393,7 @@ class _ObjectFile(io.RawIOBase):
 
     def __init__(self, reader: Reader, ref: ObjectRef) -> None:
         self._reader, self._ref, self._at = reader, ref, 0
+        self.name = ref.key  # pydicom names what it reads after it
 
     def readable(self) -> bool:
         return True
