@@ -8,9 +8,11 @@ image's affine from it, whichever of qform and sform it prefers.
 
 from __future__ import annotations
 
-import gzip
-import shutil
+import os
 import struct
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -18,8 +20,14 @@ import numpy as np
 
 #: The header and the four bytes of "no extensions" before the voxels (``vox_offset``).
 HEADER_BYTES = 352
-#: Every .nii.gz made by idcfs: zlib's level 6 (dcm2niix's and gzip's default).
-GZIP_LEVEL = 6
+#: Every .nii.gz made by idcfs: zlib's level 1. Level 6 (gzip's and dcm2niix's default) took
+#: ten times as long on a noisy 100 MB CT volume for a file 3% smaller.
+GZIP_LEVEL = 1
+#: Blocks deflated apart (in parallel); part of what fixes the bytes, like the level.
+GZIP_BLOCK = 4 << 20
+#: A gzip header: deflate, no flags, time 0, no extra flags, OS unknown (255).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_WORKERS = min(8, os.cpu_count() or 1)
 
 _DATATYPES = {np.dtype(np.uint8): 2, np.dtype(np.int16): 4, np.dtype(np.uint16): 512}
 _INTENT_LABEL = 1002
@@ -100,11 +108,27 @@ def write_like(path: Path, image_header: bytes, voxels: np.ndarray, description:
 
 
 def gzip_file(source: Path, target: Path) -> None:
-    """``source`` gzipped into ``target`` with nothing of the moment or the machine in it: no
-    name, time 0, a fixed level (dcm2niix's own gzip, or pigz, would write either)."""
-    with (
-        open(source, "rb") as data,
-        open(target, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0) as out,
-    ):
-        shutil.copyfileobj(data, out, 4 << 20)
+    """``source`` gzipped into ``target`` with nothing of the moment or the machine in it (no
+    name, time 0), in parallel: blocks of :data:`GZIP_BLOCK` bytes deflated apart on every core
+    and joined into one gzip member, as pigz does (each block ends byte-aligned with a sync
+    flush). The same input gives the same bytes however many cores there are."""
+    crc, length = 0, 0
+    with open(source, "rb") as data, open(target, "wb") as out, ThreadPoolExecutor(_WORKERS) as pool:
+        out.write(_GZIP_HEADER)
+        pending: deque[Future[bytes]] = deque()
+        block = data.read(GZIP_BLOCK)
+        while True:
+            after = data.read(GZIP_BLOCK)  # one ahead: the last block is the one that finishes
+            crc, length = zlib.crc32(block, crc), length + len(block)
+            pending.append(pool.submit(_deflate, block, not after))
+            while len(pending) > _WORKERS * 2 or (pending and not after):
+                out.write(pending.popleft().result())
+            if not after:
+                break
+            block = after
+        out.write(struct.pack("<II", crc, length & 0xFFFFFFFF))
+
+
+def _deflate(block: bytes, last: bool) -> bytes:
+    deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflate.compress(block) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
