@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from idcfs.vfs.vfs import Vfs
+from tests.conftest import wait_until
 from tests.test_vfs import open_vfs, read_all
 from tests.testbed.dicomgen import GeneratedSeries
 
@@ -227,5 +228,27 @@ def test_a_build_past_its_deadline_is_killed_and_leaves_nothing(generated, s3_pr
         assert not list((tmp_path / "cache" / "volumes").glob("*.*.*"))
         children = subprocess.run(["pgrep", "-f", "idcfs.derived.child"], capture_output=True, text=True)
         assert children.stdout.strip() == ""
+    finally:
+        tree.close()
+
+
+def test_a_built_volume_counts_in_the_disk_cache_and_leaves_with_its_least_recent_blocks(generated, s3_proxy, tmp_path):
+    series = next(s for s in generated if s.modality == "MR")
+    _, volume = nifti_of(series)
+    tree = open_vfs(tmp_path, s3_proxy.url, [series.collection_id], prefetch="off", volumes=True, cache_size="64M")
+    try:
+        disk = tree.reader.cache.disk
+        assert disk is not None
+        data = read_all(tree, volume)  # built: the series' blocks and the pack
+        assert tree.flush(30)
+        assert disk.bytes_used >= len(data) + series.total_bytes
+        cap = disk.size_limit
+        disk.size_limit = disk._effective_limit = 1  # a cap nothing fits under: everything goes
+        disk.touch("nothing")  # a turn of the writer
+        assert wait_until(lambda: disk.bytes_used == 0)
+        disk.size_limit = disk._effective_limit = cap
+        assert tree.stat(volume).size == len(data)  # known without the pack: a build's sizes never change
+        assert read_all(tree, volume) == data  # built again, the same
+        assert tree.stats()["volumes"]["built"] == 2
     finally:
         tree.close()
