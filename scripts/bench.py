@@ -30,6 +30,10 @@ Sections:
   link     issue 21's link profile (LINK, default 100mbit,50ms, one line shared by all connections):
            a cold series, OpenSlide's 500 regions, a demand read behind a stream, the header read,
            idcfs beside s5cmd, s3fs-fuse and rclone mount; see bench_link.py.
+  volumes  --volumes: the first use of a 200-file CT series' NIfTI volume (a cold mount, to the
+           .nii.gz read whole) beside s5cmd cp + dcm2niix -z y, the built volume re-opened beside
+           the same file on local disk (page cache as left, and dropped), the first use through
+           idc://, and the build's parts (fetch, dcm2niix, gzip, the pack kept); see bench_volumes.py.
   scale    daemon CPU per file read in a 40-file and in IDC's 91,980-file series; peak daemon RSS
            during a find over 502,482 objects (tiny objects at real paths; see bench_scale.py).
 """
@@ -190,6 +194,7 @@ DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "reques
 FSSPEC_HEADER = ("workload", "tool", "time", "idc:// vs it", "requests", "fetched")
 WEBDAV_HEADER = ("workload", "tool / what", "time / result", "requests / memory", "fetched / memory")
 LINK_HEADER = ("workload", "tool", "time", "requests", "fetched")
+VOLUMES_HEADER = ("workload", "tool", "time", "vs s5cmd + dcm2niix / local disk", "parts / notes")
 
 
 def bench_workdir() -> Path:
@@ -235,6 +240,12 @@ def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return bench_dask(args.runs, args.latency, bench_workdir())
 
 
+def bench_volumes_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    from bench_volumes import bench_volumes
+
+    return bench_volumes(args.runs, args.latency, args.bandwidth, bench_workdir())
+
+
 SECTIONS = {
     "reads": (READS_HEADER, bench_reads_section),
     "scale": (CATALOG_HEADER, bench_scale_section),
@@ -243,6 +254,7 @@ SECTIONS = {
     "fsspec": (FSSPEC_HEADER, bench_fsspec_section),
     "webdav": (WEBDAV_HEADER, bench_webdav_section),
     "link": (LINK_HEADER, bench_link_section),
+    "volumes": (VOLUMES_HEADER, bench_volumes_section),
 }
 
 

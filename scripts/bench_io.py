@@ -147,7 +147,8 @@ class Idcfs(Tool):
     #: path, ahead of PYTHONPATH, so another checkout must be run from inside it.
     cwd: str | None = None
 
-    def mount(self, endpoint: str, cache: Path | None) -> Path:
+    def mount(self, endpoint: str, cache: Path | None, *options: str) -> Path:
+        """Mount with ``options`` (e.g. ``--volumes``) after the bench's own and ``BENCH_IDCFS_OPTIONS``."""
         self.root = getattr(self, "root", None) or Path(tempfile.mkdtemp(prefix="bench-idcfs-"))
         self.cache = cache or Path(tempfile.mkdtemp(prefix="bench-idcfs-cache-"))
         # The catalog snapshot is shared by every run, so each mount starts in a fraction of a second.
@@ -163,6 +164,7 @@ class Idcfs(Tool):
                 "--cache-size",
                 "8G",
                 *os.environ.get("BENCH_IDCFS_OPTIONS", "").split(),
+                *options,
             ],
             capture_output=True,
             text=True,
