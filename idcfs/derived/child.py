@@ -8,6 +8,7 @@ be converted). Anything else: nothing is kept, and the next use builds again.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -42,7 +43,9 @@ def dcm2niix_binary() -> str:
     return str(dcm2niix.bin)
 
 
+@functools.cache
 def dcm2niix_version() -> str:
+    """The wheel's version (read once: it is part of every volume's key)."""
     from importlib.metadata import version
 
     return version("dcm2niix")

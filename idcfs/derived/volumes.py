@@ -144,7 +144,7 @@ class Volumes:
             with self._lock:
                 self._in_flight.pop(key, None)
 
-    def read(self, series: SeriesToBuild, built: Built, file: PackedFile, offset: int, size: int) -> bytes:
+    def read(self, series: SeriesToBuild, built: Built, file: PackedFile, offset: int, size: int) -> bytes | Any:
         """Bytes of ``file`` of a built folder; a pack the cache let go of is built again (the
         same bytes: a build is deterministic)."""
         end = min(file.size, offset + size)
@@ -153,7 +153,7 @@ class Volumes:
         for _ in range(2):
             data = self._disk.read(built.key, built.length, file.offset + offset, file.offset + end)
             if data is not None:
-                return bytes(data)
+                return data
             with self._lock:
                 self._packs.pop(built.key, None)
             rebuilt = self.contents(series)
@@ -192,8 +192,9 @@ class Volumes:
             return found
         name = key.rsplit("/", 1)[1]
         deadline = self._timeout + self._reader.store.retry.longest_operation
+        lock = self._work / f"{name}.lock"
         try:
-            with crosslock.exclusive(self._work / f"{name}.lock", deadline):
+            with crosslock.exclusive(lock, deadline):
                 found = self._stored(key)  # another process built it meanwhile
                 if found is not None:
                     self._count("found")
@@ -201,10 +202,16 @@ class Volumes:
                 with self._lock:
                     self._building[key] = series.base
                 try:
-                    return self._build(key, name, series)
+                    built = self._build(key, name, series)
                 finally:
                     with self._lock:
                         self._building.pop(key, None)
+                # Kept: later users find the pack before they take the lock. (One who waited on
+                # this file and one who makes a new one could both build if the pack went in
+                # between: the same bytes, twice; no lock file left behind per volume.)
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                return built
         except TimeoutError as error:
             raise OSError(errno.ETIMEDOUT, f"the volume of {series.base}: {error}") from None
 
