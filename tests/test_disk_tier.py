@@ -412,3 +412,37 @@ def test_a_block_file_that_will_not_go_keeps_its_row_in_eviction_and_clear(tmp_p
         assert disk_tier.summary(tmp_path / "blocks")[0] >= 1  # its row stays
     disk_tier.clear(tmp_path / "blocks")  # once nobody holds it
     assert not held.exists() and disk_tier.summary(tmp_path / "blocks")[0] == 0
+
+
+def test_a_file_made_elsewhere_is_sealed_adopted_counted_and_read_in_parts_checked(tmp_path):
+    """How a volume's pack enters the tier: sealed (the CRC trailer appended), adopted as one
+    block (indexed, counted, moved into place), then read in parts through one open descriptor,
+    every chunk checked; a damaged chunk is None, never other bytes."""
+    tier = DiskTier(tmp_path / "blocks", 1 << 30)
+    try:
+        payload = os.urandom(3 * disk_tier.CHUNK + 123)
+        made = tmp_path / "made"
+        made.write_bytes(payload)
+        assert disk_tier.seal(made) == len(payload)
+        assert tier.adopt("volume/x", made, timeout=10)
+        assert not made.exists()
+        assert tier.stored_length("volume/x") == len(payload)
+        assert tier.bytes_used == len(payload)
+        opened = tier.open_block("volume/x", len(payload))
+        assert opened is not None
+        try:
+            for start, stop in ((0, 10), (disk_tier.CHUNK - 5, disk_tier.CHUNK + 5), (len(payload) - 7, len(payload))):
+                assert bytes(opened.read(start, stop)) == payload[start:stop]
+            assert tier.open_block("volume/x", len(payload) - 1) is None  # not that block
+            path = disk_tier.block_path(tmp_path / "blocks", "volume/x")
+            with open(path, "r+b") as damaged:
+                damaged.seek(disk_tier.CHUNK + 1)
+                damaged.write(b"\xff" if payload[disk_tier.CHUNK + 1] != 0xFF else b"\x00")
+            assert opened.read(0, 10) is not None  # an intact chunk
+            assert opened.read(disk_tier.CHUNK, disk_tier.CHUNK + 2) is None
+        finally:
+            opened.close()
+            opened.close()  # idempotent
+        assert opened.read(0, 1) is None  # closed
+    finally:
+        tier.close()

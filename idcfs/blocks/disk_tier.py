@@ -252,6 +252,44 @@ def _read_checked(fd: int, length: int, first: int, into: Buffer) -> bool:
     return True
 
 
+class OpenBlock:
+    """A block file held open for many reads of its parts (a volume read from start to end): one
+    descriptor, so the kernel's readahead follows the reads, and the trailer read once. Each
+    read still checks the CRC32C of every chunk it returns. On Windows the file cannot be
+    evicted while it is open (its row stays, and a later eviction removes it)."""
+
+    def __init__(self, fd: int, length: int, crcs: bytes) -> None:
+        self._fd, self.length, self._crcs = fd, length, crcs
+        self._lock = threading.Lock()  # the portable read moves the descriptor's offset
+
+    def read(self, start: int, stop: int) -> memoryview | None:
+        """Bytes ``[start, stop)``, or None when the file is not whole or a chunk is damaged."""
+        if not 0 <= start < stop <= self.length:
+            raise ValueError(f"[{start}, {stop}) is not inside a block of {self.length} bytes")
+        first, end = start // CHUNK, min(self.length, -(-stop // CHUNK) * CHUNK)
+        data = bytearray(end - first * CHUNK)
+        with self._lock:
+            if self._fd < 0:
+                return None
+            try:
+                read = _read_into(self._fd, data, first * CHUNK)
+            except OSError:
+                return None
+        if read != len(data):
+            return None
+        with memoryview(data) as view:
+            for at in range(0, len(view), CHUNK):
+                if crc32c(view[at : at + CHUNK]) != _CRC.unpack_from(self._crcs, (first + at // CHUNK) * _CRC.size)[0]:
+                    return None
+        return memoryview(data)[start - first * CHUNK : stop - first * CHUNK]
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
 def remove_legacy(directory: Path) -> bool:
     """Remove an earlier version's diskcache of blocks in ``directory`` (``cache.db`` and its two-letter
     folders of value files), if there is one; whether there was."""
@@ -482,6 +520,27 @@ class DiskTier:
         except (OSError, struct.error):
             return None
         return int(stored[0]) if stored[2] == _MAGIC and stored[1] == CHUNK else None
+
+    def open_block(self, key: str, length: int) -> OpenBlock | None:
+        """The stored block ``key`` of ``length`` bytes held open for many reads (close it), or
+        None when there is none whole (a damaged one goes)."""
+        try:
+            fd = os.open(_file_of(self.directory, block_name(key)), os.O_RDONLY | _O_BINARY)
+        except OSError:
+            return None
+        trailer = bytearray(_trailer_size(length) + 1)  # one more: a longer file is no such block
+        try:
+            whole = _read_into(fd, trailer, length) == len(trailer) - 1
+        except OSError:
+            whole = False
+        footer = _FOOTER.unpack_from(trailer, len(trailer) - 1 - _FOOTER.size) if whole else None
+        if footer != (length, CHUNK, _MAGIC):
+            os.close(fd)
+            if whole:
+                self.discard(key)
+            return None
+        self.touch(key)
+        return OpenBlock(fd, length, bytes(trailer[: -1 - _FOOTER.size]))
 
     def touch(self, key: str) -> None:
         """Note a use of the block ``key`` (kept by the LRU), as a read of it does."""

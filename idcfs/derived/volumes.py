@@ -37,7 +37,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from idcfs.blocks.disk_tier import DiskTier, seal
+from idcfs.blocks.disk_tier import DiskTier, OpenBlock, seal
 from idcfs.blocks.reader import ObjectRef, Reader
 from idcfs.derived import child, crosslock, nifti
 from idcfs.derived.kinds import LABELS
@@ -144,22 +144,20 @@ class Volumes:
             with self._lock:
                 self._in_flight.pop(key, None)
 
-    def read(self, series: SeriesToBuild, built: Built, file: PackedFile, offset: int, size: int) -> bytes | Any:
-        """Bytes of ``file`` of a built folder; a pack the cache let go of is built again (the
-        same bytes: a build is deterministic)."""
-        end = min(file.size, offset + size)
-        if offset >= end:
-            return b""
-        for _ in range(2):
-            data = self._disk.read(built.key, built.length, file.offset + offset, file.offset + end)
-            if data is not None:
-                return data
-            with self._lock:
-                self._packs.pop(built.key, None)
-            rebuilt = self.contents(series)
-            if rebuilt.pack != built.pack:
-                raise OSError(errno.EIO, f"the volume of {series.base} was built again with other contents")
-        raise OSError(errno.EIO, f"the disk cache cannot keep the volume of {series.base}")
+    def open(self, series: SeriesToBuild, built: Built, file: PackedFile) -> OpenVolumeFile:
+        """``file`` of a built folder, to read ranges from; close it when done."""
+        return OpenVolumeFile(self, series, built, file)
+
+    def built_again(self, series: SeriesToBuild, built: Built) -> Built:
+        """The folder of ``series`` built again, when the disk cache let go of its pack (a build
+        is deterministic: the same bytes, or EIO, never other bytes)."""
+        with self._lock:
+            if self._packs.get(built.key) == built:
+                del self._packs[built.key]
+        rebuilt = self.contents(series)
+        if rebuilt.pack != built.pack:
+            raise OSError(errno.EIO, f"the volume of {series.base} was built again with other contents")
+        return rebuilt
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -361,7 +359,11 @@ class Volumes:
         )
         headers = []
         for file in volumes:
-            start = self.read(image, built, file, 0, min(file.size, 64 << 10))
+            opened = self.open(image, built, file)
+            try:
+                start = bytes(opened.read(0, 64 << 10))
+            finally:
+                opened.close()
             header = zlib.decompressobj(wbits=31).decompress(start, nifti.HEADER_BYTES)
             headers.append((file.name, header.hex()))
         return headers
@@ -382,6 +384,55 @@ class Volumes:
                         shutil.rmtree(entry.path, ignore_errors=True)
                     else:
                         os.unlink(entry.path)
+
+
+class OpenVolumeFile:
+    """A file of a built folder, open: its pack held open in the disk cache (one descriptor, so
+    the kernel's readahead follows a reader going through it), built again if the cache let go
+    of it meanwhile."""
+
+    #: (A face may cache it: a built file never changes.)
+    live = False
+
+    def __init__(self, volumes: Volumes, series: SeriesToBuild, built: Built, file: PackedFile) -> None:
+        self._volumes, self._series, self._built, self._file = volumes, series, built, file
+        self.size = file.size
+        self._block: OpenBlock | None = None
+        self._lock = threading.Lock()  # around the held pack only, never across a build
+
+    def read(self, offset: int, size: int) -> memoryview | bytes:
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        end = min(self.size, offset + size)
+        if offset >= end:
+            return b""
+        start, stop = self._file.offset + offset, self._file.offset + end
+        for attempt in range(2):
+            with self._lock:
+                if self._block is None:
+                    self._block = self._volumes._disk.open_block(self._built.key, self._built.length)
+                block = self._block
+            data = None if block is None else block.read(start, stop)
+            if data is not None:
+                return data
+            self._let_go(block)
+            if attempt == 0:
+                self._built = self._volumes.built_again(self._series, self._built)
+        raise OSError(errno.EIO, f"the disk cache cannot keep the volume of {self._series.base}")
+
+    def _let_go(self, block: OpenBlock | None) -> None:
+        with self._lock:
+            if self._block is block:
+                self._block = None
+        if block is not None:
+            block.close()
+
+    def close(self) -> None:
+        """Idempotent."""
+        with self._lock:
+            block, self._block = self._block, None
+        if block is not None:
+            block.close()
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from idcfs.derived.kinds import kind_of, series_folder_of, volume_folder
 from idcfs.derived.pack import PackedFile
-from idcfs.derived.volumes import Built, SeriesToBuild, Volumes
+from idcfs.derived.volumes import Built, OpenVolumeFile, SeriesToBuild, Volumes
 
 
 @dataclass(frozen=True)
@@ -21,24 +20,6 @@ class VolumeFolder:
 
     row: int
     base: str
-
-
-class VolumeFile:
-    """A file of a built ``.nifti`` folder (a face reads ranges of it, like any file)."""
-
-    live = False
-
-    def __init__(self, volumes: Volumes, series: SeriesToBuild, built: Built, file: PackedFile) -> None:
-        self._volumes, self._series, self._built, self._file = volumes, series, built, file
-        self.size = file.size
-
-    def read(self, offset: int, size: int) -> bytes | Any:
-        if offset < 0 or size < 0:
-            raise ValueError("negative offset or size")
-        return self._volumes.read(self._series, self._built, self._file, offset, size)
-
-    def close(self) -> None:
-        pass
 
 
 class VolumeView:
@@ -92,8 +73,9 @@ class VolumeView:
     def file(self, folder: VolumeFolder, name: str) -> PackedFile | None:
         return self.built(folder).pack.get(name)
 
-    def open(self, folder: VolumeFolder, name: str) -> VolumeFile | None:
+    def open(self, folder: VolumeFolder, name: str) -> OpenVolumeFile | None:
+        """A file of the folder, open (a face reads it like any file: ``size``, ``read``, ``live``)."""
         series = self.series(folder)
         built = self.volumes.contents(series)
         file = built.pack.get(name)
-        return None if file is None else VolumeFile(self.volumes, series, built, file)
+        return None if file is None else self.volumes.open(series, built, file)
