@@ -37,11 +37,14 @@ class BytesStore:
         return data[:-1] if self.short else data
 
     def get_blocks(
-        self, bucket: str, key: str, start: int, sizes: list[int], deadline: float | None = None
+        self, bucket: str, key: str, start: int, sizes: list[int], deadline: float | None = None, arrived=None
     ) -> list[bytes]:
         data = self.get_range(bucket, key, start, start + sum(sizes), deadline)
         offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-        return [data[a : a + n] for a, n in zip(offsets, sizes, strict=True)]
+        parts = [data[a : a + n] for a, n in zip(offsets, sizes, strict=True)]
+        if arrived is not None and len(parts[0]) == sizes[0]:
+            arrived(bytearray(parts[0]), sizes[0])
+        return parts
 
 
 DATA = bytes(range(256)) * 1000  # 256,000 bytes
@@ -103,10 +106,10 @@ def test_concurrent_readers_of_one_block_share_one_get():
     store, reader = make()
     store.gate = gate
     ref = ObjectRef("b", "k", len(DATA))
-    flight = reader.cache._flight
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(reader.read, ref, 10, 100) for _ in range(8)]
-        _wait_for(lambda: flight.joined == 7)  # seven joined the one fetch under way
+        _wait_for(lambda: len(store.gets) == 1)  # the one fetch under way (the others wait on its landing)
+        _wait_for(lambda: sum(f.running() for f in futures) == 8)
         gate.set()
         assert all(f.result() == DATA[10:110] for f in futures)
     assert len(store.gets) == 1

@@ -5,7 +5,8 @@ revalidated: an entry is good until evicted, and the disk tier survives remounts
 a byte-capped memory LRU in front of a size-capped :class:`~idcfs.blocks.disk_tier.DiskTier` (block
 files, LRU eviction, CRC-checked).
 
-Locks: the cache has none of its own; the memory tier's and the single-flight's are never held
+Locks: the cache's own (``_landings_lock``) guards its landing blocks and takes the single
+flight's inside it (a pending check); the memory tier's and the single-flight's are never held
 across a fetch or a disk read, nor one inside the other (see :mod:`idcfs.blocks.reader` for the
 order where locks nest).
 """
@@ -13,12 +14,16 @@ order where locks nest).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from idcfs.blocks.buffers import Block, Buffer, part_of
+from idcfs.blocks.landing import Landing
 from idcfs.blocks.singleflight import Abandoned, SingleFlight
 from idcfs.blocks.tiers import KEEP, SPARE, WHOLE, DiskWrite, MemoryTier, Tier
+from idcfs.remote.http import Arrived
 from idcfs.remote.retry import StoreError
 from idcfs.util.counters import Counters
 
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Blocks remembered to be written behind a fetch, at most.
 _BEHIND_KEYS = 1 << 16
+#: Threads fetching blocks for demand reads (each bounded by its deadline); more readers queue.
+DEMAND_FETCHES = 64
 
 
 class BlockCache:
@@ -43,6 +50,10 @@ class BlockCache:
         #: Keys of blocks to write to disk from memory once the writer has room (bounded: one
         #: forgotten is only a block not on disk).
         self._behind: deque[str] = deque(maxlen=_BEHIND_KEYS)
+        #: Blocks on their way in for demand reads (one each), and the threads fetching them.
+        self._landings: dict[str, Landing] = {}
+        self._landings_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def _mark_read(self, key: str) -> None:
         """A demand read used ``key``: if it was fetched ahead, that prefetch was useful."""
@@ -62,34 +73,89 @@ class BlockCache:
         return self._flight.pending(key)
 
     def read(
-        self, key: str, length: int, fetch: Callable[[], Block], wait: float | None, start: int, stop: int
-    ) -> Block | memoryview:
+        self,
+        key: str,
+        length: int,
+        fetch: Callable[[], Block],
+        wait: float | None,
+        start: int,
+        stop: int,
+        fetch_arriving: Callable[[Arrived], Block] | None = None,
+    ) -> Block | memoryview | bytes:
         """Bytes ``[start, stop)`` of the block ``key`` of ``length`` bytes: from memory, disk, or
         ``fetch`` (once, however many readers ask). The disk tier reads only that part, and the
         block stays on disk only: a small read of a block evicted from memory costs its own bytes,
         not the block's, and pushes nothing else out of memory. A demand read never waits for
-        room in the disk writer's queue (background work does, in :meth:`fill`)."""
+        room in the disk writer's queue (background work does, in :meth:`fill`).
+
+        ``fetch_arriving`` (a fetch that reports its bytes as they arrive): when nobody fetches
+        the block yet, it is fetched in a thread of the demand pool, and readers are answered as
+        soon as their bytes are in (:class:`~idcfs.blocks.landing.Landing`), before the block is
+        whole."""
         part = self.cached_part(key, length, start, stop)
         if part is not None:
             return part
-
-        def load() -> Block:
-            block = self.memory.get(key)  # a fetch that finished since our miss
-            if block is not None:
-                return block
-            if self.disk is not None:
-                self.counters.add("disk_misses")
-            data = fetch()
-            if len(data) != length:  # a cache must never hold a short block
-                raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
-            self.memory.put(key, data)
-            if self.disk is not None:
-                self.disk.put(key, data, SPARE)
-            return data
-
-        block = self._flight.run(key, load, wait)
+        if fetch_arriving is not None:
+            landing, lead = self._landing_for(key)
+            if landing is not None:
+                if lead:
+                    self._demand_pool().submit(self._land, landing, length, fetch_arriving)
+                return landing.part(start, stop, self._flight.wait_timeout if wait is None else wait)
+        block = self._flight.run(key, lambda: self._load(key, length, fetch), wait)
         self._mark_read(key)  # joined a prefetch that was on the wire
         return part_of(block, start, stop)
+
+    def _load(self, key: str, length: int, fetch: Callable[[], Block]) -> Block:
+        block = self.memory.get(key)  # a fetch that finished since our miss
+        if block is not None:
+            return block
+        if self.disk is not None:
+            self.counters.add("disk_misses")
+        data = fetch()
+        if len(data) != length:  # a cache must never hold a short block
+            raise StoreError(f"block {key} has {len(data)} bytes, expected {length}")
+        self.memory.put(key, data)
+        if self.disk is not None:
+            self.disk.put(key, data, SPARE)
+        return data
+
+    def _landing_for(self, key: str) -> tuple[Landing | None, bool]:
+        """The block's landing and whether the caller starts its fetch; (None, False) when a
+        fetch without one is on the wire already (a prefetch: the caller joins it)."""
+        with self._landings_lock:
+            landing = self._landings.get(key)
+            if landing is not None:
+                return landing, False
+            if self._flight.pending(key):
+                return None, False
+            landing = self._landings[key] = Landing(key)
+            return landing, True
+
+    def _land(self, landing: Landing, length: int, fetch_arriving: Callable[[Arrived], Block]) -> None:
+        """The fetch of a landing block, in the demand pool: settled (cached, or failed) on every path."""
+        key = landing.key
+        try:
+            block = self._flight.run(key, lambda: self._load(key, length, lambda: fetch_arriving(landing.arrived)))
+        except BaseException as error:
+            landing.fail(error)
+        else:
+            landing.finish(block)
+        finally:
+            with self._landings_lock:
+                self._landings.pop(key, None)
+
+    def _demand_pool(self) -> ThreadPoolExecutor:
+        with self._landings_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(DEMAND_FETCHES, thread_name_prefix="idcfs-demand")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop taking demand fetches (those under way finish within their deadlines)."""
+        with self._landings_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def cached_part(self, key: str, length: int, start: int, stop: int) -> Block | memoryview | None:
         """Bytes ``[start, stop)`` of the block ``key`` if memory or disk holds it, else None

@@ -46,6 +46,7 @@ from idcfs.blocks.buffers import RECYCLED, Block, Buffer
 from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.policy import DEFAULT_BLOCK_SIZE, PrefetchPolicy
 from idcfs.blocks.tiers import KEEP, STREAM, WHOLE, WHOLE_BEHIND, DiskWrite
+from idcfs.remote.http import Arrived
 from idcfs.remote.store import Store
 
 log = logging.getLogger(__name__)
@@ -195,10 +196,17 @@ class Reader:
         def fetch() -> Buffer:
             return self.store.get_blocks(obj.aws_bucket, obj.key, begin, [length], deadline)[0]
 
+        def fetch_arriving(arrived: Arrived) -> Buffer:
+            return self.store.get_blocks(obj.aws_bucket, obj.key, begin, [length], deadline, arrived)[0]
+
         # A thread joining another's fetch waits until our deadline plus one attempt, at most.
         wait = None if deadline is None else max(0.1, deadline - time.monotonic()) + self.store.retry.attempt_timeout
         # The store returns exactly the bytes asked for, and the cache checks the length again.
-        return self.cache.read(self.block_key(obj, index), length, fetch, wait, start, stop)
+        # A read of part of a block is answered once its bytes are in (the rest still arriving).
+        partial = stop - start < length
+        return self.cache.read(
+            self.block_key(obj, index), length, fetch, wait, start, stop, fetch_arriving if partial else None
+        )
 
     def _block_length(self, obj: ObjectRef, index: int) -> int:
         return min(obj.size, (index + 1) * self.block_size) - index * self.block_size
@@ -407,5 +415,6 @@ class Reader:
 
     def close(self) -> None:
         self.background.close()
+        self.cache.close()
         if self.cache.disk is not None:
             self.cache.disk.close()

@@ -92,6 +92,7 @@ class Http:
         timeout: float,
         headers: dict[str, str] | None = None,
         parts: list[int] | None = None,
+        arrived: Arrived | None = None,
     ) -> Response:
         """One request, following ``Location`` redirects; the body read whole and length-checked,
         all within ``timeout`` seconds (a body trickling in at a few bytes a second is cut off:
@@ -103,7 +104,8 @@ class Http:
         ``parts`` (sizes summing to the expected body): a successful body of exactly that length
         is read straight into one new buffer a part, with no intermediate copies (each copy of a
         megabyte into fresh memory costs 256 page faults, the daemon's largest CPU cost when
-        streaming); any other body is read as usual.
+        streaming); any other body is read as usual. ``arrived`` (with ``parts``) is told the
+        first part's progress, once the answer says it carries the range asked for.
         """
         import time
 
@@ -123,7 +125,8 @@ class Http:
                 enforce_content_length=True,
             )
             try:
-                buffers = _read_parts(response, parts, give_up, self.allocate) if parts else None
+                tell = arrived if arrived is not None and _carries_range(response, headers) else None
+                buffers = _read_parts(response, parts, give_up, self.allocate, tell) if parts else None
                 data = b"" if buffers is not None else _read_body(response, give_up)
             except BaseException as error:
                 response.close()  # a connection in an unknown state never goes back to the pool
@@ -195,11 +198,21 @@ Buffer = bytearray | mmap.mmap
 #: Makes the buffer for ``size`` bytes of a body (the block layer passes its pool's; the bytes
 #: are overwritten, so a recycled buffer does).
 Allocate = Callable[[int], Buffer]
+#: Told, as a body comes in, its first part's buffer and how many of its bytes are in (a demand
+#: read answered from a block while the rest of it still arrives). Bytes below that count
+#: never change after.
+Arrived = Callable[[Buffer, int], None]
+#: With ``arrived``, the body is read in steps this small, so the first bytes are handed over
+#: as they come (a step returns only once full).
+ARRIVAL_STEP = 64 << 10
 
 
-def _read_parts(response: Any, parts: list[int], give_up: float, allocate: Allocate) -> list[Buffer] | None:
+def _read_parts(
+    response: Any, parts: list[int], give_up: float, allocate: Allocate, arrived: Arrived | None = None
+) -> list[Buffer] | None:
     """The body as new buffers of ``parts`` sizes, read with ``readinto`` from the connection
-    itself; None (nothing read) unless the response is a plain 2xx body of exactly that length."""
+    itself; None (nothing read) unless the response is a plain 2xx body of exactly that length.
+    ``arrived``: told the first part's progress (see :data:`Arrived`)."""
     import time
 
     length = response.headers.get("Content-Length")
@@ -215,20 +228,39 @@ def _read_parts(response: Any, parts: list[int], give_up: float, allocate: Alloc
     buffers = [allocate(size) for size in parts]
     received = 0
     try:
-        for buffer in buffers:
+        for k, buffer in enumerate(buffers):
             view, filled = memoryview(buffer), 0
+            tell = arrived if k == 0 else None
+            step = ARRIVAL_STEP if tell is not None else BODY_CHUNK
             while filled < len(buffer):
-                count = raw.readinto(view[filled : filled + BODY_CHUNK])  # type: ignore[union-attr]
+                count = raw.readinto(view[filled : filled + step])  # type: ignore[union-attr]
                 if not count:
                     raise TruncatedBody(f"connection closed after {received} of {length} bytes")
                 filled += count
                 received += count
+                if tell is not None:
+                    tell(buffer, filled)
                 if time.monotonic() > give_up:
                     raise BodyTimeoutError(f"response body too slow: {received} bytes in the time of one attempt")
     except BaseException as error:
         error.partial = b"".join(buffers)[:received]  # type: ignore[attr-defined]
         raise
     return buffers
+
+
+def _carries_range(response: Any, headers: dict[str, str] | None) -> bool:
+    """Whether ``response`` carries the bytes the ``Range`` of ``headers`` asked for from their
+    first byte: a 206 saying so, or a whole body (200) when the range starts at 0."""
+    asked = (headers or {}).get("Range", "")
+    if not asked.startswith("bytes=") or "-" not in asked:
+        return False
+    try:
+        first = int(asked[len("bytes=") :].split("-", 1)[0])
+    except ValueError:
+        return False
+    if response.status == 206:
+        return _range_start(response) == first
+    return response.status == 200 and first == 0
 
 
 def _range_start(response: Any) -> int | None:

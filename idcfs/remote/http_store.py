@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from idcfs.remote.buckets import bucket_for, object_url
-from idcfs.remote.http import REDIRECT_STATUSES, Allocate, Buffer, Http, Response, error_for
+from idcfs.remote.http import REDIRECT_STATUSES, Allocate, Arrived, Buffer, Http, Response, error_for
 from idcfs.remote.objects import ObjectInfo, ObjectTable, ObjectTableBuilder
 from idcfs.remote.retry import (
     FATAL,
@@ -83,11 +83,19 @@ class HttpStore:
                 return objects.build()
 
     def get_blocks(
-        self, aws_bucket: str, key: str, start: int, sizes: list[int], deadline: float | None = None
+        self,
+        aws_bucket: str,
+        key: str,
+        start: int,
+        sizes: list[int],
+        deadline: float | None = None,
+        arrived: Arrived | None = None,
     ) -> list[Buffer]:
         """The consecutive ranges of ``sizes`` bytes from ``start``, one new buffer each, read
         straight off the connection (see :meth:`Http.request`'s ``parts``); exactly those sizes
-        or an error. The buffers are the cache's blocks: nothing copies them again."""
+        or an error. The buffers are the cache's blocks: nothing copies them again.
+        ``arrived``: told the first range's bytes as they come in (a demand read answered before
+        its block is whole), from whichever attempt brings them."""
         end = start + sum(sizes)
         bucket = bucket_for(self.source, aws_bucket)
         what = f"GET {object_url(self.source, aws_bucket, key)} bytes {start}-{end - 1}"
@@ -105,12 +113,14 @@ class HttpStore:
             # The first attempt reads into the parts; a resumed one is rare: joined, then split.
             parts = None if received else sizes
             try:
-                response = self._request(url, timeout, {"Range": f"bytes={first}-{end - 1}"}, parts)
+                response = self._request(url, timeout, {"Range": f"bytes={first}-{end - 1}"}, parts, arrived)
             except Exception as error:
                 partial = getattr(error, "partial", b"")
                 if partial and getattr(error, "partial_start", None) == first:
                     received.extend(partial[: end - first])
                     self.counters.add("bytes_fetched", len(partial))
+                    if arrived is not None:  # a copy: received grows, and a reader may be copying
+                        arrived(bytearray(received[: sizes[0]]), min(len(received), sizes[0]))
                 raise
             if response.status not in (200, 206):
                 raise error_for(response)
@@ -166,16 +176,21 @@ class HttpStore:
         return None
 
     def _request(
-        self, url: str, timeout: float, headers: dict[str, str] | None = None, parts: list[int] | None = None
+        self,
+        url: str,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        parts: list[int] | None = None,
+        arrived: Arrived | None = None,
     ) -> Response:
         """GET ``url``, following an S3 region redirect (a 301 with no ``Location``: the right
         endpoint is in the body's ``<Endpoint>`` or the ``x-amz-bucket-region`` header)."""
-        response = self.http.request("GET", url, timeout, headers, parts)
+        response = self.http.request("GET", url, timeout, headers, parts, arrived)
         if response.status in REDIRECT_STATUSES:
             moved = self._redirect_target(url, response)
             if moved:
                 log.debug("redirect %s -> %s", url, moved)
-                response = self.http.request("GET", moved, timeout, headers, parts)
+                response = self.http.request("GET", moved, timeout, headers, parts, arrived)
         return response
 
     def _with_retries(self, what: str, attempt: Callable[[float], T], deadline: float | None = None) -> T:

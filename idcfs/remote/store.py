@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from idcfs.remote.buckets import SOURCES, bucket_for, object_url
-from idcfs.remote.http import Allocate, Buffer
+from idcfs.remote.http import Allocate, Arrived, Buffer
 from idcfs.remote.objects import ObjectTable
 from idcfs.remote.policy import RetryPolicy
 from idcfs.remote.retry import Breaker
@@ -38,9 +38,16 @@ class Store(Protocol):
         ...
 
     def get_blocks(
-        self, aws_bucket: str, key: str, start: int, sizes: list[int], deadline: float | None = None
+        self,
+        aws_bucket: str,
+        key: str,
+        start: int,
+        sizes: list[int],
+        deadline: float | None = None,
+        arrived: Arrived | None = None,
     ) -> list[Buffer]:
-        """The consecutive ranges of ``sizes`` bytes from ``start``: exactly those or an error."""
+        """The consecutive ranges of ``sizes`` bytes from ``start``: exactly those or an error.
+        ``arrived``: told the first range's bytes as they come in (see :data:`Arrived`)."""
         ...
 
     def probe(self) -> str | None:
