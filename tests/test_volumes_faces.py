@@ -151,3 +151,22 @@ def test_through_the_share_a_volume_reads_as_dcm2niix_makes_it(volumes_share, ge
         same_in_itk(path, local)
         status, _, _ = volumes_share.request("PUT", url_of(f"{series.path}.nifti/new.nii"), body=b"x")
         assert status in (403, 405)
+
+
+def test_a_prefetch_of_a_study_reads_its_dicom_and_builds_no_volume(volumes_idc, generated, volumes_mount):
+    series = volume_series(generated)[0]
+    study = series.path.rsplit("/", 1)[0]
+    built = volumes_idc.vfs.stats()["volumes"]
+    result = volumes_idc.prefetch(f"idc://{study}", progress=False)
+    assert not result.failures
+    assert volumes_idc.vfs.stats()["volumes"] == built  # no .nifti folder was listed
+    assert result.files == sum(len(s.files) for s in generated if s.path.rsplit("/", 1)[0] == study)
+    import json
+
+    def mount_volumes() -> dict:
+        return json.loads((volumes_mount.path / ".idcfs" / "stats").read_text())["volumes"]
+
+    before = mount_volumes()
+    shown = run_idcfs("prefetch", str(volumes_mount.path / study))
+    assert shown.returncode == 0, shown.stderr
+    assert mount_volumes() == before

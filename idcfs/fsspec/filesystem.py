@@ -27,6 +27,7 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from idcfs.config.sources import tree_options
+from idcfs.derived.kinds import series_folder_of
 from idcfs.service.stack import open_tree
 from idcfs.service.warm import WarmResult, read_files
 from idcfs.util.sizes import binary_size
@@ -242,7 +243,7 @@ class IdcFileSystem(AbstractFileSystem):
             name = self._strip_protocol(root)
             entry = self.vfs.stat(name)
             if entry.is_dir:
-                files.update({key: info["size"] for key, info in self.find(name, detail=True).items()})
+                files.update(self._files_under(name))
             else:
                 files[name] = entry.size
         total, capacity = sum(files.values()), self.vfs.stats()["cache"]["disk"]["capacity"]
@@ -256,6 +257,23 @@ class IdcFileSystem(AbstractFileSystem):
 
         show = progress if progress is not None else (sys.stderr.isatty() or "ipykernel" in sys.modules)
         return read_files(sorted(files.items()), self._read_whole, jobs, tqdm, show_bar=show)
+
+    def _files_under(self, folder: str) -> dict[str, int]:
+        """Every file under ``folder`` with its size, listing each folder once; the ``.nifti``
+        folders of ``volumes=True`` inside are left out (listing one builds its volume: a
+        prefetch of DICOM must not start hundreds of builds; prefetch a ``.nifti`` folder itself
+        to get it)."""
+        files: dict[str, int] = {}
+        folders = [folder]
+        while folders:
+            at = folders.pop()
+            for name, is_dir, size in self.vfs.list_sized(at):
+                path = f"{at}/{name}" if at else name
+                if not is_dir:
+                    files[path] = size
+                elif series_folder_of(name) is None:
+                    folders.append(path)
+        return files
 
     def _read_whole(self, path: str) -> int:
         opened = self.vfs.open(path)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from idcfs.derived.kinds import series_folder_of
 from idcfs.service.mounting import MountError, mount_info, mount_of
 from idcfs.util.sizes import binary_size
 
@@ -90,13 +91,16 @@ def cache_size_of(mountpoint: Path) -> int:
 
 
 def collect_files(paths: list[Path], progress: Any) -> list[tuple[Path, int]]:
-    """Every file under ``paths`` with its size (listing each series folder once)."""
+    """Every file under ``paths`` with its size (listing each series folder once). The
+    ``.nifti`` folders of ``--volumes`` inside are left out: listing one builds its volume, a
+    prefetch of DICOM must not start hundreds of builds (name a ``.nifti`` folder to get it)."""
     files: list[tuple[Path, int]] = []
     for path in paths:
         if path.is_file():
             files.append((path, path.stat().st_size))
             continue
-        for folder, _dirs, names in os.walk(path):
+        for folder, dirs, names in os.walk(path):
+            dirs[:] = [name for name in dirs if series_folder_of(name) is None]
             for name in names:
                 full = Path(folder) / name
                 files.append((full, full.stat().st_size))
