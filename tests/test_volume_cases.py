@@ -111,6 +111,7 @@ def test_a_seg_is_a_label_map_on_its_image_volumes_exact_grid(cases_vfs, volume_
     sidecar = json.loads(read_all(cases_vfs, f"{seg.path}.nifti/{base_of(seg)}.json"))
     assert sidecar["Overlapping"] is True
     assert sidecar["ImageVolume"] == f"{base_of(volume_cases['seg_image'])}.nii.gz"
+    assert sidecar["ImageSeries"] == base_of(volume_cases["seg_image"])
     assert [s["Value"] for s in sidecar["Segments"]] == sorted(expected)
     assert [s["Voxels"] for s in sidecar["Segments"]] == [int(expected[n].sum()) for n in sorted(expected)]
     for described in sidecar["Segments"]:
@@ -120,7 +121,7 @@ def test_a_seg_is_a_label_map_on_its_image_volumes_exact_grid(cases_vfs, volume_
         assert described["SegmentedPropertyType"]["CodeValue"] == kind[0]
 
 
-def test_through_the_mount_simpleitk_puts_the_label_map_on_the_image(volume_cases, s3_proxy, mount_factory):
+def test_through_the_mount_simpleitk_puts_the_label_map_on_the_image(volume_cases, s3_proxy, mount_factory, tmp_path):
     import SimpleITK as sitk
 
     collection = volume_cases["seg"].collection_id
@@ -132,6 +133,24 @@ def test_through_the_mount_simpleitk_puts_the_label_map_on_the_image(volume_case
     assert labels.GetOrigin() == image.GetOrigin()
     assert labels.GetSpacing() == image.GetSpacing()
     assert labels.GetDirection() == image.GetDirection()
+    # README's nnU-Net dataset of symlinks, made as it says: each SEG's label map and its image.
+    dataset = tmp_path / "Dataset501"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    study = mount.path / volume_cases["seg"].path.rsplit("/", 1)[0]  # (the README globs the whole mount)
+    for k, seg in enumerate(sorted(study.glob("SEG_*.nifti"))):
+        made = seg / (seg.name.removesuffix(".nifti") + ".nii.gz")
+        if not made.exists():
+            continue  # not convertible (the collection's other SEGs have no objects here)
+        made_on = json.loads(made.with_suffix("").with_suffix(".json").read_text())
+        ct = seg.parent / (made_on["ImageSeries"] + ".nifti") / made_on["ImageVolume"]
+        (dataset / "imagesTr" / f"case_{k:03d}_0000.nii.gz").symlink_to(ct)
+        (dataset / "labelsTr" / f"case_{k:03d}.nii.gz").symlink_to(made)
+    pairs = [
+        (nib.load(i), nib.load(dataset / "labelsTr" / i.name.replace("_0000", "")))
+        for i in (dataset / "imagesTr").iterdir()
+    ]
+    assert pairs and all(a.shape == b.shape and np.array_equal(a.affine, b.affine) for a, b in pairs)
     counts = np.bincount(sitk.GetArrayFromImage(labels).ravel(), minlength=4)
     masks = seg_masks()
     assert counts[2] == masks[2].sum() and counts[3] == masks[3].sum()

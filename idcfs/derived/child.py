@@ -183,6 +183,7 @@ def _labels(job: dict[str, Any], work: Path) -> dict[str, Path]:
         nifti.gzip_file(raw, outputs[f"{base}_segments.nii.gz"])
     sidecar = work / "labels.json"
     described = _describe(seg, numbers, masks, image_name, overlapping, base)
+    described["ImageSeries"] = job.get("image_series")
     sidecar.write_text(json.dumps(described, indent=1, sort_keys=True) + "\n")
     outputs[f"{base}.json"] = sidecar
     return outputs

@@ -46,7 +46,7 @@ from idcfs.derived.pack import HEAD_BYTES, Pack, PackedFile, PackError, header_l
 log = logging.getLogger(__name__)
 
 #: The format of what a build makes; part of every key (a change here builds everything anew).
-FORMAT = 1
+FORMAT = 2
 #: Objects of a series fetched at once during a build.
 FETCH_WORKERS = 16
 #: A child's memory cap: this much, plus this many times the series' bytes.
@@ -236,6 +236,12 @@ class Volumes:
         started = time.monotonic()
         try:
             objects = series.objects()
+            log.info(
+                "building the volume of %s (%d objects, %d MB)",
+                series.base,
+                len(objects),
+                sum(o.size for o in objects) // 1_000_000,
+            )
             self._fetch(objects, work / "in")
             job: dict[str, Any] = {
                 "kind": series.kind,
@@ -248,6 +254,8 @@ class Volumes:
             }
             if series.kind == LABELS:
                 job["images"] = self._image_headers(series)
+                image = self._referenced(series)
+                job["image_series"] = None if image is None else image.base
             self._convert(job, series)
             pack = read_header((work / "pack").read_bytes()[:HEAD_BYTES])
             length = seal(work / "pack")
