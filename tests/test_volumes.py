@@ -252,3 +252,18 @@ def test_a_built_volume_counts_in_the_disk_cache_and_leaves_with_its_least_recen
         assert tree.stats()["volumes"]["built"] == 2
     finally:
         tree.close()
+
+
+def test_a_desktops_probes_inside_a_nifti_folder_are_not_found_without_a_build(generated, s3_proxy, tmp_path):
+    series = ct(generated)
+    folder, _ = nifti_of(series)
+    tree = open_vfs(tmp_path, s3_proxy.url, [series.collection_id], prefetch="off", volumes=True)
+    try:
+        for probe in ("desktop.ini", "AutoRun.inf", ".DS_Store", f"._{series.path.rsplit('/', 1)[1]}.nii.gz"):
+            with pytest.raises(FileNotFoundError):
+                tree.stat(f"{folder}/{probe}")
+            with pytest.raises(FileNotFoundError):
+                tree.open(f"{folder}/{probe}")
+        assert tree.stats()["volumes"]["built"] == 0
+    finally:
+        tree.close()

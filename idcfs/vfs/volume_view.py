@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from idcfs.derived.kinds import kind_of, series_folder_of, volume_folder
-from idcfs.derived.pack import PackedFile
+from idcfs.derived.pack import ERROR_FILE, PackedFile
 from idcfs.derived.volumes import Built, OpenVolumeFile, SeriesToBuild, Volumes
 
 
@@ -71,11 +71,22 @@ class VolumeView:
         return [(f.name, f.size) for f in self.built(folder).pack.files]
 
     def file(self, folder: VolumeFolder, name: str) -> PackedFile | None:
+        if not _may_hold(folder, name):
+            return None
         return self.built(folder).pack.get(name)
 
     def open(self, folder: VolumeFolder, name: str) -> OpenVolumeFile | None:
         """A file of the folder, open (a face reads it like any file: ``size``, ``read``, ``live``)."""
+        if not _may_hold(folder, name):
+            return None
         series = self.series(folder)
         built = self.volumes.contents(series)
         file = built.pack.get(name)
         return None if file is None else self.volumes.open(series, built, file)
+
+
+def _may_hold(folder: VolumeFolder, name: str) -> bool:
+    """Whether a built folder could hold ``name``: its files are named after the series folder,
+    or say why there are none. A desktop's probes (Explorer's ``desktop.ini``, Finder's ``._*``
+    and ``.DS_Store``) are not found without building the volume."""
+    return name.startswith(folder.base) or name == ERROR_FILE
