@@ -155,3 +155,35 @@ def test_through_the_mount_simpleitk_puts_the_label_map_on_the_image(volume_case
     masks = seg_masks()
     assert counts[2] == masks[2].sum() and counts[3] == masks[3].sum()
     assert counts[1] == (masks[1] & ~masks[2] & ~masks[3]).sum()
+
+
+def test_builds_asked_for_at_once_take_turns(volume_cases, s3_proxy, tmp_path):
+    import threading
+
+    from idcfs.derived.volumes import BUILDS_AT_ONCE
+
+    cases = [volume_cases[k] for k in ("tilt", "two_orientations", "multi_echo", "enhanced_ct", "seg_image")]
+    collections = sorted({s.collection_id for s in cases})
+    tree = open_vfs(tmp_path, s3_proxy.url, collections, prefetch="off", volumes=True)
+    most, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not done.wait(0.005):
+            most = max(most, len(tree.stats()["volumes"]["building"]))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        threads = [threading.Thread(target=tree.list, args=(f"{s.path}.nifti",)) for s in cases]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        stats = tree.stats()["volumes"]
+        assert (stats["built"], stats["waiting"], stats["building"]) == (len(cases), 0, [])
+        assert 1 <= most <= BUILDS_AT_ONCE
+    finally:
+        done.set()
+        sampler.join()
+        tree.close()

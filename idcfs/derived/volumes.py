@@ -54,6 +54,9 @@ MEMORY_BASE, MEMORY_PER_BYTE = 2 << 30, 4
 #: A pack larger than this share of the disk cache is not kept (it would push out everything
 #: else, then itself): the build fails with a clear reason instead.
 MAX_SHARE_OF_CACHE = 0.5
+#: Builds at once in a process (each a child converting a whole series in memory, and a fetch of
+#: its series): more wait for a turn, within their deadline.
+BUILDS_AT_ONCE = 2
 #: Packs whose headers are kept in memory (stat and listing without a disk read).
 PACKS_KEPT = 1024
 #: A child in a session of its own (POSIX), so that a kill at its deadline takes its converter too.
@@ -108,6 +111,8 @@ class Volumes:
         self._references: LRUCache[str, str | None] = LRUCache(maxsize=PACKS_KEPT)
         self._building: dict[str, str] = {}  # key -> series folder, while building
         self._counts = {"built": 0, "not_convertible": 0, "failed": 0, "found": 0}
+        self._turns = threading.BoundedSemaphore(BUILDS_AT_ONCE)
+        self._waiting = 0  # builds waiting for a turn
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._sweep()
 
@@ -161,7 +166,7 @@ class Volumes:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"building": sorted(self._building.values()), **self._counts}
+            return {"building": sorted(self._building.values()), "waiting": self._waiting, **self._counts}
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -197,13 +202,7 @@ class Volumes:
                 if found is not None:
                     self._count("found")
                     return found
-                with self._lock:
-                    self._building[key] = series.base
-                try:
-                    built = self._build(key, name, series)
-                finally:
-                    with self._lock:
-                        self._building.pop(key, None)
+                built = self._build_in_turn(key, name, series, deadline)
                 # Kept: later users find the pack before they take the lock. (One who waited on
                 # this file and one who makes a new one could both build if the pack went in
                 # between: the same bytes, twice; no lock file left behind per volume.)
@@ -212,6 +211,27 @@ class Volumes:
                 return built
         except TimeoutError as error:
             raise OSError(errno.ETIMEDOUT, f"the volume of {series.base}: {error}") from None
+
+    def _build_in_turn(self, key: str, name: str, series: SeriesToBuild, deadline: float) -> Built:
+        """:meth:`_build`, once one of the :data:`BUILDS_AT_ONCE` turns is free (memory and cores
+        stay bounded however many folders are listed at once)."""
+        with self._lock:
+            self._waiting += 1
+        try:
+            got = self._turns.acquire(timeout=deadline)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not got:
+            raise OSError(errno.ETIMEDOUT, f"the volume of {series.base} waited {deadline:g}s for a turn to build")
+        try:
+            with self._lock:
+                self._building[key] = series.base
+            return self._build(key, name, series)
+        finally:
+            with self._lock:
+                self._building.pop(key, None)
+            self._turns.release()
 
     def _stored(self, key: str) -> Built | None:
         length = self._disk.stored_length(key)
