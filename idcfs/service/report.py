@@ -45,6 +45,8 @@ def _volumes(volumes: dict[str, Any]) -> str:
         if building
         else "none building"
     )
+    if volumes.get("waiting"):
+        now += f", {volumes['waiting']} waiting for a turn"
     return (
         f"{now}   built {volumes['built']:,}   found in the cache {volumes['found']:,}   "
         f"not convertible {volumes['not_convertible']:,}   failed {volumes['failed']:,}"
