@@ -446,3 +446,28 @@ def test_a_file_made_elsewhere_is_sealed_adopted_counted_and_read_in_parts_check
         assert opened.read(0, 1) is None  # closed
     finally:
         tier.close()
+
+
+def test_processes_opening_a_new_folder_at_once_all_get_the_tier(tmp_path):
+    """Two faces started together on a new cache folder: switching its index to WAL met
+    "database is locked" at once (no busy wait), and one of them ran without a disk cache."""
+    import sys
+
+    go = tmp_path / "go"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from idcfs.blocks.disk_tier import DiskTier\n"
+        "while not Path(sys.argv[1]).exists(): time.sleep(0.001)\n"
+        "DiskTier(Path(sys.argv[2]), 1 << 20).close()\n"
+        "print('ok')\n"
+    )
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, str(go), str(tmp_path / "blocks")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]  # fmt: skip
+    time.sleep(1.0)  # all of them waiting
+    go.touch()
+    outcomes = [run.communicate(timeout=60) for run in runs]
+    assert [out.strip() for out, _ in outcomes] == ["ok"] * 6, [err for _, err in outcomes]

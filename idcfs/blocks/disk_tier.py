@@ -180,10 +180,23 @@ def _connect(directory: Path) -> sqlite3.Connection:
     db = sqlite3.connect(
         directory / "index.sqlite", timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # a cache: a power cut may lose the last rows, never corrupt
-    db.executescript(_SCHEMA)
-    return db
+    try:
+        # Two processes opening a new folder at once: switching it to WAL can meet "database is
+        # locked" at once, without SQLite's busy wait; tried again within the same time.
+        give_up = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # a cache: a power cut may lose the last rows, never corrupt
+                db.executescript(_SCHEMA)
+                return db
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.05)
+    except BaseException:
+        db.close()
+        raise
 
 
 def summary(directory: Path) -> tuple[int, int, int | None] | None:
