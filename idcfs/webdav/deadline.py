@@ -13,13 +13,20 @@ refused PUT's) is read and dropped by the server before it answers, under the sa
 the next request on the connection starts where it should: at most :data:`DRAIN_LIMIT` bytes of
 it; a larger body, a chunked one, or one that cannot be read whole closes the connection after
 the answer (``Connection: close``), which is still sent whole.
+
+The server these clocks run in also sends as the share needs (:mod:`idcfs.webdav.sending`: a
+chunk straight from its buffer, a head with its body's first bytes) and keeps a kept-alive
+connection's worker for the next request while it follows at once (:data:`NEXT_REQUEST_WAIT`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,12 +35,20 @@ from typing import Any
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from idcfs.webdav import sending
+from idcfs.webdav.fileget import VIEWS
+
 log = logging.getLogger(__name__)
+
 
 #: The most of a request's unread body that is read and dropped to keep its connection: a
 #: client's PROPFIND body is a few hundred bytes; anything longer (a PUT the share refuses)
 #: closes the connection instead of being read.
 DRAIN_LIMIT = 64 << 10
+
+#: How long a worker waits for a kept-alive connection's next request before it hands the
+#: connection back to cheroot's selector.
+NEXT_REQUEST_WAIT = 0.002
 
 
 class ClientClocks:
@@ -126,23 +141,65 @@ class _Gateway(wsgi.Gateway_10):
         environ: dict[str, Any] = super().get_environ()
         conn = self.req.conn
         environ["wsgi.input"] = _TimedInput(environ["wsgi.input"], conn.server.client_clocks, conn.socket)
+        environ[VIEWS] = True
         return environ
+
+    def respond(self) -> None:
+        """cheroot's, taking a chunk that is a view of a buffer as well as ``bytes`` (the share
+        says so in the environ: :data:`idcfs.webdav.fileget.VIEWS`)."""
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        try:
+            for chunk in response:
+                if not isinstance(chunk, (bytes, memoryview)):
+                    raise ValueError("WSGI Applications must yield bytes")
+                if len(chunk):
+                    self.write(chunk)
+        finally:
+            self.req.ensure_headers_sent()
+            close = getattr(response, "close", None)
+            if close is not None:
+                close()
 
 
 class _Request(cheroot_server.HTTPRequest):
+    #: A response's head, held back to go out with the first chunk of its body (sending.py).
+    _head = b""
+
     def respond(self) -> None:
         self.conn.server.client_clocks.disarm(self.conn.socket)  # the head is in: the core's turn
+        self._head = b""
         super().respond()
+        if self._head:  # a body was promised but none came: the head alone
+            self.write(b"")
 
-    def write(self, chunk: bytes) -> None:
-        with self.conn.server.client_clocks.waiting(self.conn.socket):
-            super().write(chunk)
+    def write(self, chunk: bytes | memoryview) -> None:
+        sock = self.conn.socket
+        with self.conn.server.client_clocks.waiting(sock):
+            head, self._head = self._head, b""
+            if self.chunked_write and chunk:
+                chunk = b"%x\r\n%b\r\n" % (len(chunk), bytes(chunk))  # a listing's chunk: small
+            sending.send(sock, chunk, head)
+            self.conn.wfile.bytes_written += len(head) + len(chunk)
 
     def send_headers(self) -> None:
         with self.conn.server.client_clocks.waiting(self.conn.socket):
             if not self.close_connection:
                 self.close_connection = not self._drained()
-            super().send_headers()  # with Connection: close if the body was not drained
+            wfile, held = self.conn.wfile, _Held()
+            self.conn.wfile = held  # cheroot writes the head to it
+            try:
+                super().send_headers()  # with Connection: close if the body was not drained
+            finally:
+                self.conn.wfile = wfile
+            self._head = bytes(held.data)
+            if self.chunked_write or self.method == b"HEAD" or not self._body_promised():
+                self.write(b"")  # nothing may follow that does not go through write: send it now
+
+    def _body_promised(self) -> bool:
+        for key, value in self.outheaders:
+            if key.lower() == b"content-length":
+                return value.strip() not in (b"0", b"")
+        return False
 
     def _drained(self) -> bool:
         """Whether what is left of the request's body has been read (and dropped) so that the
@@ -168,16 +225,62 @@ class _Request(cheroot_server.HTTPRequest):
         return True
 
 
+class _Held:
+    """Where cheroot writes a response's head, to be sent with the body."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+
 class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
 
     def communicate(self) -> bool:
+        """Requests of the connection while they come one after another; the connection goes
+        back to cheroot's selector once its client is quiet for :data:`NEXT_REQUEST_WAIT` (or the
+        server stops). A client reading a series asks for the next file as soon as it has the
+        last: waiting for it here spares the hand-over to the selector thread and back to a
+        worker, per request (two thread wake-ups and two epoll changes under one lock)."""
         clocks: ClientClocks = self.server.client_clocks
-        clocks.arm(self.socket)  # until the request's head has been read
-        try:
-            return bool(super().communicate())
-        finally:
-            clocks.disarm(self.socket)
+        while True:
+            clocks.arm(self.socket)  # until the request's head has been read
+            try:
+                kept = bool(super().communicate())
+            finally:
+                clocks.disarm(self.socket)
+            if not kept or not self.server.ready:
+                return kept
+            if not self.rfile.has_data() and not _readable(self.socket, NEXT_REQUEST_WAIT):
+                return True
+
+
+def _readable(sock: socket.socket, seconds: float) -> bool:
+    """Whether the socket has something to read within ``seconds``."""
+    if seconds <= 0:
+        return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        return _wait_readable(sock, seconds)
+    except (OSError, ValueError):  # closed meanwhile: the selector's to find out
+        return False
+
+
+if sys.platform != "win32":
+
+    def _wait_readable(sock: socket.socket, seconds: float) -> bool:
+        poller = select.poll()  # any descriptor number (select() stops at 1,024)
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(seconds * 1000))
+
+else:
+
+    def _wait_readable(sock: socket.socket, seconds: float) -> bool:
+        return bool(select.select([sock], [], [], seconds)[0])  # Windows has no poll
 
 
 class TimedServer(wsgi.Server):

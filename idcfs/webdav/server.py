@@ -10,7 +10,8 @@ cannot hold a worker thread for ever.
 What the desktop clients send is answered as they need it (tests/test_webdav_clients.py replays
 Finder, Windows, gvfs and KIO): a file not modified since the date a client has is a 304
 (:class:`NotModified`), and an answer without a length (a streamed multistatus, a 304) keeps its
-connection, which wsgidav would close.
+connection, which wsgidav would close. A plain GET of a file, most of what the share answers, is
+answered ahead of wsgidav (:mod:`idcfs.webdav.fileget`).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
     from wsgidav.request_resolver import RequestResolver
     from wsgidav.wsgidav_app import WsgiDAVApp
 
+    from idcfs.webdav.fileget import FileGet
     from idcfs.webdav.propfind import StreamedPropfind
 
     user_mapping: dict[str, Any] = {"*": True}  # anonymous (loopback only)
@@ -183,12 +185,14 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
         # What wsgidav reads from a file per chunk it sends (its default, 8 KiB, is 64 Python
         # calls for a 512 KiB DICOM instance; cheroot writes each chunk at once).
         "block_size": 256 << 10,
-        # wsgidav's own stack, with PROPFIND of depth 0 and 1 taken (streamed) and a file not
-        # modified since a date answered 304 once the user is known.
+        # wsgidav's own stack, with PROPFIND of depth 0 and 1 taken (streamed), a file not
+        # modified since a date answered 304 and a plain GET of a file answered (fileget.py)
+        # once the user is known.
         "middleware_stack": [
             ErrorPrinter,
             HTTPAuthenticator,
             NotModified,
+            FileGet,
             WsgiDavDirBrowser,
             StreamedPropfind,
             RequestResolver,
