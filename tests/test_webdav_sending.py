@@ -216,3 +216,34 @@ def test_a_body_that_ends_early_is_an_error_not_a_short_answer():
 )
 def test_one_range_takes_one_satisfiable_byte_range_only(header, size, expected):
     assert _one_range(header, size) == expected
+
+
+def test_a_client_that_stops_reading_its_answers_is_cut_off(s3_proxy, generated, tmp_path):
+    """A worker's connection is blocking (the clocks bound its waits, not a socket timeout): a
+    client that asks for far more than the sockets' buffers hold and reads none of it is cut off
+    at --client-timeout, others are served meanwhile, and the server still stops at once."""
+    import time
+
+    series = first(generated)
+    served = start_serve(tmp_path, s3_proxy.url, f"--collection={series.collection_id}", "--client-timeout", "2")
+    try:
+        requests = b"".join(
+            f"GET {url_of(f'{series.path}/{f.name}')} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for f in series.files
+        )
+        wanted = sum(f.size for f in series.files)
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", served.port))
+            repeats = max(1, (64 << 20) // max(1, wanted))  # answers far beyond the buffers
+            client.settimeout(30)
+            client.sendall(requests * min(repeats, 200))
+            time.sleep(0.5)  # the server is sending into full buffers
+            name = series.files[0].name
+            status, _, got = served.request("GET", url_of(f"{series.path}/{name}"))
+            assert status == 200 and got == source_file(series, name).read_bytes()
+            deadline = time.monotonic() + 20
+            while "sent or took nothing" not in (tmp_path / "serve.out").read_text():
+                assert time.monotonic() < deadline, "the client that stopped reading was never cut off"
+                time.sleep(0.2)
+    finally:
+        stop_serve(served)  # within its bound, a worker blocked on that client or not

@@ -215,8 +215,8 @@ class _Request(cheroot_server.HTTPRequest):
             return False
         sock = self.conn.socket
         try:
-            if sock.gettimeout() != self.server.timeout:
-                sock.settimeout(self.server.timeout)  # blocking again, whoever changed it
+            if sock.gettimeout() is not None:
+                sock.settimeout(None)  # blocking again, whoever changed it (the clock bounds it)
             while rfile.remaining > 0:
                 if not rfile.read(min(rfile.remaining, DRAIN_LIMIT)):
                     return False  # the client stopped sending (or half-closed)
@@ -246,6 +246,11 @@ class _Connection(cheroot_server.HTTPConnection):
         last: waiting for it here spares the hand-over to the selector thread and back to a
         worker, per request (two thread wake-ups and two epoll changes under one lock)."""
         clocks: ClientClocks = self.server.client_clocks
+        if self.socket.gettimeout() is not None:
+            # Blocking: Python polls before every send and receive on a socket with a timeout
+            # (two system calls, and the GIL given up and taken back twice); the clocks bound
+            # each wait on the client instead.
+            self.socket.settimeout(None)
         while True:
             clocks.arm(self.socket)  # until the request's head has been read
             try:
@@ -284,8 +289,10 @@ else:
 
 
 class TimedServer(wsgi.Server):
-    """A cheroot WSGI server whose clients each have ``seconds`` for every wait on them (the
-    socket timeout too). Start :attr:`client_clocks` before serving, stop it after."""
+    """A cheroot WSGI server whose clients each have ``seconds`` for every wait on them. The
+    socket timeout (also ``seconds``) covers what cheroot does before a worker has the
+    connection (accepting it, the TLS handshake); a worker's connection is blocking, its waits
+    bounded by the clocks. Start :attr:`client_clocks` before serving, stop it after."""
 
     ConnectionClass = _Connection
 
