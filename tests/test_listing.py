@@ -79,5 +79,32 @@ def test_a_damaged_listing_on_disk_is_fetched_again(tmp_path):
     cache._disk.set("uuid", ObjectTable.of(objects()).to_bytes()[:-5])
     listing = cache.get_or_fetch("uuid", lambda: ObjectTable.of(objects(["a.dcm"])))
     assert [o.name for o in listing] == ["a.dcm"]
+    assert cache.flush(10)
     again = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
     assert [o.name for o in again.get_or_fetch("uuid", lambda: pytest.fail("stored again"))] == ["a.dcm"]
+
+
+def test_a_fetched_listing_is_answered_before_the_disk_has_it_and_flush_writes_it(tmp_path):
+    """The lookup that fetched a listing does not wait for the disk's transaction; ``flush``
+    (a tree's close, idc:// at exit) waits for it, within its time."""
+    import threading
+
+    cache = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
+    disk, let_go = cache._disk, threading.Event()
+
+    class SlowDisk:
+        def get(self, key):
+            return disk.get(key)
+
+        def set(self, key, value):
+            assert let_go.wait(30)
+            return disk.set(key, value)
+
+    cache._disk = SlowDisk()
+    listing = cache.get_or_fetch("uuid", lambda: ObjectTable.of(objects(["a.dcm"])))
+    assert [o.name for o in listing] == ["a.dcm"] and disk.get("uuid") is None  # answered, not yet written
+    assert not cache.flush(0.2)  # the write is held: flush says so, within its time
+    let_go.set()
+    assert cache.flush(10)
+    again = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
+    assert [o.name for o in again.get_or_fetch("uuid", lambda: pytest.fail("on disk"))] == ["a.dcm"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
+
+#: Listings waiting for the disk at most; past that one is not written (it is fetched again
+#: when next wanted, in another process or after a remount).
+WRITES_QUEUED = 1024
 
 
 class ListingCache(Generic[V]):
@@ -60,6 +65,10 @@ class ListingCache(Generic[V]):
         self._flight: SingleFlight[V] = SingleFlight(wait_timeout)
         self._disk: Any = None
         self._disk_paused_until = 0.0
+        # Written behind the answer: the lookup that fetched a listing does not wait for the
+        # disk's transaction (a sizeable part of a first lookup's time on a fast network).
+        self._writes: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=WRITES_QUEUED)
+        self._writer: threading.Thread | None = None
         if directory is not None:
             try:
                 import diskcache
@@ -111,10 +120,36 @@ class ListingCache(Generic[V]):
         if self._disk is None or time.monotonic() < self._disk_paused_until:
             return
         try:
-            self._disk.set(series_uuid, objects.to_bytes())
-        except Exception as error:  # noqa: BLE001
-            log.warning("listing cache cannot be written (%s); trying again in a minute", error)
-            self._disk_paused_until = time.monotonic() + 60
+            self._writes.put_nowait((series_uuid, objects.to_bytes()))
+        except queue.Full:
+            return
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_behind, name="listing-writer", daemon=True)
+                self._writer.start()
+
+    def _write_behind(self) -> None:
+        while True:
+            series_uuid, stored = self._writes.get()
+            try:
+                if time.monotonic() >= self._disk_paused_until:
+                    self._disk.set(series_uuid, stored)
+            except Exception as error:  # noqa: BLE001
+                log.warning("listing cache cannot be written (%s); trying again in a minute", error)
+                self._disk_paused_until = time.monotonic() + 60
+            finally:
+                self._writes.task_done()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait, ``timeout`` seconds at most, until the listings fetched so far are on disk."""
+        deadline = time.monotonic() + timeout
+        with self._writes.all_tasks_done:
+            while self._writes.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._writes.all_tasks_done.wait(remaining)
+        return True
 
     def peek(self, series_uuid: str) -> V | None:
         with self._lock:

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: Per entry of a folder's listing kept (a tuple, a list slot, its name).
 _BYTES_PER_ENTRY = 120
+#: Seconds a closing tree waits for the listings still to be written (a remount finds them).
+LISTINGS_AT_CLOSE = 10.0
 
 
 @dataclass(frozen=True)
@@ -496,10 +498,14 @@ class Vfs:
         }
 
     def flush(self, timeout: float) -> bool:
-        """Wait, ``timeout`` seconds at most, until what was read is written to the disk cache."""
-        return self.reader.flush(timeout)
+        """Wait, ``timeout`` seconds at most, until what was read and listed is written to the
+        disk cache."""
+        deadline = time.monotonic() + timeout
+        listed = self.listings.cache.flush(timeout)
+        return self.reader.flush(max(0.0, deadline - time.monotonic())) and listed
 
     def close(self) -> None:
+        self.listings.cache.flush(LISTINGS_AT_CLOSE)
         self.reader.close()
         self.store.close()
 
