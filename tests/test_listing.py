@@ -69,14 +69,14 @@ def test_a_listing_costs_about_its_bytes():
 
 def test_listings_stored_by_the_previous_version_are_read(tmp_path):
     cache = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
-    cache._disk.set("uuid", json.dumps([["b.dcm", 2, "e2"], ["a.dcm", 1, "e1"]]).encode())
+    cache._disk.cache.set("uuid", json.dumps([["b.dcm", 2, "e2"], ["a.dcm", 1, "e1"]]).encode())
     listing = cache.get_or_fetch("uuid", lambda: pytest.fail("a listing on disk needs no request"))
     assert list(listing) == [ObjectInfo("a.dcm", 1, "e1"), ObjectInfo("b.dcm", 2, "e2")]
 
 
 def test_a_damaged_listing_on_disk_is_fetched_again(tmp_path):
     cache = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
-    cache._disk.set("uuid", ObjectTable.of(objects()).to_bytes()[:-5])
+    cache._disk.cache.set("uuid", ObjectTable.of(objects()).to_bytes()[:-5])
     listing = cache.get_or_fetch("uuid", lambda: ObjectTable.of(objects(["a.dcm"])))
     assert [o.name for o in listing] == ["a.dcm"]
     assert cache.flush(10)
@@ -90,7 +90,7 @@ def test_a_fetched_listing_is_answered_before_the_disk_has_it_and_flush_writes_i
     import threading
 
     cache = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
-    disk, let_go = cache._disk, threading.Event()
+    disk, let_go = cache._disk.cache, threading.Event()
 
     class SlowDisk:
         def get(self, key):
@@ -100,7 +100,7 @@ def test_a_fetched_listing_is_answered_before_the_disk_has_it_and_flush_writes_i
             assert let_go.wait(30)
             return disk.set(key, value)
 
-    cache._disk = SlowDisk()
+    cache._disk.cache = SlowDisk()
     listing = cache.get_or_fetch("uuid", lambda: ObjectTable.of(objects(["a.dcm"])))
     assert [o.name for o in listing] == ["a.dcm"] and disk.get("uuid") is None  # answered, not yet written
     assert not cache.flush(0.2)  # the write is held: flush says so, within its time
@@ -108,3 +108,46 @@ def test_a_fetched_listing_is_answered_before_the_disk_has_it_and_flush_writes_i
     assert cache.flush(10)
     again = ListingCache(SeriesListing.of, SeriesListing.approximate_bytes, tmp_path, 1 << 20)
     assert [o.name for o in again.get_or_fetch("uuid", lambda: pytest.fail("on disk"))] == ["a.dcm"]
+
+
+def test_the_listing_disk_is_used_from_one_thread_and_a_stalled_disk_is_a_miss(tmp_path):
+    """Reads from many threads are answered by the disk's own thread (diskcache opens a
+    connection per thread that touches it: one here, whatever asks); a read the disk does not
+    answer in time is a miss, not a hang; a write that fails pauses writes, and close stops."""
+    import threading
+
+    from idcfs.vfs.listing_disk import ListingDisk
+
+    disk = ListingDisk(tmp_path / "listings")
+    disk.cache.set("there", b"stored")
+    used_by: set[str] = set()
+    real_get = disk.cache.get
+
+    def get(key, *args, **kwargs):
+        used_by.add(threading.current_thread().name)
+        return real_get(key, *args, **kwargs)
+
+    disk.cache.get = get
+    found: list[bytes | None] = []
+    readers = [threading.Thread(target=lambda: found.append(disk.get("there", 10))) for _ in range(8)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    assert found == [b"stored"] * 8 and used_by == {"idcfs-listing-disk"}
+    assert disk.get("absent", 10) is None
+
+    held = threading.Event()
+    disk.cache.get = lambda key, *a, **k: held.wait(30) and None
+    assert disk.get("there", 0.2) is None  # the disk is stalled: a miss, in time
+    held.set()
+
+    def failing_set(key, value):
+        raise OSError(28, "No space left on device")
+
+    disk.cache.set = failing_set
+    disk.put("one", b"1")
+    assert disk.flush(10)
+    disk.put("two", b"2")  # within the pause: not even queued
+    assert disk.flush(0) and disk.close(10)
+    assert disk.get("there", 10) is None  # closed: nothing asked of it

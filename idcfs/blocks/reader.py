@@ -86,7 +86,8 @@ class ReadState:
 class BackgroundFetcher:
     """A priority queue of block fetches served by a few threads, under an in-flight byte budget.
 
-    Threads start on first use (never before the FUSE daemon is running).
+    Threads start on first use, or all at once with :meth:`start` (never before the FUSE daemon
+    is running).
     """
 
     def __init__(self, workers: int, budget_bytes: int) -> None:
@@ -107,10 +108,20 @@ class BackgroundFetcher:
                 return
             heapq.heappush(self._queue, (priority, next(self._counter), nbytes, task))
             if len(self._threads) < self._workers:
-                thread = threading.Thread(target=self._work, name=f"idcfs-prefetch-{len(self._threads)}", daemon=True)
-                self._threads.append(thread)
-                thread.start()
+                self._add_worker()
             self._condition.notify()
+
+    def start(self) -> None:
+        """Start every worker now (a serving process, once it runs): a first task, such as the
+        listing a folder's lookup fetches ahead, then waits for no thread to be made."""
+        with self._condition:
+            while not self._closed and len(self._threads) < self._workers:
+                self._add_worker()
+
+    def _add_worker(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"idcfs-prefetch-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _work(self) -> None:
         while True:
@@ -132,7 +143,8 @@ class BackgroundFetcher:
             finally:
                 with self._condition:
                     self._in_flight -= nbytes
-                    self._condition.notify_all()
+                    if self._queue:  # work the budget held back; idle workers need no wake-up
+                        self._condition.notify_all()
 
     def close(self) -> None:
         with self._condition:

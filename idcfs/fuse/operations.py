@@ -115,6 +115,7 @@ class FuseOperations(mfusepy.Operations):
             config_3.negative_timeout = 0
             config_3.kernel_cache = 1
         self.ready = True
+        self.vfs.start_background()  # the daemon runs: no first task waits for a thread to be made
         if self._on_ready is not None:
             self._on_ready()
 

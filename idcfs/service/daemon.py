@@ -158,8 +158,10 @@ def _set_kernel_readahead(mountpoint: Path, nbytes: int, answering: threading.Ev
     problem = None
     deadline = time.monotonic() + READAHEAD_SETTLE
     while time.monotonic() < deadline:
-        time.sleep(0.05)  # a steady pace, whether or not the mount has answered yet
-        answered = answering.is_set()
+        # A steady pace until the mount answers, then at once: the check is done with the
+        # mount's first request, not among the lookups after it (reading mountinfo there took
+        # the GIL from the lookup that starts a series' LIST).
+        answered = answering.wait(0.05)
         if kernel_readahead(mountpoint) == wanted:
             if answered:
                 log.debug("kernel readahead of %s: %d KiB", mountpoint, nbytes // 1024)

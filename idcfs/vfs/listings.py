@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cachetools import LRUCache
 
@@ -22,6 +20,7 @@ from idcfs.blocks.singleflight import SingleFlight
 from idcfs.remote.buckets import object_url
 from idcfs.remote.objects import ObjectInfo, ObjectTable
 from idcfs.vfs.listing import SeriesListing
+from idcfs.vfs.listing_disk import ListingDisk
 
 if TYPE_CHECKING:
     from idcfs.remote.store import Store
@@ -31,9 +30,8 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
-#: Listings waiting for the disk at most; past that one is not written (it is fetched again
-#: when next wanted, in another process or after a remount).
-WRITES_QUEUED = 1024
+#: Seconds a lookup waits for the listing cache's disk before it asks the store instead.
+DISK_READ_TIMEOUT = 10.0
 
 
 class ListingCache(Generic[V]):
@@ -63,18 +61,11 @@ class ListingCache(Generic[V]):
         self._oversized: tuple[str, V] | None = None
         self._lock = threading.Lock()
         self._flight: SingleFlight[V] = SingleFlight(wait_timeout)
-        self._disk: Any = None
-        self._disk_paused_until = 0.0
-        # Written behind the answer: the lookup that fetched a listing does not wait for the
-        # disk's transaction (a sizeable part of a first lookup's time on a fast network).
-        self._writes: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=WRITES_QUEUED)
-        self._writer: threading.Thread | None = None
+        self._disk: ListingDisk | None = None
+        self._disk_timeout = min(wait_timeout, DISK_READ_TIMEOUT)
         if directory is not None:
             try:
-                import diskcache
-
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._disk = diskcache.Cache(str(directory), size_limit=2**40, eviction_policy="none")
+                self._disk = ListingDisk(directory)
             except Exception as error:  # noqa: BLE001
                 log.warning("listing cache %s unusable (%s); listings are kept in memory only", directory, error)
 
@@ -106,10 +97,10 @@ class ListingCache(Generic[V]):
     def _from_disk(self, series_uuid: str) -> ObjectTable | None:
         if self._disk is None:
             return None
+        stored = self._disk.get(series_uuid, self._disk_timeout)
+        if stored is None:
+            return None
         try:
-            stored = self._disk.get(series_uuid)
-            if not isinstance(stored, bytes):
-                return None  # absent, or an entry of a format older still
             if stored.startswith(b"["):  # an earlier version's JSON, [[name, size, etag], ...]
                 return ObjectTable.of(ObjectInfo(name, int(size), etag) for name, size, etag in json.loads(stored))
             return ObjectTable.from_bytes(stored)
@@ -117,39 +108,17 @@ class ListingCache(Generic[V]):
             return None
 
     def _to_disk(self, series_uuid: str, objects: ObjectTable) -> None:
-        if self._disk is None or time.monotonic() < self._disk_paused_until:
-            return
-        try:
-            self._writes.put_nowait((series_uuid, objects.to_bytes()))
-        except queue.Full:
-            return
-        with self._lock:
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_behind, name="listing-writer", daemon=True)
-                self._writer.start()
-
-    def _write_behind(self) -> None:
-        while True:
-            series_uuid, stored = self._writes.get()
-            try:
-                if time.monotonic() >= self._disk_paused_until:
-                    self._disk.set(series_uuid, stored)
-            except Exception as error:  # noqa: BLE001
-                log.warning("listing cache cannot be written (%s); trying again in a minute", error)
-                self._disk_paused_until = time.monotonic() + 60
-            finally:
-                self._writes.task_done()
+        """Behind the answer: the lookup that fetched the listing does not wait for the disk."""
+        if self._disk is not None:
+            self._disk.put(series_uuid, objects.to_bytes())
 
     def flush(self, timeout: float) -> bool:
         """Wait, ``timeout`` seconds at most, until the listings fetched so far are on disk."""
-        deadline = time.monotonic() + timeout
-        with self._writes.all_tasks_done:
-            while self._writes.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._writes.all_tasks_done.wait(remaining)
-        return True
+        return self._disk is None or self._disk.flush(timeout)
+
+    def close(self, timeout: float) -> bool:
+        """Write what is queued (``timeout`` seconds at most) and let the disk's thread go."""
+        return self._disk is None or self._disk.close(timeout)
 
     def peek(self, series_uuid: str) -> V | None:
         with self._lock:

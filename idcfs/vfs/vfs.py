@@ -497,6 +497,12 @@ class Vfs:
             **({"volumes": self.volumes.volumes.stats()} if self.volumes is not None else {}),
         }
 
+    def start_background(self) -> None:
+        """Start the background workers now (a face whose process serves, once it runs: a FUSE
+        daemon, a share), not with their first task, which would wait for the thread."""
+        if self.reader.prefetching:
+            self.reader.background.start()
+
     def flush(self, timeout: float) -> bool:
         """Wait, ``timeout`` seconds at most, until what was read and listed is written to the
         disk cache."""
@@ -505,7 +511,7 @@ class Vfs:
         return self.reader.flush(max(0.0, deadline - time.monotonic())) and listed
 
     def close(self) -> None:
-        self.listings.cache.flush(LISTINGS_AT_CLOSE)
+        self.listings.cache.close(LISTINGS_AT_CLOSE)
         self.reader.close()
         self.store.close()
 

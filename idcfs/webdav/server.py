@@ -235,6 +235,7 @@ def serve(
     elif not is_loopback(host):
         log.warning("serving %s without TLS: passwords and data cross the network in the clear", host)
     server.prepare()
+    vfs.start_background()
     bound_host, bound_port = server.bind_addr[:2]
     url = f"{scheme}://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}/"
     done = stop or threading.Event()
