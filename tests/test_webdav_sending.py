@@ -192,6 +192,62 @@ def test_a_body_is_views_only_for_a_server_that_takes_them(tmp_path: Path):
         assert all(len(piece) <= 65536 for piece in pieces) and len(pieces) == 4  # one block each
 
 
+class _Counted(BytesFile):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        super().close()
+
+
+def test_a_body_dropped_mid_answer_closes_its_file():
+    """wsgidav's ErrorPrinter, which wraps the body, lets it go without calling close() when the
+    client goes away mid-answer (cheroot closes the outer generator): the file is closed anyway."""
+    from wsgidav.error_printer import ErrorPrinter
+
+    opened = _Counted(b"x" * 300_000)
+    body = FileBody(opened, 0, 300_000, 65536, False)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return body
+
+    printer = ErrorPrinter(None, app, {})
+    answer = printer(environ={}, start_response=lambda *args: None)
+    assert len(next(answer)) == 65536
+    answer.close()  # what the server does when the send fails
+    del answer
+    assert opened.closes >= 1
+
+
+def test_an_answer_cut_by_its_client_leaves_no_file_open(s3_proxy, large_object, tmp_path):
+    """A client that reads the first bytes of a large file and goes away: the share's count of
+    open files returns to none (each left open held its reader's claims for good)."""
+    import time
+
+    from idcfs.service.report import read_stats
+
+    series = large_object.series
+    served = start_serve(tmp_path, s3_proxy.url, f"--collection={series.collection_id}")
+    try:
+        path = url_of(f"{series.path}/{large_object.name}")
+        for _ in range(3):
+            with socket.socket() as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.connect(("127.0.0.1", served.port))
+                client.settimeout(30)
+                client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert client.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 20
+        while read_stats(served.url)["open_files"]:
+            assert time.monotonic() < deadline, "files of answers cut by their clients stay open"
+            time.sleep(0.2)
+    finally:
+        stop_serve(served)
+
+
 def test_a_body_that_ends_early_is_an_error_not_a_short_answer():
     body = FileBody(BytesFile(b"x" * 10), 0, 20, 65536, False)
     with pytest.raises(OSError, match="ended at 10"):

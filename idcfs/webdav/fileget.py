@@ -112,14 +112,20 @@ class FileBody:
         self._views = views
 
     def __iter__(self) -> Iterator[Any]:
-        position, end = self._first, self._first + self._length
-        while position < end:
-            size = min(end - position, PIECE, self._block - position % self._block)
-            data = self._opened.read(position, size)
-            if not len(data):
-                raise OSError(f"the file ended at {position} of {end} bytes")  # never a short answer
-            position += len(data)
-            yield memoryview(data) if self._views else bytes(data)
+        # Closed here as well as by the server: wsgidav's ErrorPrinter, which wraps this body,
+        # drops it without calling close() when the client goes away mid-answer; the generator's
+        # finalisation still runs this ``finally`` (File.close is idempotent).
+        try:
+            position, end = self._first, self._first + self._length
+            while position < end:
+                size = min(end - position, PIECE, self._block - position % self._block)
+                data = self._opened.read(position, size)
+                if not len(data):
+                    raise OSError(f"the file ended at {position} of {end} bytes")  # never a short answer
+                position += len(data)
+                yield memoryview(data) if self._views else bytes(data)
+        finally:
+            self.close()
 
     def close(self) -> None:
         self._opened.close()
