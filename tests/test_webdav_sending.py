@@ -303,3 +303,41 @@ def test_a_client_that_stops_reading_its_answers_is_cut_off(s3_proxy, generated,
                 time.sleep(0.2)
     finally:
         stop_serve(served)  # within its bound, a worker blocked on that client or not
+
+
+def test_what_cheroot_writes_itself_is_a_wait_on_the_client():
+    """cheroot writes a chunked answer's last chunk and an error answer to the connection's writer
+    after the application's turn, on a blocking socket: a client that takes nothing more is cut
+    off by its clock there too, not waited on for ever."""
+    import types
+
+    from idcfs.webdav.deadline import ClientClocks, _Connection
+
+    clocks = ClientClocks(0.5)
+    clocks.start()
+    left, right = socket.socketpair()
+    try:
+        server = types.SimpleNamespace(client_clocks=clocks, peercreds_enabled=False, peercreds_resolve_enabled=False)
+        connection = _Connection(server, left)
+        left.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                left.send(b"x" * 65536)  # the client reads nothing: its buffers fill
+        left.setblocking(True)
+        failed: list[BaseException] = []
+
+        def last_chunk() -> None:
+            try:
+                connection.wfile.write(b"0\r\n\r\n" * 100_000)
+            except OSError as error:
+                failed.append(error)
+
+        writer = threading.Thread(target=last_chunk, daemon=True)
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "a write cheroot makes itself waited on its client for ever"
+        assert failed
+    finally:
+        clocks.stop()
+        left.close()
+        right.close()

@@ -34,6 +34,7 @@ from typing import Any
 
 from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.makefile import MakeFile
 
 from idcfs.webdav import sending
 from idcfs.webdav.fileget import VIEWS
@@ -236,8 +237,38 @@ class _Held:
         return len(data)
 
 
+class _TimedWriter:
+    """The connection's writer, each write a wait on the client: cheroot writes some answers to
+    it itself, after the application's turn has disarmed the clock (a chunked body's last chunk,
+    an error answer when the application failed), on a blocking socket."""
+
+    def __init__(self, inner: Any, clocks: ClientClocks, sock: socket.socket) -> None:
+        self._inner = inner
+        self._clocks = clocks
+        self._socket = sock
+
+    @property
+    def bytes_written(self) -> int:
+        return int(self._inner.bytes_written)
+
+    @bytes_written.setter
+    def bytes_written(self, value: int) -> None:
+        self._inner.bytes_written = value
+
+    def write(self, data: bytes) -> int:
+        with self._clocks.waiting(self._socket):
+            return int(self._inner.write(data) or 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
+
+    def __init__(self, server: Any, sock: socket.socket, makefile: Any = MakeFile) -> None:
+        super().__init__(server, sock, makefile)
+        self.wfile = _TimedWriter(self.wfile, server.client_clocks, sock)
 
     def communicate(self) -> bool:
         """Requests of the connection while they come one after another; the connection goes
