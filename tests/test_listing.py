@@ -138,16 +138,23 @@ def test_the_listing_disk_is_used_from_one_thread_and_a_stalled_disk_is_a_miss(t
     assert disk.get("absent", 10) is None
 
     held = threading.Event()
-    disk.cache.get = lambda key, *a, **k: held.wait(30) and None
+    asked: list[str] = []
+    disk.cache.get = lambda key, *a, **k: asked.append(key) or held.wait(30) and None
     assert disk.get("there", 0.2) is None  # the disk is stalled: a miss, in time
-    held.set()
+    assert disk.get("given up", 0.2) is None  # behind it, and given up on: never read
+    attempts: list[str] = []
 
     def failing_set(key, value):
+        attempts.append(key)
         raise OSError(28, "No space left on device")
 
     disk.cache.set = failing_set
-    disk.put("one", b"1")
+    for key in ("one", "two", "three"):
+        disk.put(key, b"1")  # queued behind the stalled read
+    held.set()
     assert disk.flush(10)
-    disk.put("two", b"2")  # within the pause: not even queued
+    assert attempts == ["one"], "writes queued before a failure are dropped, not each tried"
+    disk.put("four", b"2")  # within the pause: not even queued
+    assert asked == ["there"]
     assert disk.flush(0) and disk.close(10)
     assert disk.get("there", 10) is None  # closed: nothing asked of it

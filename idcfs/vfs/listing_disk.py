@@ -59,6 +59,7 @@ class ListingDisk:
         try:
             return answer.result(timeout)
         except FutureTimeout:
+            answer.cancel()  # not read at all if the thread has not come to it
             log.warning("the listing cache did not answer within %.0f s; asking the store", timeout)
             return None
 
@@ -106,7 +107,8 @@ class ListingDisk:
                 else:
                     return  # closed, nothing left
             if write is None:
-                answer.set_result(self._read(key))
+                if answer.set_running_or_notify_cancel():  # False: its asker has gone on without it
+                    answer.set_result(self._read(key))
             else:
                 self._write(key, write)
 
@@ -122,7 +124,9 @@ class ListingDisk:
             self.cache.set(key, value)
         except Exception as error:  # noqa: BLE001
             log.warning("listing cache cannot be written (%s); trying again in a minute", error)
-            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            with self._condition:
+                self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+                self._writes.clear()  # queued before the failure: they would fail the same way
         finally:
             with self._condition:
                 self._writing -= 1
