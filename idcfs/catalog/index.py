@@ -48,7 +48,29 @@ SERIES_COLUMNS = (
     "min_idc_version",
     "max_idc_version",
 )
-_DICTIONARY_COLUMNS = ("aws_bucket", "collection_id", "Modality", "license_short_name", "source_DOI")
+#: Study and series attributes the index holds, kept so that a DICOMweb search over a whole
+#: release is answered without a request (idcfs/dicomweb). An index without one of them (an
+#: older release, a hand-made index) gets it as NULL. Only the pages a search touches are read.
+ATTRIBUTE_COLUMNS = (
+    "StudyDate",
+    "StudyDescription",
+    "PatientAge",
+    "PatientSex",
+    "SeriesDate",
+    "SeriesDescription",
+    "SeriesNumber",
+    "BodyPartExamined",
+    "SOPClassUID",  # as the index has it per series: what QIDO's instance level and WADO answer
+    "TransferSyntaxUID",
+)
+_DICTIONARY_COLUMNS = (
+    "aws_bucket",
+    "collection_id",
+    "Modality",
+    "license_short_name",
+    "source_DOI",
+    *ATTRIBUTE_COLUMNS,  # repeated within a study, and across a collection (dates, descriptions)
+)
 #: Columns ``prior_versions_index`` has of its own; the rest of a prior row comes from the
 #: current row of the same SeriesInstanceUID (or NULL when the series is gone).
 _PRIOR_OWN_COLUMNS = (
@@ -407,8 +429,8 @@ def _named_query(rows: _CandidateRows, template: Template, selection: Selection,
     levels = [f"l{k}" for k in range(template.depth)]
     joined = [f"{sql_segment_join(seg)} AS j{k}" for k, seg in enumerate(template.segments)]
     named = [f"{sql_finish_name(f'j{k}')} AS {name}" for k, name in enumerate(levels)]
-    keep = list(dict.fromkeys([*SERIES_COLUMNS, *template.columns]))
-    keep_sql = ", ".join(f'"{c}"' for c in keep)
+    keep = list(dict.fromkeys([*SERIES_COLUMNS, *ATTRIBUTE_COLUMNS, *template.columns]))
+    keep_sql = ", ".join(f'"{c}"' if c in columns else f'CAST(NULL AS VARCHAR) AS "{c}"' for c in keep)
     # Names are joined in one step and finished in the next, so each is computed once.
     return f"""
         WITH selected AS (SELECT * FROM ({rows.sql}) {where} {dedupe}),

@@ -39,7 +39,7 @@ from idcfs.version import __version__
 log = logging.getLogger(__name__)
 
 #: Bump when the files' layout or meaning changes: old snapshots are then rebuilt, not misread.
-FORMAT = 2
+FORMAT = 3
 #: Large snapshots kept per catalog folder (least recently used go first): a whole release is
 #: ~400 MB. Small ones (a few collections, a manifest) cost little and are kept up to KEEP_ANY.
 KEEP = 4
