@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from idcfs.vfs.body import FileBody
 from idcfs.vfs.files import BytesFile
 from idcfs.webdav import sending
-from idcfs.webdav.fileget import FileBody, _one_range
+from idcfs.webdav.fileget import _one_range
 from tests.conftest import source_file
 from tests.test_webdav import first, share, start_serve, stop_serve, url_of  # noqa: F401 - share: a fixture
 

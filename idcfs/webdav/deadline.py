@@ -36,8 +36,8 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.makefile import MakeFile
 
+from idcfs.vfs.body import VIEWS
 from idcfs.webdav import sending
-from idcfs.webdav.fileget import VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class _Gateway(wsgi.Gateway_10):
 
     def respond(self) -> None:
         """cheroot's, taking a chunk that is a view of a buffer as well as ``bytes`` (the share
-        says so in the environ: :data:`idcfs.webdav.fileget.VIEWS`)."""
+        says so in the environ: :data:`idcfs.vfs.body.VIEWS`)."""
         response = self.req.server.wsgi_app(self.env, self.start_response)
         try:
             for chunk in response:

@@ -14,22 +14,15 @@ cannot be satisfied, a body, a depth) goes on to wsgidav, which answers it as be
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from wsgidav import util as wsgidav_util
 from wsgidav.mw.base_mw import BaseMiddleware
 
-from idcfs.vfs.files import File
+from idcfs.vfs.body import VIEWS, FileBody
 from idcfs.webdav.propfind import CONDITIONS
 from idcfs.webdav.provider import FileResource
-
-#: Set in the environ by a server that sends ``memoryview`` chunks of an answer as they are.
-VIEWS = "idcfs.buffer_views"
-
-#: The most of a body one chunk holds: a chunk of a block still arriving is sent as soon as its
-#: own bytes are in (blocks/landing.py), so a cold file's first bytes leave before its last come.
-PIECE = 256 << 10
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 #: What this path does not answer: each condition, and a Range's own.
@@ -97,35 +90,3 @@ def _one_range(header: str, size: int) -> tuple[int, int] | None:
     if first >= size or first > last:
         return None
     return first, last - first + 1
-
-
-class FileBody:
-    """The bytes ``[first, first + length)`` of an open file, in pieces that each lie in one block
-    (a piece spanning two would be joined: a copy); closes the file when the server is done with
-    it, also when the client went away."""
-
-    def __init__(self, opened: File, first: int, length: int, block_size: int, views: bool) -> None:
-        self._opened = opened
-        self._first = first
-        self._length = length
-        self._block = block_size
-        self._views = views
-
-    def __iter__(self) -> Iterator[Any]:
-        # Closed here as well as by the server: wsgidav's ErrorPrinter, which wraps this body,
-        # drops it without calling close() when the client goes away mid-answer; the generator's
-        # finalisation still runs this ``finally`` (File.close is idempotent).
-        try:
-            position, end = self._first, self._first + self._length
-            while position < end:
-                size = min(end - position, PIECE, self._block - position % self._block)
-                data = self._opened.read(position, size)
-                if not len(data):
-                    raise OSError(f"the file ended at {position} of {end} bytes")  # never a short answer
-                position += len(data)
-                yield memoryview(data) if self._views else bytes(data)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._opened.close()
