@@ -109,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=metavar,
             help=f"{help_text} [env {serve_variable(flag)}]" + (f" (default: {default})" if default else ""),
         )
+    serve.add_argument(
+        "--dicomweb",
+        action="store_true",
+        default=os.environ.get("IDCFS_DICOMWEB", "") not in ("", "0", "false"),
+        help="also answer DICOMweb (QIDO-RS searches, WADO-RS retrievals) under /dicomweb, for OHIF, "
+        "Slim, 3D Slicer, wsidicom and dicomweb-client [env IDCFS_DICOMWEB=1]",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://viewer.example.org) whose pages may call /dicomweb from a browser; "
+        "repeat for several; none by default",
+    )
     add_options(serve, tuple(option for option in MOUNT_OPTIONS if option.name not in MOUNT_ONLY))
 
     stats = commands.add_parser(
@@ -283,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from idcfs.service.logs import setup_logging
     from idcfs.service.stack import open_tree
-    from idcfs.webdav.server import ServeError, check_client_timeout, parse_listen, read_users, serve
+    from idcfs.webdav.server import Extension, ServeError, check_client_timeout, parse_listen, read_users, serve
 
     options = tree_namespace({o.name: getattr(args, o.name) for o in MOUNT_OPTIONS if hasattr(args, o.name)})
     try:
@@ -297,7 +312,17 @@ def _serve(args: argparse.Namespace) -> int:
         _make_private_dir(options.cache_dir)
         vfs = open_tree(options, where=f"http://{args.listen}")
         try:
-            serve(vfs, host, port, users, tls, on_ready=_say_serving, client_timeout=args.client_timeout)
+            extension = None
+            if args.dicomweb:
+                from idcfs.dicomweb.app import middleware
+
+                extension = Extension(*middleware(vfs, _origins(args.cors_origin)))
+            elif args.cors_origin:
+                raise ServeError("--cors-origin is for --dicomweb")
+            serve(
+                vfs, host, port, users, tls, on_ready=_say_serving, client_timeout=args.client_timeout,
+                extension=extension,
+            )  # fmt: skip
         finally:
             vfs.close()
     except ServeError as error:
@@ -305,6 +330,21 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as error:  # the address in use, a TLS file unreadable
         raise ConfigError(f"cannot serve on {args.listen}: {error.strerror or error}") from None
     return 0
+
+
+def _origins(given: list[str]) -> list[str]:
+    """Web origins as a browser sends them (``scheme://host[:port]``, no path); else an error."""
+    from urllib.parse import urlsplit
+
+    origins = []
+    for origin in given:
+        parts = urlsplit(origin.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+            raise ConfigError(
+                f"--cors-origin {origin!r}: an origin is scheme://host[:port], e.g. http://localhost:3000"
+            )
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return origins
 
 
 def _say_serving(url: str) -> None:

@@ -21,7 +21,8 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,20 @@ class NotModified(BaseMiddleware):
 _OTHER_CONDITIONS = tuple(header for header in CONDITIONS if header != "HTTP_IF_MODIFIED_SINCE")
 
 
-def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[bytes]]:
+@dataclass(frozen=True)
+class Extension:
+    """Another face answered by the same server (DICOMweb): wsgidav middleware put ahead of the
+    authenticator (``front``: CORS preflights carry no credentials) and behind it (``behind``),
+    and what they read from wsgidav's configuration."""
+
+    front: Sequence[type] = ()
+    behind: Sequence[type] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def build_app(
+    vfs: Vfs, users: dict[str, str] | None, extension: Extension | None = None
+) -> Callable[..., Iterable[bytes]]:
     from wsgidav.dir_browser import WsgiDavDirBrowser
     from wsgidav.error_printer import ErrorPrinter
     from wsgidav.http_authenticator import HTTPAuthenticator
@@ -175,6 +189,7 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
     from idcfs.webdav.fileget import FileGet
     from idcfs.webdav.propfind import StreamedPropfind
 
+    extension = extension or Extension()
     user_mapping: dict[str, Any] = {"*": True}  # anonymous (loopback only)
     if users is not None:
         user_mapping = {"*": {user: {"password": password} for user, password in users.items()}}
@@ -190,7 +205,9 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
         # once the user is known.
         "middleware_stack": [
             ErrorPrinter,
+            *extension.front,
             HTTPAuthenticator,
+            *extension.behind,
             NotModified,
             FileGet,
             WsgiDavDirBrowser,
@@ -202,6 +219,7 @@ def build_app(vfs: Vfs, users: dict[str, str] | None) -> Callable[..., Iterable[
         "verbose": 1,
         "logging": {"enable": False},  # idcfs's own log says what matters
         "dir_browser": {"enable": True, "response_trailer": "idcfs: NCI Imaging Data Commons, read-only"},
+        **extension.config,
     }
     return guarded(WsgiDAVApp(config))
 
@@ -215,6 +233,7 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
     client_timeout: float = CLIENT_TIMEOUT,
+    extension: Extension | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or ``stop`` is set); ``on_ready(url)`` once listening."""
     from idcfs.webdav.deadline import TimedServer
@@ -223,7 +242,7 @@ def serve(
         raise ServeError(f"listening on {host} needs --auth FILE (user:password lines): anyone could read through it")
     check_client_timeout(client_timeout)
     server = TimedServer(
-        (host, port), build_app(vfs, users), client_timeout, numthreads=WORKERS, request_queue_size=BACKLOG
+        (host, port), build_app(vfs, users, extension), client_timeout, numthreads=WORKERS, request_queue_size=BACKLOG
     )
     server.shutdown_timeout = 5
     scheme = "http"

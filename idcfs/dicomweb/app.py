@@ -1,0 +1,189 @@
+"""The DICOMweb face's place on the server: requests under ``/dicomweb`` answered here, every
+other path left to the WebDAV tree, with the same authentication in front of both.
+
+Two layers in wsgidav's middleware stack (the server assembles it: :func:`middleware`):
+:class:`Cors`, ahead of the authenticator, answers a browser's preflight (which carries no
+credentials) and marks answers to the origins the user named, and only those;
+:class:`DicomWeb`, behind the authenticator, answers QIDO-RS and WADO-RS. Read-only: any method
+that would store or delete is 405.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+from wsgidav.mw.base_mw import BaseMiddleware
+
+from idcfs.dicomweb.query import QueryError, parse_query
+from idcfs.dicomweb.retrieve import NotAcceptable, Part, multipart, stored_dicom_accepted
+from idcfs.dicomweb.search import CatalogSearch, Page
+from idcfs.vfs.body import VIEWS
+from idcfs.vfs.vfs import Vfs
+
+log = logging.getLogger(__name__)
+
+#: Where DICOMweb is served on the share (the service root clients are given).
+ROOT = "/dicomweb"
+#: The key of this face's options in wsgidav's configuration.
+CONFIG = "idcfs_dicomweb"
+
+_ALLOWED = "GET, HEAD, OPTIONS"
+_DICOM_JSON = "application/dicom+json"
+
+#: An answer: status, headers and body.
+Answer = tuple[str, list[tuple[str, str]], Iterable[Any]]
+
+
+def middleware(vfs: Vfs, cors_origins: Iterable[str]) -> tuple[list[type], list[type], dict[str, Any]]:
+    """What the server puts ahead of its authenticator, behind it, and into its configuration."""
+    options = {"search": CatalogSearch(vfs.tree.catalog.series), "vfs": vfs, "cors_origins": frozenset(cors_origins)}
+    return [Cors], [DicomWeb], {CONFIG: options}
+
+
+def _is_ours(environ: dict[str, Any]) -> bool:
+    path = environ.get("PATH_INFO", "")
+    return path == ROOT or path.startswith(ROOT + "/")
+
+
+class Cors(BaseMiddleware):
+    """CORS for the origins named with ``--cors-origin`` (a browser viewer served from another
+    origin than the server, OHIF's or Slim's). Never ``*``: credentials may go with requests."""
+
+    def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
+        super().__init__(wsgidav_app, next_app, config)
+        self._origins: frozenset[str] = config[CONFIG]["cors_origins"]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[Any]:
+        origin = environ.get("HTTP_ORIGIN")
+        if not _is_ours(environ) or origin is None or origin not in self._origins:
+            return self.next_app(environ, start_response)
+        allowed = [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Origin"),
+        ]
+        if environ.get("REQUEST_METHOD") == "OPTIONS" and environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"):
+            start_response(
+                "204 No Content",
+                [
+                    *allowed,
+                    ("Access-Control-Allow-Methods", _ALLOWED),
+                    ("Access-Control-Allow-Headers", environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")),
+                    ("Access-Control-Max-Age", "600"),
+                    ("Content-Length", "0"),
+                ],
+            )
+            return [b""]
+
+        def with_cors(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            exposed = ("Access-Control-Expose-Headers", "Content-Length, Content-Type, Warning")
+            return start_response(status, [*headers, *allowed, exposed], exc_info)
+
+        return self.next_app(environ, with_cors)
+
+
+class DicomWeb(BaseMiddleware):
+    """QIDO-RS and WADO-RS under :data:`ROOT` (see the package's modules)."""
+
+    def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
+        super().__init__(wsgidav_app, next_app, config)
+        options = config[CONFIG]
+        self._search: CatalogSearch = options["search"]
+        self._vfs: Vfs = options["vfs"]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[Any]:
+        if not _is_ours(environ):
+            return self.next_app(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method == "OPTIONS":
+            return _answer(start_response, "200 OK", b"", "text/plain", [("Allow", _ALLOWED)])
+        if method not in ("GET", "HEAD"):
+            return _error(start_response, "405 Method Not Allowed", "this server is read-only", [("Allow", _ALLOWED)])
+        parts = [unquote(part) for part in environ["PATH_INFO"][len(ROOT) :].split("/") if part]
+        try:
+            answer = self._route(environ, parts)
+            if answer is None:
+                return _error(start_response, "404 Not Found", f"no such resource: {environ['PATH_INFO']}")
+            status, headers, body = answer
+        except QueryError as error:
+            return _error(start_response, "400 Bad Request", str(error))
+        except NotAcceptable as error:
+            return _error(start_response, "406 Not Acceptable", str(error))
+        except FileNotFoundError:
+            return _error(start_response, "404 Not Found", f"no such resource: {environ['PATH_INFO']}")
+        except OSError as error:  # the store unreachable after retries
+            log.warning("DICOMweb %s: %s", environ.get("PATH_INFO"), error)
+            return _error(start_response, "503 Service Unavailable", f"cannot read from the store now: {error}")
+        start_response(status, headers)
+        return [b""] if method == "HEAD" else body
+
+    def _route(
+        self, environ: dict[str, Any], parts: list[str]
+    ) -> tuple[str, list[tuple[str, str]], Iterable[Any]] | None:
+        query = environ.get("QUERY_STRING", "")
+        base = _base_url(environ)
+        match parts:
+            case ["studies"]:
+                return _json_page(self._search.studies(parse_query(query), base))
+            case ["series"]:
+                return _json_page(self._search.series(parse_query(query), base))
+            case ["studies", study, "series"]:
+                return _json_page(self._search.series(parse_query(query), base, study))
+            case ["studies", study]:
+                rows = self._search.study_rows(study)
+                return self._retrieve(environ, rows) if rows else None
+            case ["studies", study, "series", series]:
+                row = self._search.series_row(study, series)
+                return None if row is None else self._retrieve(environ, (row,))
+        return None
+
+    def _retrieve(
+        self, environ: dict[str, Any], rows: Iterable[int]
+    ) -> tuple[str, list[tuple[str, str]], Iterable[Any]]:
+        rows = list(rows)
+        syntaxes: set[str] = set()
+        for row in rows:
+            syntaxes |= set(filter(None, (self._search.value(row, "TransferSyntaxUID") or "").split(",")))
+        syntax = stored_dicom_accepted(environ.get("HTTP_ACCEPT", ""), syntaxes)
+        parts = []
+        for row in rows:
+            folder = "/".join(self._vfs.tree.path_of_row(row))
+            parts += [
+                Part(f"{folder}/{name}", size, syntax)
+                for name, is_dir, size in self._vfs.list_sized(folder)
+                if not is_dir
+            ]
+        kind, length, body = multipart(self._vfs, parts, bool(environ.get(VIEWS)))
+        return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
+
+
+def _base_url(environ: dict[str, Any]) -> str:
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '')}"
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('SCRIPT_NAME', '')}{ROOT}"
+
+
+def _json_page(page: Page) -> Answer:
+    headers = [("Content-Type", _DICOM_JSON)]
+    warnings = list(page.warnings)
+    if page.more:
+        warnings.append("There are additional results that can be requested")
+    headers += [("Warning", f'299 idcfs: "{text}"') for text in warnings]
+    body = json.dumps(page.records, separators=(",", ":")).encode()
+    return "200 OK", [*headers, ("Content-Length", str(len(body)))], [body]
+
+
+def _answer(
+    start_response: Callable[..., Any], status: str, body: bytes, kind: str, extra: list[tuple[str, str]] | None = None
+) -> Iterator[bytes]:
+    start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body))), *(extra or [])])
+    yield body
+
+
+def _error(
+    start_response: Callable[..., Any], status: str, text: str, extra: list[tuple[str, str]] | None = None
+) -> Iterator[bytes]:
+    return _answer(start_response, status, (text + "\n").encode(), "text/plain; charset=utf-8", extra)

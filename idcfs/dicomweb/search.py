@@ -1,0 +1,202 @@
+"""QIDO-RS searches of studies and series, answered from the catalog's columns alone.
+
+A match is a mask over the whole catalog (:mod:`idcfs.dicomweb.matching`); a study search keeps
+the studies of the matching series in the catalog's order, cuts the page asked for, and only then
+reads the rows of the page's studies for their attributes (their series' modalities, counts): a
+study list of a whole release costs one pass over a column and one page of records, never a
+record per study. Nothing here makes a request.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from idcfs.dicomweb.attributes import (
+    CASE_INSENSITIVE,
+    COLUMN_OF,
+    NOT_INDEXED,
+    SERIES_DEFAULT,
+    SERIES_EXTRA,
+    STUDY_DEFAULT,
+    STUDY_EXTRA,
+    record,
+)
+from idcfs.dicomweb.matching import mask_for
+from idcfs.dicomweb.query import Query
+
+#: The answer's character set: DICOM JSON is UTF-8.
+CHARACTER_SET = "ISO_IR 192"
+#: Studies and series whose rows a retrieval looked up, kept (a viewer asks for one series many
+#: times: its metadata, then each of its frames).
+LOOKUPS_KEPT = 1024
+
+_STUDY_LEVEL = frozenset({*STUDY_DEFAULT, *STUDY_EXTRA})
+_SERIES_LEVEL = frozenset({*SERIES_DEFAULT, *SERIES_EXTRA})
+
+
+@dataclass
+class Page:
+    """The records of one page, whether more follow it, and what the client should be told
+    (a Warning header each)."""
+
+    records: list[dict[str, Any]]
+    more: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+class CatalogSearch:
+    """Searches over ``table`` (the catalog's series table, one row per series)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        self._study_uids = table.column("StudyInstanceUID")
+        self._series_uids = table.column("SeriesInstanceUID")
+        self.study_rows = functools.lru_cache(maxsize=LOOKUPS_KEPT)(self._study_rows)
+        self.series_row = functools.lru_cache(maxsize=LOOKUPS_KEPT)(self._series_row)
+
+    # -- lookups for retrievals ---------------------------------------------------------------
+
+    def _study_rows(self, study: str) -> tuple[int, ...]:
+        return tuple(int(row) for row in _rows_equal(self._study_uids, study))
+
+    def _series_row(self, study: str, series: str) -> int | None:
+        for row in _rows_equal(self._series_uids, series):
+            if self._study_uids[int(row)].as_py() == study:
+                return int(row)
+        return None
+
+    def value(self, row: int, column: str) -> Any:
+        return self._table.column(column)[row].as_py()
+
+    # -- searches -----------------------------------------------------------------------------
+
+    def studies(self, query: Query, base: str) -> Page:
+        warnings: list[str] = []
+        mask = self._mask(query, _STUDY_LEVEL | _SERIES_LEVEL, warnings)
+        uids = self._study_uids if mask is None else self._study_uids.filter(mask)
+        unique = pc.unique(uids)  # in order of first appearance: the tree's order
+        page = unique.slice(query.offset, query.limit)
+        more = query.offset + len(page) < len(unique)
+        if not len(page):
+            return Page([], more, warnings)
+        rows = np.flatnonzero(pc.is_in(self._study_uids, value_set=page).to_numpy(zero_copy_only=False))
+        wanted = _wanted(query, STUDY_DEFAULT, STUDY_EXTRA)
+        columns = _columns_of(self._table, rows)
+        by_study: dict[str, list[int]] = {}
+        for position, uid in enumerate(columns["StudyInstanceUID"]):
+            by_study.setdefault(uid, []).append(position)
+        records = [
+            record(_study_values(columns, by_study[uid], wanted, base)) for uid in page.to_pylist() if uid in by_study
+        ]
+        return Page(records, more, warnings)
+
+    def series(self, query: Query, base: str, study: str | None = None) -> Page:
+        warnings: list[str] = []
+        levels = _SERIES_LEVEL if study is not None else _SERIES_LEVEL | _STUDY_LEVEL
+        mask = self._mask(query, levels, warnings)
+        if study is not None:
+            in_study = pc.equal(self._study_uids, pa.scalar(study))
+            mask = in_study if mask is None else pc.and_(mask, in_study)
+        rows = (
+            np.arange(self._table.num_rows)
+            if mask is None
+            else np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+        )
+        page = rows[query.offset : query.offset + query.limit]
+        more = query.offset + len(page) < len(rows)
+        wanted = _wanted(query, SERIES_DEFAULT, SERIES_EXTRA)
+        if study is None:  # a search of all series also tells each one's study
+            wanted |= _wanted(query, STUDY_DEFAULT, STUDY_EXTRA) - {
+                "ModalitiesInStudy",
+                "NumberOfStudyRelatedSeries",
+                "NumberOfStudyRelatedInstances",
+                "SOPClassesInStudy",
+            }
+        columns = _columns_of(self._table, page)
+        records = [record(_series_values(columns, position, wanted, base)) for position in range(len(page))]
+        return Page(records, more, warnings)
+
+    def _mask(self, query: Query, level: frozenset[str], warnings: list[str]) -> pa.ChunkedArray | None:
+        mask: pa.ChunkedArray | None = None
+        for keyword, value in query.matches.items():
+            if keyword in NOT_INDEXED:
+                if value not in ("", "*"):
+                    warnings.append(f"{keyword} is not in IDC's index: every result has it empty")
+                    return pa.chunked_array([pa.array(np.zeros(self._table.num_rows, dtype=bool))])
+                continue
+            column = COLUMN_OF.get(keyword)
+            if column is None or keyword not in level | {"Modality", "SeriesInstanceUID", "SOPClassUID"}:
+                warnings.append(f"{keyword} is not supported for matching at this level: ignored")
+                continue
+            found = mask_for(self._table.column(column), keyword, value, keyword in CASE_INSENSITIVE)
+            if found is not None:
+                mask = found if mask is None else pc.and_(mask, found)
+        return mask
+
+
+def _rows_equal(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    equal = pc.fill_null(pc.equal(column, pa.scalar(value)), False)
+    return np.flatnonzero(equal.to_numpy(zero_copy_only=False))
+
+
+def _wanted(query: Query, default: Iterable[str], extra: Iterable[str]) -> set[str]:
+    known = {*default, *extra}
+    if query.include_all:
+        return known
+    return {*default, *(keyword for keyword in query.include if keyword in known)}
+
+
+def _columns_of(table: pa.Table, rows: np.ndarray) -> dict[str, list[Any]]:
+    """The rows' values of every column a record may need, as Python lists (one conversion per
+    column for the page, not per value)."""
+    taken = table.take(pa.array(rows, pa.int64()))
+    names = {*COLUMN_OF.values(), "instanceCount"}
+    return {name: taken.column(name).to_pylist() for name in names if name in taken.column_names}
+
+
+def _first(values: list[Any], positions: list[int]) -> Any:
+    return next((values[p] for p in positions if values[p] not in (None, "")), None)
+
+
+def _study_values(columns: dict[str, list[Any]], positions: list[int], wanted: set[str], base: str) -> dict[str, Any]:
+    uid = columns["StudyInstanceUID"][positions[0]]
+    counts = [columns["instanceCount"][p] for p in positions]
+    values: dict[str, Any] = {
+        "SpecificCharacterSet": CHARACTER_SET,
+        "StudyInstanceUID": uid,
+        "StudyDate": _first(columns["StudyDate"], positions),
+        "StudyDescription": _first(columns["StudyDescription"], positions),
+        "PatientID": _first(columns["PatientID"], positions),
+        "PatientSex": _first(columns["PatientSex"], positions),
+        "PatientAge": _first(columns["PatientAge"], positions),
+        "ModalitiesInStudy": sorted({columns["Modality"][p] for p in positions} - {None}),
+        "SOPClassesInStudy": sorted({columns["SOPClassUID"][p] for p in positions} - {None}),
+        "NumberOfStudyRelatedSeries": len(positions),
+        "NumberOfStudyRelatedInstances": None if None in counts else sum(counts),
+        "InstanceAvailability": "ONLINE",
+        "RetrieveURL": f"{base}/studies/{uid}",
+    }
+    return {keyword: values.get(keyword) for keyword in wanted}
+
+
+def _series_values(columns: dict[str, list[Any]], position: int, wanted: set[str], base: str) -> dict[str, Any]:
+    study = columns["StudyInstanceUID"][position]
+    series = columns["SeriesInstanceUID"][position]
+    values: dict[str, Any] = {column: columns[column][position] for column in columns}
+    values.update(
+        {
+            "SpecificCharacterSet": CHARACTER_SET,
+            "NumberOfSeriesRelatedInstances": columns["instanceCount"][position],
+            "InstanceAvailability": "ONLINE",
+            "RetrieveURL": f"{base}/studies/{study}/series/{series}",
+            "PatientName": None,
+        }
+    )
+    return {keyword: values.get(keyword) for keyword in wanted}

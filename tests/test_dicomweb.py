@@ -1,0 +1,225 @@
+"""``idcfs serve --dicomweb``: QIDO-RS and WADO-RS through a real server, asked by dicomweb-client
+(the Python DICOMweb client) and by plain HTTP where a client hides what was sent: searches
+answered from the catalog (checked against the bundled index read on its own, with no request to
+the store), series and studies retrieved as their stored bytes, refusals (405, 406, 400, 404),
+CORS for named origins only, and the share's authentication in front of it all."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import http.client
+import json
+from collections.abc import Iterator
+
+import duckdb
+import idc_index_data
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from tests.conftest import source_file
+from tests.test_webdav import Share, start_serve, stop_serve
+
+ORIGIN = "http://viewer.example:3000"
+
+
+@pytest.fixture(scope="module")
+def served(generated, s3_proxy, tmp_path_factory) -> Iterator[Share]:
+    collections = sorted({s.collection_id for s in generated if s.modality != "SM"})
+    share = start_serve(
+        tmp_path_factory.mktemp("dicomweb"),
+        s3_proxy.url,
+        "--dicomweb",
+        "--cors-origin",
+        ORIGIN,
+        *(f"--collection={c}" for c in collections),
+    )
+    yield share
+    stop_serve(share)
+
+
+@pytest.fixture(scope="module")
+def client(served) -> DICOMwebClient:
+    return DICOMwebClient(url=f"{served.url}/dicomweb")
+
+
+def image_series(generated):
+    return [s for s in generated if s.modality != "SM" and s.files]
+
+
+def indexed(sql: str) -> list[tuple]:
+    """The bundled index, asked on its own (not through idcfs's catalog)."""
+    return duckdb.sql(sql.replace("INDEX", f"read_parquet('{idc_index_data.IDC_INDEX_PARQUET_FILEPATH}')")).fetchall()
+
+
+def value(result: dict, tag: str):
+    values = result.get(tag, {}).get("Value")
+    return None if values is None else (values[0] if len(values) == 1 else values)
+
+
+def test_a_study_search_over_the_served_collections_makes_no_request(served, client, generated, s3_proxy):
+    collections = sorted({s.collection_id for s in generated if s.modality != "SM"})
+    listed = ", ".join(f"'{c}'" for c in collections)
+    expected = {
+        uid for (uid,) in indexed(f"SELECT DISTINCT StudyInstanceUID FROM INDEX WHERE collection_id IN ({listed})")
+    }
+    before = len(s3_proxy.log.requests)
+    found = client.search_for_studies(limit=10_000)
+    assert len(s3_proxy.log.requests) == before  # the catalog answers: no LIST, no GET
+    assert {value(r, "0020000D") for r in found} == expected
+    series = image_series(generated)[0]
+    (study,) = [r for r in found if value(r, "0020000D") == series.study_uid]
+    ((modalities, count, date, patient),) = indexed(
+        f"SELECT list(DISTINCT Modality ORDER BY Modality), count(*), any_value(StudyDate), any_value(PatientID) "
+        f"FROM INDEX WHERE StudyInstanceUID = '{series.study_uid}'"
+    )
+    assert value(study, "00100020") == patient
+    assert value(study, "00201206") == count  # NumberOfStudyRelatedSeries
+    shown = value(study, "00080061")
+    assert (shown if isinstance(shown, list) else [shown]) == modalities
+    assert value(study, "00080020") == date.replace("-", "")
+    # RetrieveURL from the request's Host (dicomweb-client sends its Host without the port)
+    status, _, body = served.request("GET", f"/dicomweb/studies?StudyInstanceUID={series.study_uid}")
+    assert value(json.loads(body)[0], "00081190") == f"{served.url}/dicomweb/studies/{series.study_uid}"
+
+
+def test_searches_match_as_viewers_ask(client, generated):
+    series = image_series(generated)[0]
+    by_patient = client.search_for_studies(search_filters={"PatientID": series.patient_id})
+    assert series.study_uid in {value(r, "0020000D") for r in by_patient}
+    assert all(value(r, "00100020") == series.patient_id for r in by_patient)
+    wildcard = client.search_for_studies(search_filters={"PatientID": series.patient_id[:-1] + "?"})
+    assert series.study_uid in {value(r, "0020000D") for r in wildcard}
+    ((date,),) = indexed(f"SELECT any_value(StudyDate) FROM INDEX WHERE StudyInstanceUID = '{series.study_uid}'")
+    day = date.replace("-", "")
+    in_range = client.search_for_studies(search_filters={"StudyDate": f"{day}-{day}", "PatientID": series.patient_id})
+    assert series.study_uid in {value(r, "0020000D") for r in in_range}
+    before = client.search_for_studies(search_filters={"StudyDate": "-19000101", "PatientID": series.patient_id})
+    assert before == []
+    by_modality = client.search_for_studies(
+        search_filters={"ModalitiesInStudy": series.modality, "PatientID": series.patient_id}
+    )
+    assert series.study_uid in {value(r, "0020000D") for r in by_modality}
+    listed = client.search_for_studies(search_filters={"StudyInstanceUID": f"1.2.3,{series.study_uid}"})
+    assert [value(r, "0020000D") for r in listed] == [series.study_uid]
+    with_age = client.search_for_studies(search_filters={"StudyInstanceUID": series.study_uid}, fields=["PatientAge"])
+    assert "00101010" in with_age[0] and "00101010" not in listed[0]
+
+
+def test_studies_are_paged(client):
+    everything = [value(r, "0020000D") for r in client.search_for_studies(limit=10_000)]
+    assert len(everything) > 3
+    pages = [value(r, "0020000D") for r in client.search_for_studies(limit=2, offset=1)]
+    assert pages == everything[1:3]
+
+
+def test_the_series_of_a_study_and_of_the_whole_selection(client, generated):
+    series = image_series(generated)[0]
+    found = client.search_for_series(series.study_uid)
+    expected = indexed(
+        f"SELECT SeriesInstanceUID, Modality, instanceCount FROM INDEX WHERE StudyInstanceUID = '{series.study_uid}'"
+    )
+    assert {(value(r, "0020000E"), value(r, "00080060"), value(r, "00201209")) for r in found} == set(expected)
+    alone = client.search_for_series(search_filters={"SeriesInstanceUID": series.series_uid})
+    assert [value(r, "0020000D") for r in alone] == [series.study_uid]  # a series search tells its study
+    assert client.search_for_series("1.2.3.4") == []
+
+
+def test_a_series_retrieved_is_its_stored_files(served, client, generated):
+    series = image_series(generated)[0]
+    datasets = client.retrieve_series(series.study_uid, series.series_uid)
+    expected = {pydicom.dcmread(source_file(series, f.name)).SOPInstanceUID for f in series.files}
+    assert {ds.SOPInstanceUID for ds in datasets} == expected
+    status, headers, parts = _multipart(served, f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}")
+    assert status == 200 and headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    stored = sorted(source_file(series, f.name).read_bytes() for f in series.files)
+    assert sorted(parts) == stored  # byte for byte, as stored
+
+
+def test_a_study_retrieved_holds_every_series_of_it_with_files(served, generated):
+    series = image_series(generated)[0]
+    status, _, parts = _multipart(served, f"/dicomweb/studies/{series.study_uid}")
+    in_study = [s for s in generated if s.study_uid == series.study_uid]
+    assert status == 200
+    assert sorted(parts) == sorted(source_file(s, f.name).read_bytes() for s in in_study for f in s.files)
+
+
+def test_what_cannot_be_answered_is_refused_with_its_reason(served, generated):
+    series = image_series(generated)[0]
+    path = f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}"
+    status, headers, _ = served.request("POST", "/dicomweb/studies", {"Content-Type": "application/dicom"}, b"x")
+    assert status == 405 and "GET" in headers["Allow"]
+    assert served.request("DELETE", path)[0] == 405
+    other = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'
+    status, _, body = served.request("GET", path, {"Accept": other})
+    assert status == 406 and b"transcode" in body
+    assert served.request("GET", "/dicomweb/studies?NotAnAttribute=1")[0] == 400
+    assert served.request("GET", "/dicomweb/studies?StudyDate=2001")[0] == 400
+    assert served.request("GET", "/dicomweb/studies?limit=0")[0] == 400
+    assert served.request("GET", "/dicomweb/studies/1.2.3")[0] == 404
+    assert served.request("GET", f"/dicomweb/studies/{series.study_uid}/series/1.2.3")[0] == 404
+    assert served.request("GET", "/dicomweb/nothing")[0] == 404
+    status, headers, _ = served.request("GET", "/dicomweb/studies?AccessionNumber=123")
+    assert status == 200 and "not in IDC's index" in headers["Warning"]
+
+
+def test_cors_only_for_named_origins(served):
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "accept"}
+    status, headers, _ = served.request("OPTIONS", "/dicomweb/studies", preflight)
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN and headers["Access-Control-Allow-Credentials"] == "true"
+    assert "GET" in headers["Access-Control-Allow-Methods"]
+    status, headers, _ = served.request("GET", "/dicomweb/studies?limit=1", {"Origin": ORIGIN})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == ORIGIN
+    status, headers, _ = served.request("GET", "/dicomweb/studies?limit=1", {"Origin": "http://elsewhere.example"})
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+    assert (
+        served.request("OPTIONS", "/dicomweb/studies", {**preflight, "Origin": "http://elsewhere.example"})[1].get(
+            "Access-Control-Allow-Origin"
+        )
+        is None
+    )
+
+
+def test_the_share_still_serves_its_tree_beside_dicomweb(served, generated):
+    series = image_series(generated)[0]
+    name = series.files[0].name
+    status, _, body = served.request("GET", "/" + series.path + "/" + name)
+    assert status == 200 and body == source_file(series, name).read_bytes()
+
+
+def test_dicomweb_asks_for_the_shares_password(s3_proxy, generated, tmp_path):
+    series = image_series(generated)[0]
+    users = tmp_path / "users.txt"
+    users.write_text("ann:secret\n")
+    share = start_serve(
+        tmp_path, s3_proxy.url, "--dicomweb", "--auth", str(users), f"--collection={series.collection_id}"
+    )
+    try:
+        assert share.request("GET", "/dicomweb/studies")[0] == 401
+        import base64
+
+        token = base64.b64encode(b"ann:secret").decode()
+        status, _, body = share.request("GET", "/dicomweb/studies?limit=1", {"Authorization": f"Basic {token}"})
+        assert status == 200 and body.startswith(b"[")
+    finally:
+        stop_serve(share)
+
+
+def _multipart(served: Share, path: str) -> tuple[int, dict[str, str], list[bytes]]:
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    try:
+        connection.request("GET", path, headers={"Accept": 'multipart/related; type="application/dicom"'})
+        response = connection.getresponse()
+        body = response.read()
+        headers = dict(response.getheaders())
+    finally:
+        connection.close()
+    if response.status != 200:
+        return response.status, headers, []
+    assert int(headers["Content-Length"]) == len(body)
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body
+    )
+    return response.status, headers, [part.get_payload(decode=True) for part in message.iter_parts()]
