@@ -25,10 +25,15 @@ ORIGIN = "http://viewer.example:3000"
 
 
 @pytest.fixture(scope="module")
-def served(generated, s3_proxy, tmp_path_factory) -> Iterator[Share]:
-    collections = sorted({s.collection_id for s in generated if s.modality != "SM"})
+def served_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("dicomweb")
+
+
+@pytest.fixture(scope="module")
+def served(generated, slide, s3_proxy, served_folder) -> Iterator[Share]:
+    collections = sorted({s.collection_id for s in generated if s.modality != "SM"} | {slide.collection_id})
     share = start_serve(
-        tmp_path_factory.mktemp("dicomweb"),
+        served_folder,
         s3_proxy.url,
         "--dicomweb",
         "--cors-origin",
@@ -58,8 +63,8 @@ def value(result: dict, tag: str):
     return None if values is None else (values[0] if len(values) == 1 else values)
 
 
-def test_a_study_search_over_the_served_collections_makes_no_request(served, client, generated, s3_proxy):
-    collections = sorted({s.collection_id for s in generated if s.modality != "SM"})
+def test_a_study_search_over_the_served_collections_makes_no_request(served, client, generated, slide, s3_proxy):
+    collections = sorted({s.collection_id for s in generated if s.modality != "SM"} | {slide.collection_id})
     listed = ", ".join(f"'{c}'" for c in collections)
     expected = {
         uid for (uid,) in indexed(f"SELECT DISTINCT StudyInstanceUID FROM INDEX WHERE collection_id IN ({listed})")
@@ -223,3 +228,102 @@ def _multipart(served: Share, path: str) -> tuple[int, dict[str, str], list[byte
         b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body
     )
     return response.status, headers, [part.get_payload(decode=True) for part in message.iter_parts()]
+
+
+# -- the instance level: headers read once (idcfs/dicom) ---------------------------------------
+
+
+def _local(series):
+    return {
+        pydicom.dcmread(source_file(series, f.name)).SOPInstanceUID: source_file(series, f.name) for f in series.files
+    }
+
+
+def test_the_instances_of_a_series(client, generated):
+    series = image_series(generated)[0]
+    local = _local(series)
+    found = client.search_for_instances(series.study_uid, series.series_uid)
+    assert {value(r, "00080018") for r in found} == set(local)
+    some = next(iter(local))
+    (one,) = client.search_for_instances(series.study_uid, series.series_uid, search_filters={"SOPInstanceUID": some})
+    ds = pydicom.dcmread(local[some], stop_before_pixels=True)
+    assert value(one, "00200013") == int(ds.InstanceNumber) and value(one, "00280010") == ds.Rows
+    assert value(one, "00080016") == ds.SOPClassUID and value(one, "0020000E") == series.series_uid
+
+
+def test_series_metadata_is_each_header_as_dicom_json(served, client, generated):
+    series = image_series(generated)[0]
+    local = _local(series)
+    metadata = client.retrieve_series_metadata(series.study_uid, series.series_uid)
+    assert {m["00080018"]["Value"][0] for m in metadata} == set(local)
+    for item in metadata:
+        ds = pydicom.dcmread(local[item["00080018"]["Value"][0]], stop_before_pixels=True)
+        expected = ds.to_json_dict(1024, lambda element: "bulk")
+        assert {tag: v for tag, v in item.items() if tag != "00020010" and "BulkDataURI" not in v} == {
+            tag: v for tag, v in expected.items() if "BulkDataURI" not in v
+        }
+    study = client.retrieve_study_metadata(series.study_uid)
+    assert set(local) <= {m["00080018"]["Value"][0] for m in study}
+    some = next(iter(local))
+    alone = client.retrieve_instance_metadata(series.study_uid, series.series_uid, some)
+    assert alone["00080018"]["Value"] == [some]
+
+
+def test_an_instance_is_retrieved_as_stored(served, client, generated):
+    series = image_series(generated)[0]
+    sop, path = next(iter(_local(series).items()))
+    ds = client.retrieve_instance(series.study_uid, series.series_uid, sop)
+    assert ds.SOPInstanceUID == sop
+    status, _, parts = _multipart(
+        served, f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/instances/{sop}"
+    )
+    assert status == 200 and parts == [path.read_bytes()]
+
+
+def test_frames_are_cut_out_of_the_stored_bytes(served, client, generated, slide):
+    series = image_series(generated)[0]
+    sop, path = next(iter(_local(series).items()))
+    (frame,) = client.retrieve_instance_frames(series.study_uid, series.series_uid, sop, frame_numbers=[1])
+    assert frame == pydicom.dcmread(path).PixelData  # native: the raw frame
+    level = max(
+        _local(slide).items(), key=lambda item: pydicom.dcmread(item[1], stop_before_pixels=True).NumberOfFrames
+    )
+    ds = pydicom.dcmread(level[1])
+    stored = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    wanted = [1, 2, len(stored)]
+    got = client.retrieve_instance_frames(slide.study_uid, slide.series_uid, level[0], frame_numbers=wanted)
+    assert got == [stored[n - 1] for n in wanted]  # encapsulated: the JPEG as stored
+    frames_path = f"/dicomweb/studies/{slide.study_uid}/series/{slide.series_uid}/instances/{level[0]}/frames"
+    status, headers, _ = served.request("GET", f"{frames_path}/1", {"Accept": 'multipart/related; type="image/jpeg"'})
+    assert status == 200 and 'type="image/jpeg"' in headers["Content-Type"]
+    assert served.request("GET", f"{frames_path}/{len(stored) + 1}")[0] == 404
+    assert served.request("GET", f"{frames_path}/0")[0] == 400
+    png = {"Accept": 'multipart/related; type="image/png"'}
+    assert served.request("GET", f"{frames_path}/1", png)[0] == 406  # no transcoding
+    assert served.request("GET", f"{frames_path}/1/rendered")[0] == 406
+
+
+def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated, tmp_path):
+    """A series' headers come from the cache folder once read: a new server, with every cached
+    block gone, answers its metadata and instance search with no request to the store."""
+    import shutil
+
+    series = image_series(generated)[1]
+    path = f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/metadata"
+    share = start_serve(tmp_path, s3_proxy.url, "--dicomweb", f"--collection={series.collection_id}")
+    try:
+        status, _, first = share.request("GET", path)
+        assert status == 200
+    finally:
+        stop_serve(share)
+    shutil.rmtree(tmp_path / "cache" / "blocks")
+    share = start_serve(tmp_path, s3_proxy.url, "--dicomweb", f"--collection={series.collection_id}")
+    try:
+        before = len(s3_proxy.log.requests)
+        status, _, again = share.request("GET", path)
+        assert status == 200 and again == first
+        instances = share.request("GET", path.replace("/metadata", "/instances"))
+        assert instances[0] == 200 and len(json.loads(instances[2])) == len(series.files)
+        assert len(s3_proxy.log.requests) == before
+    finally:
+        stop_serve(share)

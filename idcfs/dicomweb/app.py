@@ -13,13 +13,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from idcfs.dicom.header import InstanceHeader
+from idcfs.dicom.series_headers import SeriesHeaders
+from idcfs.dicomweb.instances import Instances, SeriesAt
+from idcfs.dicomweb.media import NotAcceptable
 from idcfs.dicomweb.query import QueryError, parse_query
-from idcfs.dicomweb.retrieve import NotAcceptable, Part, multipart, stored_dicom_accepted
+from idcfs.dicomweb.retrieve import Part, instances, stored_dicom_accepted
 from idcfs.dicomweb.search import CatalogSearch, Page
 from idcfs.vfs.body import VIEWS
 from idcfs.vfs.vfs import Vfs
@@ -40,7 +45,14 @@ Answer = tuple[str, list[tuple[str, str]], Iterable[Any]]
 
 def middleware(vfs: Vfs, cors_origins: Iterable[str]) -> tuple[list[type], list[type], dict[str, Any]]:
     """What the server puts ahead of its authenticator, behind it, and into its configuration."""
-    options = {"search": CatalogSearch(vfs.tree.catalog.series), "vfs": vfs, "cors_origins": frozenset(cors_origins)}
+    search = CatalogSearch(vfs.tree.catalog.series)
+    headers = SeriesHeaders(Path(vfs.info["cache_dir"]) / "dicom")
+    options = {
+        "search": search,
+        "vfs": vfs,
+        "instances": Instances(vfs, search, headers),
+        "cors_origins": frozenset(cors_origins),
+    }
     return [Cors], [DicomWeb], {CONFIG: options}
 
 
@@ -94,6 +106,7 @@ class DicomWeb(BaseMiddleware):
         options = config[CONFIG]
         self._search: CatalogSearch = options["search"]
         self._vfs: Vfs = options["vfs"]
+        self._instances: Instances = options["instances"]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[Any]:
         if not _is_ours(environ):
@@ -111,6 +124,8 @@ class DicomWeb(BaseMiddleware):
             status, headers, body = answer
         except QueryError as error:
             return _error(start_response, "400 Bad Request", str(error))
+        except LookupError as error:
+            return _error(start_response, "404 Not Found", str(error))
         except NotAcceptable as error:
             return _error(start_response, "406 Not Acceptable", str(error))
         except FileNotFoundError:
@@ -139,6 +154,57 @@ class DicomWeb(BaseMiddleware):
             case ["studies", study, "series", series]:
                 row = self._search.series_row(study, series)
                 return None if row is None else self._retrieve(environ, (row,))
+            case ["studies", study, "metadata"]:
+                rows = self._search.study_rows(study)
+                if not rows:
+                    return None
+                at = [self._instances.series_at(row) for row in rows]
+                return _json_stream(self._instances.metadata(at, base))
+            case ["studies", study, "series", series, *rest]:
+                row = self._search.series_row(study, series)
+                return None if row is None else self._in_series(environ, self._instances.series_at(row), rest, base)
+        return None
+
+    def _in_series(self, environ: dict[str, Any], at: SeriesAt, rest: list[str], base: str) -> Answer | None:
+        instances = self._instances
+        match rest:
+            case ["metadata"]:
+                return _json_stream(instances.metadata([at], base))
+            case ["instances"]:
+                records, more, warnings = instances.search(at, parse_query(environ.get("QUERY_STRING", "")), base)
+                return _json_page(Page(records, more, warnings))
+            case ["instances", sop, *within]:
+                header = instances.instance(at, sop)
+                if header is None:
+                    return None
+                return self._in_instance(environ, at, header, within, base)
+        return None
+
+    def _in_instance(
+        self, environ: dict[str, Any], at: SeriesAt, header: InstanceHeader, within: list[str], base: str
+    ) -> Answer | None:
+        views = bool(environ.get(VIEWS))
+        match within:
+            case []:
+                syntax = stored_dicom_accepted(environ.get("HTTP_ACCEPT", ""), {header.transfer_syntax})
+                kind, length, body = instances(
+                    self._vfs, [Part(f"{at.folder}/{header.name}", header.size)], syntax, views
+                )
+                return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
+            case ["metadata"]:
+                found = self._instances.metadata([at], base, header.sop_instance_uid)
+                return None if found is None else _json_stream(found)
+            case ["frames", wanted]:
+                accept = environ.get("HTTP_ACCEPT", "")
+                kind, length, body = self._instances.frames(at, header, wanted, accept)
+                return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
+            case ["bulk", tag]:
+                value = self._instances.bulk(at, header, tag)
+                if value is None:
+                    return None
+                return "200 OK", _octets(value), [value]
+            case ["rendered"] | ["frames", _, "rendered"]:
+                raise NotAcceptable("rendered images are not made here: the stored frames are served as they are")
         return None
 
     def _retrieve(
@@ -153,11 +219,9 @@ class DicomWeb(BaseMiddleware):
         for row in rows:
             folder = "/".join(self._vfs.tree.path_of_row(row))
             parts += [
-                Part(f"{folder}/{name}", size, syntax)
-                for name, is_dir, size in self._vfs.list_sized(folder)
-                if not is_dir
+                Part(f"{folder}/{name}", size) for name, is_dir, size in self._vfs.list_sized(folder) if not is_dir
             ]
-        kind, length, body = multipart(self._vfs, parts, bool(environ.get(VIEWS)))
+        kind, length, body = instances(self._vfs, parts, syntax, bool(environ.get(VIEWS)))
         return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
 
 
@@ -174,6 +238,17 @@ def _json_page(page: Page) -> Answer:
     headers += [("Warning", f'299 idcfs: "{text}"') for text in warnings]
     body = json.dumps(page.records, separators=(",", ":")).encode()
     return "200 OK", [*headers, ("Content-Length", str(len(body)))], [body]
+
+
+def _json_stream(items: Iterator[bytes] | None) -> Answer | None:
+    """A JSON answer sent as it is made (no length: chunked)."""
+    if items is None:
+        return None
+    return "200 OK", [("Content-Type", _DICOM_JSON)], items
+
+
+def _octets(value: bytes) -> list[tuple[str, str]]:
+    return [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(value)))]
 
 
 def _answer(

@@ -19,7 +19,6 @@ a big folder would otherwise carry the series' metadata once per file.
 
 from __future__ import annotations
 
-import io
 import mimetypes
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider, _DAVResource
 
-from idcfs.vfs.files import File
+from idcfs.vfs.body import FileStream
 from idcfs.vfs.vfs import Entry, Vfs
 from idcfs.vfs.xattrs import PREFIX
 
@@ -204,48 +203,3 @@ class FileResource(IdcProperties, DAVNonCollection):
 
     def get_content(self) -> FileStream:
         return FileStream(self.vfs.open(self.inner))
-
-
-class FileStream(io.RawIOBase):
-    """An open file of the tree as the file object wsgidav streams (and seeks, for a Range).
-
-    Unbuffered: wsgidav reads its chunk size at a time, and each read is one copy out of the
-    cached block (a buffer in front would copy every byte twice more)."""
-
-    def __init__(self, opened: File) -> None:
-        self._opened = opened
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._opened.size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(0, self._opened.size - self._position)
-        data = bytes(self._opened.read(self._position, size))  # WSGI bodies are bytes
-        self._position += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._opened.read(self._position, len(view))
-        count = len(data)
-        view[:count] = data
-        self._position += count
-        return count
-
-    def close(self) -> None:
-        if not self.closed:
-            self._opened.close()
-        super().close()

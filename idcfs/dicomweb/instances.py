@@ -1,0 +1,224 @@
+"""What DICOMweb answers from a series' instance headers (:mod:`idcfs.dicom`): the search of a
+series' instances, ``/metadata`` at each level, frames cut out of the stored bytes, bulk data.
+
+A series' headers are read once, the first time one of these is asked for, and kept in the cache
+folder; everything here after that reads that record and, for frames, the frames' bytes only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+
+import pydicom
+
+from idcfs.dicom.header import BASE, InstanceHeader
+from idcfs.dicom.series_headers import SeriesHeaders, SeriesIndex
+from idcfs.dicomweb.attributes import record
+from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
+from idcfs.dicomweb.query import Query, QueryError, keyword_of
+from idcfs.dicomweb.search import CHARACTER_SET, CatalogSearch
+from idcfs.vfs.body import FileStream
+from idcfs.vfs.vfs import Vfs
+
+#: The media type of an encapsulated frame, by its transfer syntax (PS3.18 table 8.7.3-5).
+_FRAME_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+_FRAME_LIST = re.compile(r"^[1-9][0-9]*(,[1-9][0-9]*)*$")
+
+
+@dataclass(frozen=True)
+class SeriesAt:
+    """A series of the catalog, where its files are in the tree and its URL in the service."""
+
+    row: int
+    uuid: str
+    folder: str
+    study: str
+    series: str
+
+
+class Instances:
+    """Instance-level answers over ``vfs`` (the files) and ``headers`` (what is in them)."""
+
+    def __init__(self, vfs: Vfs, search: CatalogSearch, headers: SeriesHeaders) -> None:
+        self._vfs = vfs
+        self._search = search
+        self._headers = headers
+
+    def series_at(self, row: int) -> SeriesAt:
+        return SeriesAt(
+            row,
+            str(self._search.value(row, "crdc_series_uuid")),
+            "/".join(self._vfs.tree.path_of_row(row)),
+            str(self._search.value(row, "StudyInstanceUID")),
+            str(self._search.value(row, "SeriesInstanceUID")),
+        )
+
+    def index(self, at: SeriesAt) -> SeriesIndex:
+        def objects() -> list[tuple[str, int]]:
+            return [(name, size) for name, is_dir, size in self._vfs.list_sized(at.folder) if not is_dir]
+
+        def open_object(name: str) -> BinaryIO:
+            return cast(BinaryIO, FileStream(self._vfs.open(f"{at.folder}/{name}")))
+
+        return self._headers.get(at.uuid, f"{BASE}/studies/{at.study}/series/{at.series}", objects, open_object)
+
+    # -- QIDO: a series' instances ------------------------------------------------------------
+
+    def search(self, at: SeriesAt, query: Query, base: str) -> tuple[list[dict[str, Any]], bool, list[str]]:
+        index = self.index(at)
+        warnings: list[str] = []
+        chosen = []
+        for header in index.instances:
+            if all(_matches(header, keyword, value, warnings) for keyword, value in query.matches.items()):
+                chosen.append(header)
+        page = chosen[query.offset : query.offset + query.limit]
+        modality = self._search.value(at.row, "Modality")
+        records = [record(_instance_values(at, h, modality, base)) for h in page]
+        return records, query.offset + len(page) < len(chosen), sorted(set(warnings))
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def metadata(self, series: list[SeriesAt], base: str, sop: str | None = None) -> Iterator[bytes] | None:
+        """The JSON array of the instances' metadata, streamed; None when ``sop`` is not there."""
+        indexes = [(at, self.index(at)) for at in series]
+        if sop is not None:
+            at, index = indexes[0]
+            if sop not in index.by_sop:
+                return None
+            return _array(_rebased(index.metadata([index.by_sop[sop]]), base))
+        return _array(_rebased((item for _, index in indexes for item in index.metadata()), base))
+
+    # -- an instance and its frames -----------------------------------------------------------
+
+    def instance(self, at: SeriesAt, sop: str) -> InstanceHeader | None:
+        index = self.index(at)
+        position = index.by_sop.get(sop)
+        return None if position is None else index.instances[position]
+
+    def frames(self, at: SeriesAt, header: InstanceHeader, wanted: str, accept: str) -> tuple[str, int, Iterator[Any]]:
+        """The frames ``wanted`` (``1,3,5``) of an instance as stored: native frames raw,
+        encapsulated frames as their fragments' bytes, the transfer syntax on each part."""
+        if not _FRAME_LIST.match(wanted):
+            raise QueryError("frames are listed as 1-based numbers separated by commas")
+        numbers = [int(n) for n in wanted.split(",")]
+        if any(n > header.frames for n in numbers):
+            raise LookupError(f"the instance has {header.frames} frames")
+        kind = _frame_type(header.transfer_syntax, accept)
+        part_type = f"{kind}; transfer-syntax={header.transfer_syntax}"
+        opened = self._vfs.open(f"{at.folder}/{header.name}")
+
+        def body_of(part: int) -> Iterator[bytes]:
+            number = numbers[part]
+            for offset, size in header.fragments.get(number - 1) or [header.frame_offsets[number - 1]]:
+                data = opened.read(offset, size)
+                if len(data) != size:
+                    raise OSError(f"{header.name} ends inside frame {number}")
+                yield bytes(data)
+
+        parts = [(part_type, header.frame_offsets[n - 1][1]) for n in numbers]
+        content_type, length, body = multipart(kind, parts, body_of)
+        return content_type, length, _closing(body, opened.close)
+
+    def bulk(self, at: SeriesAt, header: InstanceHeader, tag: str) -> bytes | None:
+        """An attribute's value, read again from the header (its blocks are cached by now)."""
+        try:
+            number = int(tag, 16)
+        except ValueError:
+            return None
+        with FileStream(self._vfs.open(f"{at.folder}/{header.name}")) as stream:
+            dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+        element = dataset.get(number)
+        if element is None or not isinstance(element.value, (bytes, bytearray)):
+            return None
+        return bytes(element.value)
+
+
+def _frame_type(syntax: str, accept: str) -> str:
+    """The media type frames of ``syntax`` are sent as, if ``accept`` takes it."""
+    kind = "application/octet-stream" if syntax in _NATIVE else _FRAME_TYPES.get(syntax, "application/octet-stream")
+    for name, options in media_ranges(accept):
+        if name in ("*/*", "multipart/*", "multipart/related"):
+            asked = options.get("type", "*/*")
+            if asked in ("*/*", kind) and options.get("transfer-syntax", "*") in ("*", syntax):
+                return kind
+    raise NotAcceptable(f"the frames are sent as stored: {kind}, transfer syntax {syntax} (no transcoding)")
+
+
+def _closing(body: Iterator[Any], close: Callable[[], None]) -> Iterator[Any]:
+    try:
+        yield from body
+    finally:
+        close()
+
+
+def _matches(header: InstanceHeader, keyword: str, value: str, warnings: list[str]) -> bool:
+    if value in ("", "*"):
+        return True
+    wanted = {item.strip() for item in re.split(r"[,\\]", value) if item.strip()}
+    if keyword == "SOPInstanceUID":
+        return header.sop_instance_uid in wanted
+    if keyword == "SOPClassUID":
+        return header.sop_class_uid in wanted
+    if keyword == "InstanceNumber":
+        return str(header.instance_number) in wanted
+    keyword_of(keyword)
+    warnings.append(f"{keyword} is not supported for matching instances: ignored")
+    return True
+
+
+def _instance_values(at: SeriesAt, header: InstanceHeader, modality: Any, base: str) -> dict[str, Any]:
+    return {
+        "SpecificCharacterSet": CHARACTER_SET,
+        "SOPClassUID": header.sop_class_uid,
+        "SOPInstanceUID": header.sop_instance_uid,
+        "InstanceAvailability": "ONLINE",
+        "RetrieveURL": f"{base}/studies/{at.study}/series/{at.series}/instances/{header.sop_instance_uid}",
+        "InstanceNumber": header.instance_number,
+        "Rows": header.rows,
+        "Columns": header.columns,
+        "NumberOfFrames": header.frames or None,
+        "StudyInstanceUID": at.study,
+        "SeriesInstanceUID": at.series,
+        "Modality": modality,
+    }
+
+
+def _rebased(items: Iterable[bytes], base: str) -> Iterator[bytes]:
+    stored, actual = BASE.encode(), base.encode()
+    for item in items:
+        yield item.replace(stored, actual)
+
+
+def _array(items: Iterable[bytes]) -> Iterator[bytes]:
+    """A JSON array of already encoded items, in pieces of about 64 KiB."""
+    pending = [b"["]
+    size = 1
+    first = True
+    for item in items:
+        if not first:
+            pending.append(b",")
+        first = False
+        pending.append(item)
+        size += len(item)
+        if size >= 65536:
+            yield b"".join(pending)
+            pending, size = [], 0
+    pending.append(b"]")
+    yield b"".join(pending)

@@ -1,0 +1,142 @@
+"""idcfs/dicom: an instance's header read once (attributes, metadata as DICOM JSON, where each frame
+lies), in process over files made here with pydicom; and a series' record kept on disk."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+from idcfs.dicom.header import BASE, NotDicom, read_header
+from idcfs.dicom.series_headers import SeriesHeaders
+
+
+def _instance(syntax: str, frames: list[bytes] | bytes, count: int, has_bot: bool = True, fragments: int = 1) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.InstanceNumber = 7
+    ds.Rows, ds.Columns = 4, 4
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = count
+    ds.ICCProfile = b"x" * 2000  # long and binary: a BulkDataURI in the metadata
+    if isinstance(frames, bytes):
+        ds.PixelData = frames
+    else:
+        ds.PixelData = encapsulate(frames, fragments_per_frame=fragments, has_bot=has_bot)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _frames_of(raw: bytes, header) -> list[bytes]:
+    cut = []
+    for number in range(header.frames):
+        parts = header.fragments.get(number) or [header.frame_offsets[number]]
+        cut.append(b"".join(raw[offset : offset + size] for offset, size in parts))
+    return cut
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_native_frames_are_where_the_pixel_data_says(syntax):
+    pixels = bytes(range(48))  # three 4x4 frames of 8 bits
+    raw = _instance(syntax, pixels, 3)
+    header = read_header(io.BytesIO(raw), "a.dcm", len(raw), f"{BASE}/studies/1/series/2")
+    assert header.frames == 3 and header.transfer_syntax == syntax and header.instance_number == 7
+    assert _frames_of(raw, header) == [pixels[0:16], pixels[16:32], pixels[32:48]]
+
+
+@pytest.mark.parametrize(("has_bot", "fragments"), [(True, 1), (False, 1), (True, 2)])
+def test_encapsulated_frames_with_and_without_an_offset_table(has_bot, fragments):
+    frames = [bytes([k]) * (100 + 2 * k) for k in range(5)]
+    raw = _instance(JPEGBaseline8Bit, frames, len(frames), has_bot=has_bot, fragments=fragments)
+    header = read_header(io.BytesIO(raw), "a.dcm", len(raw), f"{BASE}/studies/1/series/2")
+    assert header.frames == 5
+    expected = list(generate_frames(pydicom.dcmread(io.BytesIO(raw)).PixelData, number_of_frames=5))
+    assert _frames_of(raw, header) == expected == frames
+
+
+def test_the_metadata_is_dicom_json_with_large_values_as_bulk_data():
+    raw = _instance(ExplicitVRLittleEndian, bytes(16), 1)
+    header = read_header(io.BytesIO(raw), "a.dcm", len(raw), f"{BASE}/studies/1/series/2")
+    meta = header.metadata
+    assert meta["00080018"]["Value"] == [header.sop_instance_uid]
+    instance = f"{BASE}/studies/1/series/2/instances/{header.sop_instance_uid}"
+    assert meta["00282000"]["BulkDataURI"] == f"{instance}/bulk/00282000"
+    assert meta["00020010"]["Value"] == [ExplicitVRLittleEndian]
+    assert "7FE00010" not in meta  # the frames are asked for as frames
+
+
+def test_what_is_not_dicom_is_said_so():
+    with pytest.raises(NotDicom):
+        read_header(io.BytesIO(b"not a dicom file at all" * 10), "x.dcm", 230, BASE)
+
+
+def test_a_series_is_read_once_by_one_caller_and_then_from_disk(tmp_path):
+    raws = {f"{k}.dcm": _instance(ExplicitVRLittleEndian, bytes([k]) * 16, 1) for k in range(12)}
+    opened: list[str] = []
+    lock = threading.Lock()
+
+    def open_object(name):
+        with lock:
+            opened.append(name)
+        return io.BytesIO(raws[name])
+
+    def objects():
+        return [(name, len(raw)) for name, raw in raws.items()]
+
+    headers = SeriesHeaders(tmp_path)
+    results = []
+    callers = [
+        threading.Thread(target=lambda: results.append(headers.get("uuid-1", f"{BASE}/s", objects, open_object)))
+        for _ in range(4)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert len(results) == 4 and all(r is results[0] for r in results)
+    assert sorted(opened) == sorted(raws)  # each object once, whoever asked
+    index = results[0]
+    assert [h.name for h in index.instances] == list(raws)
+    metadata = [pydicom.Dataset.from_json(item.decode(), lambda *_: b"") for item in index.metadata()]
+    assert [m.SOPInstanceUID for m in metadata] == [h.sop_instance_uid for h in index.instances]
+    again = SeriesHeaders(tmp_path).get("uuid-1", f"{BASE}/s", objects, lambda name: pytest.fail("read again"))
+    assert [h.sop_instance_uid for h in again.instances] == [h.sop_instance_uid for h in index.instances]
+    assert list(again.metadata([3])) == list(index.metadata([3]))
+
+
+def test_a_failed_read_is_not_remembered(tmp_path):
+    raw = _instance(ExplicitVRLittleEndian, bytes(16), 1)
+    headers = SeriesHeaders(tmp_path)
+    calls = {"n": 0}
+
+    def open_object(name):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(5, "the store cannot be reached")
+        return io.BytesIO(raw)
+
+    with pytest.raises(OSError):
+        headers.get("u", BASE, lambda: [("a.dcm", len(raw))], open_object)
+    assert len(headers.get("u", BASE, lambda: [("a.dcm", len(raw))], open_object)) == 1
+
+
+def test_a_damaged_record_is_read_again(tmp_path):
+    raw = _instance(ExplicitVRLittleEndian, bytes(16), 1)
+    SeriesHeaders(tmp_path).get("ab-1", BASE, lambda: [("a.dcm", len(raw))], lambda name: io.BytesIO(raw))
+    (record,) = (tmp_path / "ab").iterdir()
+    record.write_bytes(record.read_bytes()[:-20])
+    again = SeriesHeaders(tmp_path).get("ab-1", BASE, lambda: [("a.dcm", len(raw))], lambda name: io.BytesIO(raw))
+    assert len(again) == 1
