@@ -327,3 +327,23 @@ def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated
         assert len(s3_proxy.log.requests) == before
     finally:
         stop_serve(share)
+
+
+def test_wsidicom_opens_a_slide_over_dicomweb_as_from_its_files(client, slide):
+    """wsidicom (the slide library Slim's users script with) reads the same regions over
+    DICOMweb as from the local files: series metadata, instance search, frames."""
+    from wsidicom import WsiDicom, WsiDicomWebClient
+
+    folder = source_file(slide, slide.files[0].name).parent
+    with (
+        WsiDicom.open(folder) as local,
+        WsiDicom.open_web(WsiDicomWebClient(client), slide.study_uid, slide.series_uid) as web,
+    ):
+        assert len(web.levels) == len(local.levels)
+        for level in range(len(local.levels)):
+            size = local.levels[level].size
+            for x, y in ((0, 0), (size.width // 3, size.height // 2)):
+                assert (
+                    web.read_region((x, y), level, (200, 150)).tobytes()
+                    == local.read_region((x, y), level, (200, 150)).tobytes()
+                )

@@ -21,9 +21,9 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from idcfs.dicom.header import InstanceHeader
 from idcfs.dicom.series_headers import SeriesHeaders
-from idcfs.dicomweb.instances import Instances, SeriesAt
+from idcfs.dicomweb.instances import INSTANCE_KEYS, Instances, SeriesAt
 from idcfs.dicomweb.media import NotAcceptable
-from idcfs.dicomweb.query import QueryError, parse_query
+from idcfs.dicomweb.query import Query, QueryError, parse_query
 from idcfs.dicomweb.retrieve import Part, instances, stored_dicom_accepted
 from idcfs.dicomweb.search import CatalogSearch, Page
 from idcfs.vfs.body import VIEWS
@@ -37,6 +37,8 @@ ROOT = "/dicomweb"
 CONFIG = "idcfs_dicomweb"
 
 _ALLOWED = "GET, HEAD, OPTIONS"
+#: The most series one search of instances reads the headers of.
+MAX_SERIES_SEARCHED = 100
 _DICOM_JSON = "application/dicom+json"
 
 #: An answer: status, headers and body.
@@ -154,6 +156,8 @@ class DicomWeb(BaseMiddleware):
             case ["studies", study, "series", series]:
                 row = self._search.series_row(study, series)
                 return None if row is None else self._retrieve(environ, (row,))
+            case ["instances"] | ["studies", _, "instances"]:
+                return self._instances_of(parse_query(query), parts[1] if len(parts) == 3 else None, base)
             case ["studies", study, "metadata"]:
                 rows = self._search.study_rows(study)
                 if not rows:
@@ -171,7 +175,8 @@ class DicomWeb(BaseMiddleware):
             case ["metadata"]:
                 return _json_stream(instances.metadata([at], base))
             case ["instances"]:
-                records, more, warnings = instances.search(at, parse_query(environ.get("QUERY_STRING", "")), base)
+                warnings: list[str] = []
+                records, more = instances.search([at], parse_query(environ.get("QUERY_STRING", "")), base, warnings)
                 return _json_page(Page(records, more, warnings))
             case ["instances", sop, *within]:
                 header = instances.instance(at, sop)
@@ -179,6 +184,20 @@ class DicomWeb(BaseMiddleware):
                     return None
                 return self._in_instance(environ, at, header, within, base)
         return None
+
+    def _instances_of(self, query: Query, study: str | None, base: str) -> Answer:
+        """A search of instances over several series: those of a study, or at the root those of
+        the series a StudyInstanceUID or SeriesInstanceUID key names (anything wider would read
+        the headers of every series of the selection)."""
+        if study is None and not any(query.matches.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
+            raise QueryError("a search of all instances needs a StudyInstanceUID or SeriesInstanceUID")
+        warnings: list[str] = []
+        rows = self._search.series_rows(query, study, warnings, leave=INSTANCE_KEYS)
+        if len(rows) > MAX_SERIES_SEARCHED:
+            raise QueryError(f"the search spans {len(rows)} series: name fewer (at most {MAX_SERIES_SEARCHED})")
+        series = [self._instances.series_at(int(row)) for row in rows]
+        records, more = self._instances.search(series, query, base, warnings)
+        return _json_page(Page(records, more, warnings))
 
     def _in_instance(
         self, environ: dict[str, Any], at: SeriesAt, header: InstanceHeader, within: list[str], base: str

@@ -18,7 +18,7 @@ from idcfs.dicom.header import BASE, InstanceHeader
 from idcfs.dicom.series_headers import SeriesHeaders, SeriesIndex
 from idcfs.dicomweb.attributes import record
 from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
-from idcfs.dicomweb.query import Query, QueryError, keyword_of
+from idcfs.dicomweb.query import Query, QueryError
 from idcfs.dicomweb.search import CHARACTER_SET, CatalogSearch
 from idcfs.vfs.body import FileStream
 from idcfs.vfs.vfs import Vfs
@@ -81,17 +81,36 @@ class Instances:
 
     # -- QIDO: a series' instances ------------------------------------------------------------
 
-    def search(self, at: SeriesAt, query: Query, base: str) -> tuple[list[dict[str, Any]], bool, list[str]]:
-        index = self.index(at)
-        warnings: list[str] = []
-        chosen = []
-        for header in index.instances:
-            if all(_matches(header, keyword, value, warnings) for keyword, value in query.matches.items()):
-                chosen.append(header)
-        page = chosen[query.offset : query.offset + query.limit]
-        modality = self._search.value(at.row, "Modality")
-        records = [record(_instance_values(at, h, modality, base)) for h in page]
-        return records, query.offset + len(page) < len(chosen), sorted(set(warnings))
+    def search(
+        self, series: list[SeriesAt], query: Query, base: str, warnings: list[str]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the instances of ``series`` that ``query``'s instance-level keys match."""
+        wanted = {*INSTANCE_DEFAULT, *(k for k in query.include if k in INSTANCE_EXTRA)}
+        if query.include_all:
+            wanted |= set(INSTANCE_EXTRA)
+        chosen: list[tuple[SeriesAt, InstanceHeader]] = []
+        end = query.offset + query.limit
+        more = False
+        for at in series:
+            for header in self.index(at).instances:
+                if all(_matches(header, k, v, warnings) for k, v in query.matches.items() if k in INSTANCE_KEYS):
+                    if len(chosen) == end:
+                        more = True
+                        break
+                    chosen.append((at, header))
+            if more:
+                break
+        records = [
+            record(
+                {
+                    k: v
+                    for k, v in _instance_values(at, h, self._search.value(at.row, "Modality"), base).items()
+                    if k in wanted
+                }
+            )
+            for at, h in chosen[query.offset :]
+        ]
+        return records, more
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -168,6 +187,27 @@ def _closing(body: Iterator[Any], close: Callable[[], None]) -> Iterator[Any]:
         close()
 
 
+#: Keys matched on each instance's header; the others on its series' row of the catalog.
+INSTANCE_KEYS = frozenset({"SOPInstanceUID", "SOPClassUID", "InstanceNumber"})
+#: An instance's attributes in every answer (PS3.18 table 10.6.3-5), and those ``includefield``
+#: may add.
+INSTANCE_DEFAULT = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceAvailability",
+    "RetrieveURL",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+)
+INSTANCE_EXTRA = ("AvailableTransferSyntaxUID",)
+
+
 def _matches(header: InstanceHeader, keyword: str, value: str, warnings: list[str]) -> bool:
     if value in ("", "*"):
         return True
@@ -176,11 +216,7 @@ def _matches(header: InstanceHeader, keyword: str, value: str, warnings: list[st
         return header.sop_instance_uid in wanted
     if keyword == "SOPClassUID":
         return header.sop_class_uid in wanted
-    if keyword == "InstanceNumber":
-        return str(header.instance_number) in wanted
-    keyword_of(keyword)
-    warnings.append(f"{keyword} is not supported for matching instances: ignored")
-    return True
+    return str(header.instance_number) in wanted  # InstanceNumber
 
 
 def _instance_values(at: SeriesAt, header: InstanceHeader, modality: Any, base: str) -> dict[str, Any]:
@@ -197,6 +233,7 @@ def _instance_values(at: SeriesAt, header: InstanceHeader, modality: Any, base: 
         "StudyInstanceUID": at.study,
         "SeriesInstanceUID": at.series,
         "Modality": modality,
+        "AvailableTransferSyntaxUID": header.transfer_syntax,
     }
 
 

@@ -97,18 +97,24 @@ class CatalogSearch:
         ]
         return Page(records, more, warnings)
 
-    def series(self, query: Query, base: str, study: str | None = None) -> Page:
-        warnings: list[str] = []
+    def series_rows(
+        self, query: Query, study: str | None, warnings: list[str], leave: frozenset[str] = frozenset()
+    ) -> np.ndarray:
+        """The rows of the series ``query`` matches (in ``study`` when given), its keys in
+        ``leave`` left out (matched by the caller, on the instances)."""
         levels = _SERIES_LEVEL if study is not None else _SERIES_LEVEL | _STUDY_LEVEL
-        mask = self._mask(query, levels, warnings)
+        kept = Query({k: v for k, v in query.matches.items() if k not in leave})
+        mask = self._mask(kept, levels, warnings)
         if study is not None:
             in_study = pc.equal(self._study_uids, pa.scalar(study))
             mask = in_study if mask is None else pc.and_(mask, in_study)
-        rows = (
-            np.arange(self._table.num_rows)
-            if mask is None
-            else np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
-        )
+        if mask is None:
+            return np.arange(self._table.num_rows)
+        return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+
+    def series(self, query: Query, base: str, study: str | None = None) -> Page:
+        warnings: list[str] = []
+        rows = self.series_rows(query, study, warnings)
         page = rows[query.offset : query.offset + query.limit]
         more = query.offset + len(page) < len(rows)
         wanted = _wanted(query, SERIES_DEFAULT, SERIES_EXTRA)
