@@ -24,8 +24,10 @@ demo: install
 demo-stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tests.testbed.demo stop; fi
 
-# The whole suite: real mounts and real servers (see README, "Tests", for what it needs).
+# The whole suite: real mounts and real servers (see README, "Tests", for what it needs); the
+# OHIF viewer and playwright-core from npm for the browser test of the DICOMweb face.
 test: install
+	bash scripts/install_viewers.sh
 	$(BIN)/python -m pytest -q
 
 # The tests that mount nothing (the core in-process, the parts, the options): no /dev/fuse needed.
