@@ -115,6 +115,32 @@ def viewer_origin(request) -> Iterator[tuple[str, type[_Viewer]]]:
         server.server_close()
 
 
+def _run_ohif(share, origin, handler, series, shots: str, seg: str | None = None) -> dict:
+    """OHIF's steps (tests/viewers/ohif.mjs) against ``share``; what it saw, checked in common."""
+    handler.config = _app_config(f"{share.url}/dicomweb")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    ((description,),) = indexed(
+        f"SELECT any_value(StudyDescription) FROM INDEX WHERE StudyInstanceUID = '{series.study_uid}'"
+    )
+    arguments = [str(VIEWERS / "node_modules"), origin, series.patient_id, series.study_uid, str(SCREENSHOTS / shots)]
+    run = subprocess.run(
+        ["node", str(SCRIPT), *arguments, description, *([seg] if seg else [])],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    asked = "\n".join(f"{method} {path} {status}" for method, path, status in seen["requests"])
+    assert not seen["errors"], f"{seen['errors']}\n{asked}"
+    assert description in seen["list"]  # the study list, filtered by the patient's ID, shows the study
+    assert seen["image"] is not None, asked  # the viewport shows the image: lit and bright pixels
+    assert all(status < 400 for _, _, status in seen["requests"]), asked
+    assert any("/frames/" in path for _, path, _ in seen["requests"]), asked
+    assert (SCREENSHOTS / f"{shots}-viewer.png").stat().st_size > 10_000
+    return seen
+
+
 def test_ohif_lists_the_study_and_shows_its_ct(generated, s3_proxy, tmp_path, viewer_origin):
     series = next(s for s in generated if s.modality == "CT" and len(s.files) > 1)
     origin, handler = viewer_origin
@@ -122,34 +148,24 @@ def test_ohif_lists_the_study_and_shows_its_ct(generated, s3_proxy, tmp_path, vi
         tmp_path, s3_proxy.url, "--dicomweb", "--cors-origin", origin, f"--collection={series.collection_id}"
     )
     try:
-        handler.config = _app_config(f"{share.url}/dicomweb")
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shots = SCREENSHOTS / "ohif-ct"
-        ((description,),) = indexed(
-            f"SELECT any_value(StudyDescription) FROM INDEX WHERE StudyInstanceUID = '{series.study_uid}'"
-        )
-        arguments = [
-            str(VIEWERS / "node_modules"),
-            origin,
-            series.patient_id,
-            series.study_uid,
-            str(shots),
-            description,
-        ]
-        run = subprocess.run(
-            ["node", str(SCRIPT), *arguments],
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        _run_ohif(share, origin, handler, series, "ohif-ct")
     finally:
         stop_serve(share)
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
-    asked = "\n".join(f"{method} {path} {status}" for method, path, status in seen["requests"])
-    assert not seen["errors"], f"{seen['errors']}\n{asked}"
-    assert description in seen["list"]  # the study list, filtered by the patient's ID, shows the study
-    assert seen["image"] is not None, asked  # the viewport shows the CT: lit and bright pixels
-    assert all(status < 400 for _, _, status in seen["requests"]), asked
-    assert any("/frames/" in path for _, path, _ in seen["requests"]), asked
-    assert (SCREENSHOTS / "ohif-ct-viewer.png").stat().st_size > 10_000
+
+
+def test_ohif_overlays_a_seg_on_its_ct(volume_cases, s3_proxy, tmp_path, viewer_origin):
+    """The SEG's thumbnail opened as a user opens it (a double click, then "Yes" to OHIF's
+    question): its segments drawn in colour over the grey CT it was made on."""
+    seg, image = volume_cases["seg"], volume_cases["seg_image"]
+    assert seg.study_uid == image.study_uid
+    origin, handler = viewer_origin
+    share = start_serve(
+        tmp_path, s3_proxy.url, "--dicomweb", "--cors-origin", origin, f"--collection={seg.collection_id}"
+    )
+    try:
+        ((description,),) = indexed(f"SELECT SeriesDescription FROM INDEX WHERE SeriesInstanceUID = '{seg.series_uid}'")
+        seen = _run_ohif(share, origin, handler, image, "ohif-seg", seg=description)
+    finally:
+        stop_serve(share)
+    assert seen["seg"] is not None and seen["seg"]["coloured"] > 0
+    assert any(seg.series_uid in path and "/metadata" in path for _, path, _ in seen["requests"])

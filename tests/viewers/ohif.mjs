@@ -1,12 +1,15 @@
 // OHIF Viewer v3 in headless Chromium (playwright-core), as a user reaches a study: the study
 // list filtered by a patient's ID, then the viewer on one study. Prints one JSON line: what the
-// list showed, whether the viewport showed an image (its canvas' pixels), the DICOMweb requests
-// OHIF made (method, path, status) and the browser's errors. A screenshot of each page is saved.
+// list showed, whether the viewport showed an image (its canvas' pixels), and when a SEG's series
+// description is given, whether that SEG opened over its image (coloured pixels on the grey); the
+// DICOMweb requests OHIF made (method, path, status) and the browser's errors. A screenshot of
+// each step is saved.
 //
-// node ohif.mjs <node_modules folder> <OHIF origin> <PatientID> <StudyInstanceUID> <screenshot prefix> <text the list shows>
+// node ohif.mjs <node_modules folder> <OHIF origin> <PatientID> <StudyInstanceUID> <screenshot prefix>
+//               <text the list shows> [<the SEG's SeriesDescription>]
 import { createRequire } from 'node:module';
 
-const [modules, origin, patient, study, shots, listed] = process.argv.slice(2);
+const [modules, origin, patient, study, shots, listed, seg] = process.argv.slice(2);
 const require = createRequire(`${modules}/`);
 const { chromium } = require('playwright-core');
 
@@ -16,7 +19,7 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
          '--no-first-run', '--disable-dev-shm-usage'],
 });
-const result = { list: null, image: null, requests: [], errors: [] };
+const result = { list: null, image: null, seg: null, requests: [], errors: [] };
 const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
 try {
   await page.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
@@ -51,6 +54,24 @@ try {
   }, null, { timeout: 60000, polling: 250 });
   result.image = await shown.jsonValue();
   await page.screenshot({ path: `${shots}-viewer.png` });
+
+  if (seg) {
+    // The SEG's thumbnail opened in the viewport, and OHIF's question answered as a user would.
+    await page.getByText(seg, { exact: true }).first().dblclick();
+    await page.getByRole('button', { name: 'Yes' }).click({ timeout: 30000 });
+    const overlaid = await page.waitForFunction(() => {
+      const canvas = document.querySelector('.cornerstone-canvas');
+      const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+      let coloured = 0;
+      for (let k = 0; k < pixels.length; k += 4) {
+        const [r, g, b] = [pixels[k], pixels[k + 1], pixels[k + 2]];
+        if (Math.max(r, g, b) - Math.min(r, g, b) > 40) coloured++;
+      }
+      return coloured > pixels.length / 4 * 0.01 ? { coloured, total: pixels.length / 4 } : null;
+    }, null, { timeout: 60000, polling: 250 });
+    result.seg = await overlaid.jsonValue();
+    await page.screenshot({ path: `${shots}-seg.png` });
+  }
 } catch (error) {
   result.errors.push(String(error));
   result.text = await page.evaluate(() => document.body.innerText).catch(() => null);
