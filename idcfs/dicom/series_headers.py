@@ -3,7 +3,8 @@
 The first time a series' instances are asked for (a search of its instances, its metadata, a
 frame), every object's header is read in parallel through the block cache and the series'
 record written whole (under a temporary name, then renamed: a crash leaves no half record); after
-that, in this process or the next, it is read from disk. A record is one line per instance: the
+that, in this process or the next, it is read from disk. A record that cannot be written (a full
+disk) is an error the client is told of; nothing is half kept. A record is one line per instance: the
 instance's summary as JSON, a tab, and its metadata as the DICOM JSON it is answered with, so a
 series' ``/metadata`` is the stored text joined, never parsed again. In memory, only summaries
 and where each metadata lies, for a bounded number of instances.
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ FORMAT = 1
 READERS = 16
 #: Instances whose summaries are kept in memory, over all series (~300 bytes each).
 INSTANCES_KEPT = 200_000
+#: Reads in flight for one series (their lines wait in memory until written in order).
+AHEAD = 4 * READERS
 #: The longest a caller waits for a series' headers another request is reading.
 READ_TIMEOUT = 600.0
 
@@ -95,9 +99,8 @@ class SeriesHeaders:
             return reading.result(READ_TIMEOUT)
         try:
             index = self._load(series_uuid) or self._read(series_uuid, series_url, objects, open_object)
-            if index.spans:  # kept on disk (one kept in memory only is answered, not kept)
-                with self._lock:
-                    self._kept[series_uuid] = index
+            with self._lock:
+                self._kept[series_uuid] = index
             reading.set_result(index)
             return index
         except BaseException as error:
@@ -129,40 +132,46 @@ class SeriesHeaders:
         objects: Callable[[], list[tuple[str, int]]],
         open_object: Callable[[str], BinaryIO],
     ) -> SeriesIndex:
-        def one(name: str, size: int) -> InstanceHeader | None:
+        def one(name: str, size: int) -> bytes:
+            """The instance's line of the record (empty when the object is not DICOM)."""
             with contextlib.closing(open_object(name)) as stream:
                 try:
-                    return read_header(stream, name, size, series_url)
+                    header = read_header(stream, name, size, series_url)
                 except NotDicom as error:
                     log.warning("not an instance of series %s: %s", series_uuid, error)
-                    return None
+                    return b""
+            summary = dataclasses.asdict(header)
+            del summary["metadata"]
+            return b"%b\t%b\n" % (_json(summary), _json(header.metadata))
 
         listed = objects()
-        futures = [self._pool.submit(one, name, size) for name, size in listed]
-        try:
-            headers = [header for future in futures if (header := future.result(READ_TIMEOUT)) is not None]
-        finally:
-            for future in futures:
-                future.cancel()
         path = self._record(series_uuid)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        pending: deque[Future[bytes]] = deque()
         try:
             with open(temporary, "wb") as record:
-                for header in headers:
-                    summary = dataclasses.asdict(header)
-                    del summary["metadata"]
-                    record.write(json.dumps(summary, separators=(",", ":")).encode())
-                    record.write(b"\t")
-                    record.write(json.dumps(header.metadata, separators=(",", ":")).encode())
-                    record.write(b"\n")
+                # In the listing's order, a window of reads ahead: memory holds the lines of the
+                # reads in flight, whatever the series' size.
+                for name, size in listed:
+                    pending.append(self._pool.submit(one, name, size))
+                    if len(pending) >= AHEAD:
+                        record.write(pending.popleft().result(READ_TIMEOUT))
+                while pending:
+                    record.write(pending.popleft().result(READ_TIMEOUT))
             os.replace(temporary, path)
-        except OSError as error:  # a full disk: answered all the same, read again next time
-            log.warning("the headers of series %s cannot be kept (%s)", series_uuid, error)
+        except BaseException:
             with contextlib.suppress(OSError):
                 temporary.unlink()
-            return _in_memory(path, headers)
+            raise
+        finally:
+            for future in pending:
+                future.cancel()
         return _parse(path)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _parse(path: Path) -> SeriesIndex:
@@ -182,16 +191,3 @@ def _parse(path: Path) -> SeriesIndex:
             spans.append((start, len(metadata) - 1))
             offset += len(line)
     return SeriesIndex(path, instances, spans, {h.sop_instance_uid: k for k, h in enumerate(instances)})
-
-
-def _in_memory(path: Path, headers: list[InstanceHeader]) -> SeriesIndex:
-    """A series whose record could not be written: its metadata kept in a temporary file of its
-    own would need the same disk; it is kept in memory instead, for this use only."""
-    index = SeriesIndex(path, headers, [], {h.sop_instance_uid: k for k, h in enumerate(headers)})
-
-    def metadata(positions: list[int] | None = None) -> Iterator[bytes]:
-        for position in range(len(headers)) if positions is None else positions:
-            yield json.dumps(headers[position].metadata, separators=(",", ":")).encode()
-
-    index.metadata = metadata  # type: ignore[method-assign]
-    return index
