@@ -34,6 +34,10 @@ Sections:
            .nii.gz read whole) beside s5cmd cp + dcm2niix -z y, the built volume re-opened beside
            the same file on local disk (page cache as left, and dropped), the first use through
            idc://, and the build's parts (fetch, dcm2niix, gzip, the pack kept); see bench_volumes.py.
+  dicomweb idcfs serve --dicomweb beside Orthanc holding the same files: QIDO study search, a
+           200-instance series' /metadata cold and warm, 500 slide frames by 8 clients (warm), and
+           OHIF's first image of a cold 200-file CT against s5cmd cp + upload to Orthanc + OHIF on
+           Orthanc; see bench_dicomweb.py.
   scale    daemon CPU per file read in a 40-file and in IDC's 91,980-file series; peak daemon RSS
            during a find over 502,482 objects (tiny objects at real paths; see bench_scale.py).
 """
@@ -194,6 +198,7 @@ DASK_HEADER = ("workload", "workers", "time", "series/s", "vs 1 worker", "reques
 FSSPEC_HEADER = ("workload", "tool", "time", "idc:// vs it", "requests", "fetched")
 WEBDAV_HEADER = ("workload", "tool / what", "time / result", "requests / memory", "fetched / memory")
 LINK_HEADER = ("workload", "tool", "time", "requests", "fetched")
+DICOMWEB_HEADER = ("workload", "tool", "time", "against Orthanc", "notes")
 VOLUMES_HEADER = ("workload", "tool", "time", "vs s5cmd + dcm2niix / local disk", "parts / notes")
 
 
@@ -240,6 +245,12 @@ def bench_dask_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return bench_dask(args.runs, args.latency, bench_workdir())
 
 
+def bench_dicomweb_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    from bench_dicomweb import bench_dicomweb
+
+    return bench_dicomweb(args.runs, args.latency, args.bandwidth, bench_workdir())
+
+
 def bench_volumes_section(args: argparse.Namespace) -> list[tuple[str, ...]]:
     from bench_volumes import bench_volumes
 
@@ -255,6 +266,7 @@ SECTIONS = {
     "webdav": (WEBDAV_HEADER, bench_webdav_section),
     "link": (LINK_HEADER, bench_link_section),
     "volumes": (VOLUMES_HEADER, bench_volumes_section),
+    "dicomweb": (DICOMWEB_HEADER, bench_dicomweb_section),
 }
 
 

@@ -19,7 +19,7 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
          '--no-first-run', '--disable-dev-shm-usage'],
 });
-const result = { list: null, image: null, seg: null, requests: [], errors: [] };
+const result = { list: null, image: null, seg: null, timings: {}, requests: [], errors: [] };
 const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
 try {
   await page.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
@@ -32,11 +32,14 @@ try {
   page.on('pageerror', (error) => result.errors.push(String(error)));
   page.on('requestfailed', (request) => result.errors.push(`failed: ${request.url()} ${request.failure()?.errorText}`));
 
+  let started = performance.now();
   await page.goto(`${origin}/?mrn=${encodeURIComponent(patient)}`, { waitUntil: 'load' });
   await page.waitForFunction((text) => document.body.innerText.includes(text), listed, { timeout: 60000 });
+  result.timings.list = (performance.now() - started) / 1000;
   result.list = await page.evaluate(() => document.body.innerText);
   await page.screenshot({ path: `${shots}-study-list.png` });
 
+  started = performance.now();
   await page.goto(`${origin}/viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'load' });
   await page.waitForSelector('.cornerstone-canvas', { timeout: 60000 });
   const shown = await page.waitForFunction(() => {
@@ -52,6 +55,7 @@ try {
     const total = pixels.length / 4;
     return lit > total * 0.05 && bright > 0 ? { width: canvas.width, height: canvas.height, lit, bright, total } : null;
   }, null, { timeout: 60000, polling: 250 });
+  result.timings.viewer = (performance.now() - started) / 1000;  // to the first image shown
   result.image = await shown.jsonValue();
   await page.screenshot({ path: `${shots}-viewer.png` });
 
