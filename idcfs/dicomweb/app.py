@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ Answer = tuple[str, list[tuple[str, str]], Iterable[Any]]
 def middleware(vfs: Vfs, cors_origins: Iterable[str]) -> tuple[list[type], list[type], dict[str, Any]]:
     """What the server puts ahead of its authenticator, behind it, and into its configuration."""
     search = CatalogSearch(vfs.tree.catalog.series)
+    threading.Thread(target=search.prepare, name="dicomweb-prepare", daemon=True).start()
     headers = SeriesHeaders(Path(vfs.info["cache_dir"]) / "dicom")
     options = {
         "search": search,

@@ -40,6 +40,16 @@ def mask_for(column: pa.ChunkedArray, keyword: str, value: str, ignore_case: boo
     return _on_values(column, test)
 
 
+def exact_values(keyword: str, value: str) -> list[str] | None:
+    """The values a match of ``keyword`` is exactly one of (a single value, a UID list), or None
+    when it is another kind of match (universal, wildcards, a range)."""
+    if value in ("", "*") or "*" in value or "?" in value or vr_of(keyword) in ("DA", "TM", "DT"):
+        return None
+    if vr_of(keyword) in ("UI", "CS") or "\\" in value:
+        return [item.strip() for item in re.split(r"[,\\]", value) if item.strip()] or None
+    return [value]
+
+
 def _one_of(wanted: list[str], ignore_case: bool) -> Callable[[pa.Array], pa.Array]:
     if ignore_case:
         lowered = pa.array([item.lower() for item in wanted], pa.string())

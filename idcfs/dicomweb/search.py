@@ -10,6 +10,7 @@ record per study. Nothing here makes a request.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,12 @@ from idcfs.dicomweb.attributes import (
     STUDY_EXTRA,
     record,
 )
-from idcfs.dicomweb.matching import mask_for
+from idcfs.dicomweb.exact import ExactIndex
+from idcfs.dicomweb.matching import exact_values, mask_for
 from idcfs.dicomweb.query import Query
 
+#: The identifier columns whose exact values are looked up rather than matched row by row.
+_INDEXED = frozenset({"PatientID", "StudyInstanceUID", "SeriesInstanceUID"})
 #: The answer's character set: DICOM JSON is UTF-8.
 CHARACTER_SET = "ISO_IR 192"
 #: Studies and series whose rows a retrieval looked up, kept (a viewer asks for one series many
@@ -58,19 +62,38 @@ class CatalogSearch:
         self._table = table
         self._study_uids = table.column("StudyInstanceUID")
         self._series_uids = table.column("SeriesInstanceUID")
+        self._indexes: dict[str, ExactIndex] = {}
+        self._lock = threading.Lock()
+        self._all_studies: pa.Array | None = None
         self.study_rows = functools.lru_cache(maxsize=LOOKUPS_KEPT)(self._study_rows)
         self.series_row = functools.lru_cache(maxsize=LOOKUPS_KEPT)(self._series_row)
 
     # -- lookups for retrievals ---------------------------------------------------------------
 
     def _study_rows(self, study: str) -> tuple[int, ...]:
-        return tuple(int(row) for row in _rows_equal(self._study_uids, study))
+        return tuple(int(row) for row in self._exact("StudyInstanceUID").rows(study))
 
     def _series_row(self, study: str, series: str) -> int | None:
-        for row in _rows_equal(self._series_uids, series):
+        for row in self._exact("SeriesInstanceUID").rows(series):
             if self._study_uids[int(row)].as_py() == study:
                 return int(row)
         return None
+
+    def prepare(self) -> None:
+        """Build what the first searches would (the identifier indexes, the default study list),
+        so that a viewer's first request does not wait for it."""
+        for column in sorted(_INDEXED):
+            self._exact(column)
+        with self._lock:
+            if self._all_studies is None:
+                self._all_studies = pc.unique(self._study_uids)
+
+    def _exact(self, column: str) -> ExactIndex:
+        with self._lock:
+            index = self._indexes.get(column)
+            if index is None:
+                index = self._indexes[column] = ExactIndex(self._table.column(column))
+            return index
 
     def value(self, row: int, column: str) -> Any:
         return self._table.column(column)[row].as_py()
@@ -79,14 +102,19 @@ class CatalogSearch:
 
     def studies(self, query: Query, base: str) -> Page:
         warnings: list[str] = []
-        mask = self._mask(query, _STUDY_LEVEL | _SERIES_LEVEL, warnings)
-        uids = self._study_uids if mask is None else self._study_uids.filter(mask)
-        unique = pc.unique(uids)  # in order of first appearance: the tree's order
+        rows = self._candidates(query, _STUDY_LEVEL | _SERIES_LEVEL, warnings)
+        if rows is None:
+            with self._lock:
+                if self._all_studies is None:
+                    self._all_studies = pc.unique(self._study_uids)  # the default study list's
+                unique = self._all_studies
+        else:
+            unique = pc.unique(self._study_uids.take(pa.array(rows)))  # in the tree's order
         page = unique.slice(query.offset, query.limit)
         more = query.offset + len(page) < len(unique)
         if not len(page):
             return Page([], more, warnings)
-        rows = np.flatnonzero(pc.is_in(self._study_uids, value_set=page).to_numpy(zero_copy_only=False))
+        rows = self._exact("StudyInstanceUID").rows_of(page.to_pylist())
         wanted = _wanted(query, STUDY_DEFAULT, STUDY_EXTRA)
         columns = _columns_of(self._table, rows)
         by_study: dict[str, list[int]] = {}
@@ -104,13 +132,10 @@ class CatalogSearch:
         ``leave`` left out (matched by the caller, on the instances)."""
         levels = _SERIES_LEVEL if study is not None else _SERIES_LEVEL | _STUDY_LEVEL
         kept = Query({k: v for k, v in query.matches.items() if k not in leave})
-        mask = self._mask(kept, levels, warnings)
         if study is not None:
-            in_study = pc.equal(self._study_uids, pa.scalar(study))
-            mask = in_study if mask is None else pc.and_(mask, in_study)
-        if mask is None:
-            return np.arange(self._table.num_rows)
-        return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+            kept.matches["StudyInstanceUID"] = study
+        rows = self._candidates(kept, levels | {"StudyInstanceUID"}, warnings)
+        return np.arange(self._table.num_rows) if rows is None else rows
 
     def series(self, query: Query, base: str, study: str | None = None) -> Page:
         warnings: list[str] = []
@@ -129,27 +154,37 @@ class CatalogSearch:
         records = [record(_series_values(columns, position, wanted, base)) for position in range(len(page))]
         return Page(records, more, warnings)
 
-    def _mask(self, query: Query, level: frozenset[str], warnings: list[str]) -> pa.ChunkedArray | None:
-        mask: pa.ChunkedArray | None = None
+    def _candidates(self, query: Query, level: frozenset[str], warnings: list[str]) -> np.ndarray | None:
+        """The rows ``query`` matches, ascending (None: every row). Exact values of identifier
+        columns are looked up (:mod:`idcfs.dicomweb.exact`); the other keys are then matched on
+        those rows only, or on the whole column when there are none."""
+        rows: np.ndarray | None = None
+        rest: list[tuple[str, str, str]] = []
         for keyword, value in query.matches.items():
             if keyword in NOT_INDEXED:
                 if value not in ("", "*"):
                     warnings.append(f"{keyword} is not in IDC's index: every result has it empty")
-                    return pa.chunked_array([pa.array(np.zeros(self._table.num_rows, dtype=bool))])
+                    return np.zeros(0, dtype=np.int64)
                 continue
             column = COLUMN_OF.get(keyword)
             if column is None or keyword not in level | {"Modality", "SeriesInstanceUID", "SOPClassUID"}:
                 warnings.append(f"{keyword} is not supported for matching at this level: ignored")
                 continue
-            found = mask_for(self._table.column(column), keyword, value, keyword in CASE_INSENSITIVE)
-            if found is not None:
-                mask = found if mask is None else pc.and_(mask, found)
-        return mask
-
-
-def _rows_equal(column: pa.ChunkedArray, value: str) -> np.ndarray:
-    equal = pc.fill_null(pc.equal(column, pa.scalar(value)), False)
-    return np.flatnonzero(equal.to_numpy(zero_copy_only=False))
+            values = exact_values(keyword, value)
+            if column in _INDEXED and values is not None and keyword not in CASE_INSENSITIVE:
+                found = self._exact(column).rows_of(values)
+                rows = found if rows is None else np.intersect1d(rows, found, assume_unique=True)
+            else:
+                rest.append((keyword, value, column))
+        for keyword, value, column in rest:
+            values = self._table.column(column)
+            if rows is not None:
+                values = values.take(pa.array(rows))
+            mask = mask_for(values, keyword, value, keyword in CASE_INSENSITIVE)
+            if mask is not None:
+                chosen = np.flatnonzero(mask.to_numpy())
+                rows = chosen if rows is None else rows[chosen]
+        return rows
 
 
 def _wanted(query: Query, default: Iterable[str], extra: Iterable[str]) -> set[str]:
