@@ -330,9 +330,10 @@ def _first_image(runs, proxy, scratch, catalogs, options, ct) -> list[tuple[str,
             orthanc = Orthanc(scratch / "orthanc-empty")
             try:
                 stored = orthanc.upload(sorted(target.iterdir()))
-                shown = site.first_image(
-                    orthanc.port, "/dicom-web", ct.patient_id, ct.study_uid, listed, scratch / "shot"
-                )
+                # Orthanc's list shows the files' own attributes: the generated files have no
+                # StudyDescription, and their PatientName is the patient's ID.
+                peer_study = (ct.patient_id, ct.study_uid, ct.patient_id)
+                shown = site.first_image(orthanc.port, "/dicom-web", *peer_study, scratch / "shot")
             finally:
                 orthanc.stop()
             peer.append((download, stored, shown))
