@@ -55,6 +55,7 @@ examples:
   idcfs serve --collection nlst                       # http://127.0.0.1:8080/ on this machine
   idcfs serve --listen 0.0.0.0:8443 --auth users.txt --tls-cert cert.pem --tls-key key.pem
   curl -r 0-131 http://127.0.0.1:8080/nlst/100002/   # an HTML listing; files answer ranges
+  idcfs serve --dicomweb --cors-origin http://localhost:3000   # DICOMweb at /dicomweb for a viewer
 """
 
 
