@@ -308,12 +308,17 @@ def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated
     block gone, answers its metadata and instance search with no request to the store."""
     import shutil
 
-    series = image_series(generated)[1]
+    series = next(s for s in generated if s.modality in ("CT", "MR") and len(s.files) > 1)
     path = f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/metadata"
     share = start_serve(tmp_path, s3_proxy.url, "--dicomweb", f"--collection={series.collection_id}")
     try:
+        s3_proxy.log.clear()
         status, _, first = share.request("GET", path)
         assert status == 200
+        # a block of each small object, not the objects whole (the LIST's few KB besides)
+        assert s3_proxy.log.count("GET") == len(series.files) + 1
+        assert s3_proxy.log.body_bytes <= len(series.files) * (64 << 10) + (64 << 10)
+        assert sum(f.size for f in series.files) > len(series.files) * (64 << 10) + (64 << 10)
     finally:
         stop_serve(share)
     shutil.rmtree(tmp_path / "cache" / "blocks")

@@ -38,6 +38,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from idcfs.blocks.disk_tier import DiskTier, OpenBlock, seal
+from idcfs.blocks.object_file import ObjectFile
 from idcfs.blocks.reader import ObjectRef, Reader
 from idcfs.derived import child, crosslock, nifti
 from idcfs.derived.kinds import LABELS
@@ -361,7 +362,7 @@ class Volumes:
         if not objects:
             return None
         try:
-            stream = io.BufferedReader(_ObjectFile(self._reader, objects[0]), 64 << 10)
+            stream = io.BufferedReader(ObjectFile(self._reader, objects[0]), 64 << 10)
             header = pydicom.dcmread(stream, stop_before_pixels=True)
         except OSError:
             raise  # the network: this use fails, the next tries again
@@ -472,31 +473,3 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
             process.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-
-
-class _ObjectFile(io.RawIOBase):
-    """An object read through the block cache as a file (pydicom reads a header from it)."""
-
-    def __init__(self, reader: Reader, ref: ObjectRef) -> None:
-        self._reader, self._ref, self._at = reader, ref, 0
-        self.name = ref.key  # pydicom names what it reads after it
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._at, 2: self._ref.size}[whence]
-        self._at = max(0, base + offset)
-        return self._at
-
-    def tell(self) -> int:
-        return self._at
-
-    def readinto(self, into: Any) -> int:
-        data = self._reader.read(self._ref, self._at, len(into))
-        into[: len(data)] = data
-        self._at += len(data)
-        return len(data)

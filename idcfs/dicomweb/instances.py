@@ -7,6 +7,7 @@ folder; everything here after that reads that record and, for frames, the frames
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from typing import Any, BinaryIO, cast
 
 import pydicom
 
+from idcfs.blocks.cache import BlockCache
+from idcfs.blocks.object_file import ObjectFile
+from idcfs.blocks.reader import Reader
 from idcfs.dicom.header import BASE, InstanceHeader
 from idcfs.dicom.series_headers import SeriesHeaders, SeriesIndex
 from idcfs.dicomweb.attributes import record
@@ -22,6 +26,12 @@ from idcfs.dicomweb.query import Query, QueryError
 from idcfs.dicomweb.search import CHARACTER_SET, CatalogSearch
 from idcfs.vfs.body import FileStream
 from idcfs.vfs.vfs import Vfs
+
+#: Objects up to this size have their header read in blocks of HEADER_BLOCK bytes of its own.
+SMALL_OBJECT = 8 << 20
+HEADER_BLOCK = 64 << 10
+#: Memory for those blocks (they are read once: a series' headers are kept on disk after).
+HEADER_MEMORY = 32 << 20
 
 #: The media type of an encapsulated frame, by its transfer syntax (PS3.18 table 8.7.3-5).
 _FRAME_TYPES = {
@@ -60,6 +70,14 @@ class Instances:
         self._vfs = vfs
         self._search = search
         self._headers = headers
+        # Headers of small objects (a CT or MR slice) read in small blocks of their own: the
+        # series' headers cost a block of each object, not the objects whole (a viewer waits for
+        # every header before its first image; on a slow line that is most of its wait). An
+        # object the cache holds already, or a large one (a slide level, whose items may be
+        # walked for frame offsets), is read through the tree's own reader.
+        store = vfs.reader.store
+        memory = BlockCache(HEADER_MEMORY, None, wait_timeout=store.retry.longest_operation)
+        self._header_reader = Reader(store, memory, HEADER_BLOCK)
 
     def series_at(self, row: int) -> SeriesAt:
         return SeriesAt(
@@ -75,7 +93,12 @@ class Instances:
             return [(name, size) for name, is_dir, size in self._vfs.list_sized(at.folder) if not is_dir]
 
         def open_object(name: str) -> BinaryIO:
-            return cast(BinaryIO, FileStream(self._vfs.open(f"{at.folder}/{name}")))
+            ref = self._vfs.object_ref(f"{at.folder}/{name}")
+            main = self._vfs.reader
+            first = main.block_key(ref, 0)
+            held = main.cache.contains(first) or main.cache.in_flight(first)
+            reader = main if held or ref.size > SMALL_OBJECT else self._header_reader
+            return cast(BinaryIO, io.BufferedReader(ObjectFile(reader, ref), 16 << 10))
 
         return self._headers.get(at.uuid, f"{BASE}/studies/{at.study}/series/{at.series}", objects, open_object)
 

@@ -418,6 +418,14 @@ class Vfs:
                 self._open_files += 1
         return opened
 
+    def object_ref(self, path: str) -> ObjectRef:
+        """Where the object a series file of the tree is stored (for a reader of its own: the
+        DICOMweb face reads headers with small blocks)."""
+        folder, name = self._resolve(path)
+        if not isinstance(folder, Node) or name is None or not self.tree.is_series(folder):
+            raise errors.not_found(path)
+        return self._object_ref(folder.index, self._object(folder, name, path))
+
     def _object_ref(self, row: int, info: ObjectInfo) -> ObjectRef:
         return ObjectRef(self.series.bucket(row), f"{self.series.uuid(row)}/{info.name}", info.size)
 
