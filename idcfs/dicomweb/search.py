@@ -71,29 +71,34 @@ class CatalogSearch:
     # -- lookups for retrievals ---------------------------------------------------------------
 
     def _study_rows(self, study: str) -> tuple[int, ...]:
-        return tuple(int(row) for row in self._exact("StudyInstanceUID").rows(study))
+        return tuple(int(row) for row in self._rows_of("StudyInstanceUID", [study]))
 
     def _series_row(self, study: str, series: str) -> int | None:
-        for row in self._exact("SeriesInstanceUID").rows(series):
+        for row in self._rows_of("SeriesInstanceUID", [series]):
             if self._study_uids[int(row)].as_py() == study:
                 return int(row)
         return None
 
     def prepare(self) -> None:
-        """Build what the first searches would (the identifier indexes, the default study list),
-        so that a viewer's first request does not wait for it."""
+        """Build the identifier indexes and the default study list, in the background from the
+        start: until one is built, what needs it scans the column instead of waiting."""
         for column in sorted(_INDEXED):
-            self._exact(column)
+            index = ExactIndex(self._table.column(column))
+            with self._lock:
+                self._indexes[column] = index
+        unique = pc.unique(self._study_uids)
         with self._lock:
             if self._all_studies is None:
-                self._all_studies = pc.unique(self._study_uids)
+                self._all_studies = unique
 
-    def _exact(self, column: str) -> ExactIndex:
+    def _rows_of(self, column: str, values: list[str]) -> np.ndarray:
+        """The rows holding any of ``values`` in ``column``, ascending."""
         with self._lock:
             index = self._indexes.get(column)
-            if index is None:
-                index = self._indexes[column] = ExactIndex(self._table.column(column))
-            return index
+        if index is not None:
+            return index.rows_of(values)
+        found = pc.is_in(self._table.column(column), value_set=pa.array(values, pa.string()))
+        return np.flatnonzero(pc.fill_null(found, False).to_numpy(zero_copy_only=False))
 
     def value(self, row: int, column: str) -> Any:
         return self._table.column(column)[row].as_py()
@@ -114,7 +119,7 @@ class CatalogSearch:
         more = query.offset + len(page) < len(unique)
         if not len(page):
             return Page([], more, warnings)
-        rows = self._exact("StudyInstanceUID").rows_of(page.to_pylist())
+        rows = self._rows_of("StudyInstanceUID", page.to_pylist())
         wanted = _wanted(query, STUDY_DEFAULT, STUDY_EXTRA)
         columns = _columns_of(self._table, rows)
         by_study: dict[str, list[int]] = {}
@@ -172,7 +177,7 @@ class CatalogSearch:
                 continue
             values = exact_values(keyword, value)
             if column in _INDEXED and values is not None and keyword not in CASE_INSENSITIVE:
-                found = self._exact(column).rows_of(values)
+                found = self._rows_of(column, values)
                 rows = found if rows is None else np.intersect1d(rows, found, assume_unique=True)
             else:
                 rest.append((keyword, value, column))
