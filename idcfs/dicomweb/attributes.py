@@ -9,6 +9,7 @@ empty, as a de-identified IDC header mostly has them, and match only a universal
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -94,6 +95,7 @@ SERIES_EXTRA = ("SeriesDate", "SeriesTime", "BodyPartExamined", "SOPClassUID")
 CASE_INSENSITIVE = frozenset({"PatientName", "StudyDescription", "SeriesDescription"})
 
 
+@functools.lru_cache(maxsize=1024)
 def tag_hex(keyword: str) -> str:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword

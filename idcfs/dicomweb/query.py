@@ -8,6 +8,7 @@ told of (400), never silently ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -51,6 +52,7 @@ def keyword_of(name: str) -> str:
     raise QueryError(f"{name!r} is neither a DICOM attribute's keyword nor a QIDO-RS parameter")
 
 
+@functools.lru_cache(maxsize=1024)
 def vr_of(keyword: str) -> str:
     tag = tag_for_keyword(keyword)
     return "UN" if tag is None else str(dictionary_VR(tag))
