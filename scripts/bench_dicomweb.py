@@ -18,6 +18,7 @@ Rows:
   ``s5cmd cp`` of the series, its upload to an empty Orthanc, then OHIF on Orthanc. Both viewers
   reach their server through the same local proxy (Orthanc sends no CORS headers).
 
+``BENCH_DICOMWEB_ROWS=q`` runs row q alone (with ``--link``: the way there on a slower line).
 Needs Debian's orthanc and orthanc-dicomweb (and for row q chromium, node and
 scripts/install_viewers.sh); rows that cannot run say why.
 """
@@ -28,6 +29,7 @@ import functools
 import http.client
 import http.server
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -210,7 +212,13 @@ class ViewerSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # the browser closed with requests in flight (the image was shown): expected
+
+        self.server = Server(
             ("127.0.0.1", self.port), functools.partial(Handler, directory=str(VIEWERS / "ohif" / "dist"))
         )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -268,58 +276,60 @@ def bench_dicomweb(runs: int, latency: float, bandwidth: float | None, workdir: 
     ):
         warm_server_etags(server.url, [CT_SERIES, slide.crdc_series_uuid])
         Served(proxy.url, scratch / "warm-up", catalogs, *options).stop()  # the catalog, once, untimed
-        orthanc = Orthanc(scratch / "orthanc")
-        orthanc.upload(ct_files + slide_files)
-        measured: dict[str, list[float]] = {}
+        if os.environ.get("BENCH_DICOMWEB_ROWS") != "q":  # rows n-p too (BENCH_DICOMWEB_ROWS=q: row q alone)
+            orthanc = Orthanc(scratch / "orthanc")
+            orthanc.upload(ct_files + slide_files)
+            measured: dict[str, list[float]] = {}
 
-        def measure(tool: str, port: int, root: str) -> None:
-            """The server's first /metadata, then warm ones, the search, the frames (idcfs's once
-            through first: warm; Orthanc's files are on its disk, in the page cache since their
-            upload, and it takes ~0.5 s a frame of this slide: measured in the first run only)."""
-            metadata = f"{root}{series_path}/metadata"
-            proxy.log.clear()
-            measured.setdefault(f"{tool} metadata cold", []).append(timed_get(port, metadata))
-            measured.setdefault(f"{tool} metadata requests", []).append(len(proxy.log.requests))
-            measured.setdefault(f"{tool} metadata warm", []).append(timed_gets(port, metadata, WARM_READS))
-            if tool == "orthanc" and f"{tool} frames" in measured:
+            def measure(tool: str, port: int, root: str) -> None:
+                """The server's first /metadata, then warm ones, the search, the frames (idcfs's once
+                through first: warm; Orthanc's files are on its disk, in the page cache since their
+                upload, and it takes ~0.5 s a frame of this slide: measured in the first run only)."""
+                metadata = f"{root}{series_path}/metadata"
+                proxy.log.clear()
+                measured.setdefault(f"{tool} metadata cold", []).append(timed_get(port, metadata))
+                measured.setdefault(f"{tool} metadata requests", []).append(len(proxy.log.requests))
+                measured.setdefault(f"{tool} metadata warm", []).append(timed_gets(port, metadata, WARM_READS))
+                if tool == "orthanc" and f"{tool} frames" in measured:
+                    measured.setdefault(f"{tool} qido", []).append(timed_gets(port, root + query, QUERIES))
+                    return  # ~0.5 s a frame of this slide: once is enough
+                if tool == "idcfs":
+                    frames_time(port, [root + path for path in frame_paths])  # warm: once through first
+                frames = frames_time(port, [root + path for path in frame_paths])
+                measured.setdefault(f"{tool} frames", []).append(frames)
+                # Last: a server that has run a while (idcfs builds its identifier indexes in the
+                # background from its start; until then a search scans the column).
                 measured.setdefault(f"{tool} qido", []).append(timed_gets(port, root + query, QUERIES))
-                return  # ~0.5 s a frame of this slide: once is enough
-            if tool == "idcfs":
-                frames_time(port, [root + path for path in frame_paths])  # warm: once through first
-            measured.setdefault(f"{tool} frames", []).append(frames_time(port, [root + path for path in frame_paths]))
-            # Last: a server that has run a while (idcfs builds its identifier indexes in the
-            # background from its start; until then a search scans the column).
-            measured.setdefault(f"{tool} qido", []).append(timed_gets(port, root + query, QUERIES))
 
-        try:
-            for _ in range(runs):
-                shutil.rmtree(scratch / "cold", ignore_errors=True)
-                served = Served(proxy.url, scratch / "cold", catalogs, *options)
-                try:
-                    measure("idcfs", served.port, "/dicomweb")
-                finally:
-                    served.stop()
+            try:
+                for _ in range(runs):
+                    shutil.rmtree(scratch / "cold", ignore_errors=True)
+                    served = Served(proxy.url, scratch / "cold", catalogs, *options)
+                    try:
+                        measure("idcfs", served.port, "/dicomweb")
+                    finally:
+                        served.stop()
+                    orthanc.stop()
+                    orthanc = Orthanc(scratch / "orthanc")  # restarted: its first answer from its disk
+                    measure("orthanc", orthanc.port, "/dicom-web")
+            finally:
                 orthanc.stop()
-                orthanc = Orthanc(scratch / "orthanc")  # restarted: its first answer from its disk
-                measure("orthanc", orthanc.port, "/dicom-web")
-        finally:
-            orthanc.stop()
-        m = {key: statistics.median(values) for key, values in measured.items()}
-        rows += [
-            ("n. QIDO study search (OHIF's)", "idcfs serve --dicomweb", f"{m['idcfs qido'] * 1e3:.1f} ms",
-             f"{m['idcfs qido'] / m['orthanc qido']:.2f}x Orthanc", "0 requests: the catalog"),
-            ("", "Orthanc 1.10 + DICOMweb 1.7", f"{m['orthanc qido'] * 1e3:.1f} ms", "", "2 studies held"),
-            ("o. /metadata, 200-instance CT", "idcfs cold", f"{m['idcfs metadata cold']:.2f} s",
-             f"{m['idcfs metadata cold'] / m['orthanc metadata cold']:.2f}x Orthanc's first",
-             f"{m['idcfs metadata requests']:.0f} requests"),
-            ("", "idcfs warm", f"{m['idcfs metadata warm'] * 1e3:.1f} ms",
-             f"{m['idcfs metadata warm'] / m['orthanc metadata warm']:.2f}x Orthanc", ""),
-            ("", "Orthanc first after a restart / warm", f"{m['orthanc metadata cold'] * 1e3:.1f} ms",
-             f"{m['orthanc metadata warm'] * 1e3:.1f} ms", ""),
-            (f"p. {FRAMES} slide frames, {FRAME_READERS} clients, warm", "idcfs", f"{m['idcfs frames']:.2f} s",
-             f"{m['idcfs frames'] / m['orthanc frames']:.2f}x Orthanc", "JPEG as stored"),
-            ("", "Orthanc", f"{m['orthanc frames']:.2f} s", "", ""),
-        ]  # fmt: skip
+            m = {key: statistics.median(values) for key, values in measured.items()}
+            rows += [
+                ("n. QIDO study search (OHIF's)", "idcfs serve --dicomweb", f"{m['idcfs qido'] * 1e3:.1f} ms",
+                 f"{m['idcfs qido'] / m['orthanc qido']:.2f}x Orthanc", "0 requests: the catalog"),
+                ("", "Orthanc 1.10 + DICOMweb 1.7", f"{m['orthanc qido'] * 1e3:.1f} ms", "", "2 studies held"),
+                ("o. /metadata, 200-instance CT", "idcfs cold", f"{m['idcfs metadata cold']:.2f} s",
+                 f"{m['idcfs metadata cold'] / m['orthanc metadata cold']:.2f}x Orthanc's first",
+                 f"{m['idcfs metadata requests']:.0f} requests"),
+                ("", "idcfs warm", f"{m['idcfs metadata warm'] * 1e3:.1f} ms",
+                 f"{m['idcfs metadata warm'] / m['orthanc metadata warm']:.2f}x Orthanc", ""),
+                ("", "Orthanc first after a restart / warm", f"{m['orthanc metadata cold'] * 1e3:.1f} ms",
+                 f"{m['orthanc metadata warm'] * 1e3:.1f} ms", ""),
+                (f"p. {FRAMES} slide frames, {FRAME_READERS} clients, warm", "idcfs", f"{m['idcfs frames']:.2f} s",
+                 f"{m['idcfs frames'] / m['orthanc frames']:.2f}x Orthanc", "JPEG as stored"),
+                ("", "Orthanc", f"{m['orthanc frames']:.2f} s", "", ""),
+            ]  # fmt: skip
         rows += _first_image(runs, proxy, scratch, catalogs, options, ct)
     shutil.rmtree(scratch, ignore_errors=True)
     return rows
