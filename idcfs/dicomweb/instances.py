@@ -25,6 +25,7 @@ from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
 from idcfs.dicomweb.query import Query, QueryError
 from idcfs.dicomweb.search import CHARACTER_SET, CatalogSearch
 from idcfs.vfs.body import FileStream
+from idcfs.vfs.files import File
 from idcfs.vfs.vfs import Vfs
 
 #: Objects up to this size have their header read in blocks of HEADER_BLOCK bytes of its own.
@@ -164,19 +165,25 @@ class Instances:
             raise LookupError(f"the instance has {header.frames} frames")
         kind = _frame_type(header.transfer_syntax, accept)
         part_type = f"{kind}; transfer-syntax={header.transfer_syntax}"
-        opened = self._vfs.open(f"{at.folder}/{header.name}")
+        opened: list[File] = []  # opened when the body is first sent (a HEAD never opens it)
 
         def body_of(part: int) -> Iterator[bytes]:
+            if not opened:
+                opened.append(self._vfs.open(f"{at.folder}/{header.name}"))
             number = numbers[part]
             for offset, size in header.fragments.get(number - 1) or [header.frame_offsets[number - 1]]:
-                data = opened.read(offset, size)
+                data = opened[0].read(offset, size)
                 if len(data) != size:
                     raise OSError(f"{header.name} ends inside frame {number}")
                 yield bytes(data)
 
+        def close() -> None:
+            if opened:
+                opened[0].close()
+
         parts = [(part_type, header.frame_offsets[n - 1][1]) for n in numbers]
         content_type, length, body = multipart(kind, parts, body_of)
-        return content_type, length, _closing(body, opened.close)
+        return content_type, length, _closing(body, close)
 
     def bulk(self, at: SeriesAt, header: InstanceHeader, tag: str) -> bytes | None:
         """An attribute's value, read again from the header (its blocks are cached by now)."""
