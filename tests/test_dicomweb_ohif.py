@@ -1,7 +1,7 @@
 """OHIF Viewer v3, IDC's radiology viewer, in headless Chromium against ``idcfs serve --dicomweb``:
-its built ``dist/`` served from another origin than the share (so the browser's CORS checks run,
-preflights included), its study list filtered by a patient, and a CT series opened in its viewer,
-the viewport's pixels checked and screenshots kept (``.testdata/screenshots``).
+its built ``dist/`` served from another origin than the share (so the browser's CORS checks run on
+every answer), its study list filtered by a patient, a CT series opened in its viewer and a SEG
+over its CT, the viewport's pixels checked and screenshots kept (``.testdata/screenshots``).
 
 Needs Debian's chromium, node, and OHIF with playwright-core (``scripts/install_viewers.sh``,
 run by ``make test``); skipped, saying which is missing, without them."""
