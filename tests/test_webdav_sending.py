@@ -342,3 +342,35 @@ def test_what_cheroot_writes_itself_is_a_wait_on_the_client():
         clocks.stop()
         left.close()
         right.close()
+
+
+def test_a_live_control_file_is_sent_as_it_was_rendered(share, generated):  # noqa: F811
+    """``/.idcfs/stats`` is rendered at each open: its answer has that rendering's length, also
+    while other requests change the figures between its lookup and its open (the length was the
+    lookup's: a body cut short or run over, not JSON)."""
+    import json
+    import time
+
+    series = first(generated)
+    busy = threading.Event()
+
+    def reader() -> None:
+        while not busy.is_set():
+            share.request("GET", url_of(f"{series.path}/{series.files[0].name}"))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        answers = 0
+        while time.monotonic() < deadline:
+            status, headers, body = share.request("GET", "/.idcfs/stats")
+            assert status == 200 and int(headers["Content-Length"]) == len(body)
+            json.loads(body)
+            answers += 1
+    finally:
+        busy.set()
+        for thread in threads:
+            thread.join(30)
+    assert answers > 10
