@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from cachetools import LRUCache
 
+from idcfs.blocks.singleflight import SingleFlight
 from idcfs.dicom.header import InstanceHeader, NotDicom, read_header
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class SeriesHeaders:
     def __init__(self, folder: Path) -> None:
         self._folder = folder
         self._kept: LRUCache[str, SeriesIndex] = LRUCache(maxsize=INSTANCES_KEPT, getsizeof=lambda i: max(1, len(i)))
-        self._reading: dict[str, Future[SeriesIndex]] = {}
+        self._reading: SingleFlight[SeriesIndex] = SingleFlight(READ_TIMEOUT)  # one reader a series
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="idcfs-headers")
 
@@ -89,26 +90,16 @@ class SeriesHeaders:
         cannot be read (nothing is remembered of it: the next call tries again)."""
         with self._lock:
             kept = self._kept.get(series_uuid)
-            if kept is not None:
-                return kept
-            reading = self._reading.get(series_uuid)
-            leader = reading is None
-            if reading is None:
-                reading = self._reading[series_uuid] = Future()
-        if not leader:
-            return reading.result(READ_TIMEOUT)
-        try:
+        if kept is not None:
+            return kept
+
+        def load_or_read() -> SeriesIndex:
             index = self._load(series_uuid) or self._read(series_uuid, series_url, objects, open_object)
             with self._lock:
                 self._kept[series_uuid] = index
-            reading.set_result(index)
             return index
-        except BaseException as error:
-            reading.set_exception(error)
-            raise
-        finally:
-            with self._lock:
-                self._reading.pop(series_uuid, None)
+
+        return self._reading.run(series_uuid, load_or_read)
 
     def _record(self, series_uuid: str) -> Path:
         return self._folder / series_uuid[:2] / f"{series_uuid}.v{FORMAT}.headers"
