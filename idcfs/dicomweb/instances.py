@@ -7,6 +7,7 @@ folder; everything here after that reads that record and, for frames, the frames
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +24,7 @@ from idcfs.dicom.series_headers import SeriesHeaders, SeriesIndex
 from idcfs.dicomweb.attributes import record
 from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
 from idcfs.dicomweb.query import Query, QueryError
-from idcfs.dicomweb.search import CHARACTER_SET, CatalogSearch
+from idcfs.dicomweb.search import CHARACTER_SET, LOOKUPS_KEPT, CatalogSearch
 from idcfs.vfs.body import FileStream
 from idcfs.vfs.files import File
 from idcfs.vfs.vfs import Vfs
@@ -62,6 +63,7 @@ class SeriesAt:
     folder: str
     study: str
     series: str
+    modality: str | None
 
 
 class Instances:
@@ -79,14 +81,18 @@ class Instances:
         store = vfs.reader.store
         memory = BlockCache(HEADER_MEMORY, None, wait_timeout=store.retry.longest_operation)
         self._header_reader = Reader(store, memory, HEADER_BLOCK)
+        # A viewer asks for a series' frames one request each: its place is found once.
+        self.series_at = functools.lru_cache(maxsize=LOOKUPS_KEPT)(self._series_at)
 
-    def series_at(self, row: int) -> SeriesAt:
+    def _series_at(self, row: int) -> SeriesAt:
+        series = self._vfs.series  # the rows in use, kept at hand
         return SeriesAt(
             row,
-            str(self._search.value(row, "crdc_series_uuid")),
+            series.uuid(row),
             "/".join(self._vfs.tree.path_of_row(row)),
             str(self._search.value(row, "StudyInstanceUID")),
             str(self._search.value(row, "SeriesInstanceUID")),
+            series.modality(row),
         )
 
     def index(self, at: SeriesAt) -> SeriesIndex:
@@ -125,13 +131,7 @@ class Instances:
             if more:
                 break
         records = [
-            record(
-                {
-                    k: v
-                    for k, v in _instance_values(at, h, self._search.value(at.row, "Modality"), base).items()
-                    if k in wanted
-                }
-            )
+            record({k: v for k, v in _instance_values(at, h, base).items() if k in wanted})
             for at, h in chosen[query.offset :]
         ]
         return records, more
@@ -249,7 +249,7 @@ def _matches(header: InstanceHeader, keyword: str, value: str, warnings: list[st
     return str(header.instance_number) in wanted  # InstanceNumber
 
 
-def _instance_values(at: SeriesAt, header: InstanceHeader, modality: Any, base: str) -> dict[str, Any]:
+def _instance_values(at: SeriesAt, header: InstanceHeader, base: str) -> dict[str, Any]:
     return {
         "SpecificCharacterSet": CHARACTER_SET,
         "SOPClassUID": header.sop_class_uid,
@@ -262,7 +262,7 @@ def _instance_values(at: SeriesAt, header: InstanceHeader, modality: Any, base: 
         "NumberOfFrames": header.frames or None,
         "StudyInstanceUID": at.study,
         "SeriesInstanceUID": at.series,
-        "Modality": modality,
+        "Modality": at.modality,
         "AvailableTransferSyntaxUID": header.transfer_syntax,
     }
 
