@@ -65,6 +65,8 @@ class Entry:
     size: int
     mtime_ns: int
     children: int = 0
+    #: Rendered again at each open (``/.idcfs/stats``): its size is the opened file's, not this.
+    live: bool = False
 
     @property
     def mode(self) -> int:
@@ -184,7 +186,8 @@ class Vfs:
         if isinstance(folder, ControlFolder):
             if name is None:
                 return Entry(True, 0, self._release_ns)
-            return Entry(False, len(self._control_file(folder, name, path)), self._release_ns)
+            live = folder is CONTROL and name in LIVE_FILES
+            return Entry(False, len(self._control_file(folder, name, path)), self._release_ns, live=live)
         if isinstance(folder, VolumeFolder):
             mtime = self.series.time_ns(folder.row)
             if name is None:

@@ -21,7 +21,6 @@ from wsgidav import util as wsgidav_util
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from idcfs.vfs.body import VIEWS, FileBody
-from idcfs.vfs.control import CONTROL_DIR
 from idcfs.webdav.propfind import CONDITIONS
 from idcfs.webdav.provider import FileResource
 
@@ -46,20 +45,12 @@ class FileGet(BaseMiddleware):
         resource = None if provider is None else provider.get_resource_inst(environ["PATH_INFO"], environ)
         if not isinstance(resource, FileResource):
             return self.next_app(environ, start_response)  # a folder, or nothing: wsgidav's answers
-        opened = None
         size = resource.get_content_length()
-        if resource.inner.lstrip("/").startswith(f"{CONTROL_DIR}/"):
-            # A control file (``stats``) is rendered at each open: its length is the opened one's,
-            # not the one its entry had a moment before.
-            opened = resource.vfs.open(resource.inner)
-            size = opened.size
         wanted = environ.get("HTTP_RANGE")
         first, length = 0, size
         if wanted:
             part = _one_range(wanted, size)
             if part is None:
-                if opened is not None:
-                    opened.close()
                 return self.next_app(environ, start_response)
             first, length = part
         modified = resource.get_last_modified()
@@ -77,11 +68,8 @@ class FileGet(BaseMiddleware):
         else:
             start_response("200 OK", headers)
         if environ["REQUEST_METHOD"] == "HEAD" or not length:
-            if opened is not None:
-                opened.close()
             return [b""]
-        if opened is None:
-            opened = resource.vfs.open(resource.inner)
+        opened = resource.open()
         return FileBody(opened, first, length, resource.vfs.block_size, bool(environ.get(VIEWS)))
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider, _DAVResource
 
 from idcfs.vfs.body import FileStream
+from idcfs.vfs.files import File
 from idcfs.vfs.vfs import Entry, Vfs
 from idcfs.vfs.xattrs import PREFIX
 
@@ -81,6 +83,9 @@ class IdcProvider(DAVProvider):
             raise DAVError(HTTP_INTERNAL_ERROR, context_info=str(error)) from None
         if entry.is_dir:
             return Folder(path, environ, self.vfs, inner)
+        if entry.live:  # rendered at each open: its length and its bytes from one rendering
+            opened = self.vfs.open(inner)
+            return FileResource(path, environ, self.vfs, inner, replace(entry, size=opened.size), opened)
         return FileResource(path, environ, self.vfs, inner, entry)
 
 
@@ -173,11 +178,19 @@ class Folder(IdcProperties, DAVCollection):
 
 
 class FileResource(IdcProperties, DAVNonCollection):
-    def __init__(self, path: str, environ: dict[str, Any], vfs: Vfs, inner: str, entry: Entry) -> None:
+    def __init__(
+        self, path: str, environ: dict[str, Any], vfs: Vfs, inner: str, entry: Entry, opened: File | None = None
+    ) -> None:
         super().__init__(path, environ)
         self.vfs = vfs
         self.inner = inner
         self._entry = entry
+        self._opened = opened  # a live file's rendering, whose length the entry has
+
+    def open(self) -> File:
+        """The file, to read its bytes: a live file's rendering of the entry's length."""
+        opened, self._opened = self._opened, None
+        return opened if opened is not None else self.vfs.open(self.inner)
 
     def get_content_length(self) -> int:
         return self._entry.size
@@ -202,4 +215,4 @@ class FileResource(IdcProperties, DAVNonCollection):
         return True
 
     def get_content(self) -> FileStream:
-        return FileStream(self.vfs.open(self.inner))
+        return FileStream(self.open())
