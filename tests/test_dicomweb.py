@@ -19,7 +19,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from tests.conftest import source_file
-from tests.test_webdav import Share, start_serve, stop_serve
+from tests.test_webdav import Share, no_file_left_open, start_serve, stop_serve
 
 ORIGIN = "http://viewer.example:3000"
 
@@ -280,7 +280,7 @@ def test_an_instance_is_retrieved_as_stored(served, client, generated):
     assert status == 200 and parts == [path.read_bytes()]
     instance = f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/instances/{sop}"
     assert served.request("HEAD", instance)[0] == 200
-    _no_file_left_open(served)
+    assert no_file_left_open(served), "a DICOMweb answer left a file open"
 
 
 def test_frames_are_cut_out_of_the_stored_bytes(served, client, generated, slide):
@@ -305,18 +305,7 @@ def test_frames_are_cut_out_of_the_stored_bytes(served, client, generated, slide
     assert served.request("GET", f"{frames_path}/1", png)[0] == 406  # no transcoding
     assert served.request("GET", f"{frames_path}/1/rendered")[0] == 406
     assert served.request("HEAD", f"{frames_path}/1")[0] == 200
-    _no_file_left_open(served)
-
-
-def _no_file_left_open(served: Share) -> None:
-    import time
-
-    from idcfs.service.report import read_stats
-
-    deadline = time.monotonic() + 20
-    while read_stats(served.url)["open_files"]:
-        assert time.monotonic() < deadline, "a DICOMweb answer left a file open"
-        time.sleep(0.2)
+    assert no_file_left_open(served), "a DICOMweb answer left a file open"
 
 
 def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated, tmp_path):

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import IDCFS, PYTHON_AS_ON_WINDOWS, SERVE_AS_ON_WINDOWS, source_file
+from tests.conftest import IDCFS, PYTHON_AS_ON_WINDOWS, SERVE_AS_ON_WINDOWS, source_file, wait_until
 from tests.testbed.dicomgen import GeneratedSeries
 from tests.testbed.servers import free_port, rclone_binary
 
@@ -71,6 +71,13 @@ def share(generated, s3_proxy, tmp_path_factory) -> Iterator[Share]:
     served = start_serve(tmp_path_factory.mktemp("serve"), s3_proxy.url, *(f"--collection={c}" for c in collections))
     yield served
     stop_serve(served)
+
+
+def no_file_left_open(share: Share) -> bool:
+    """Whether the share's count of open files comes back to none (answers closed theirs)."""
+    from idcfs.service.report import read_stats
+
+    return wait_until(lambda: read_stats(share.url)["open_files"] == 0, timeout=20)
 
 
 def first(generated: list[GeneratedSeries]) -> GeneratedSeries:

@@ -20,7 +20,7 @@ from idcfs.vfs.files import BytesFile
 from idcfs.webdav import sending
 from idcfs.webdav.fileget import _one_range
 from tests.conftest import source_file
-from tests.test_webdav import first, share, start_serve, stop_serve, url_of  # noqa: F401 - share: a fixture
+from tests.test_webdav import first, no_file_left_open, share, start_serve, stop_serve, url_of  # noqa: F401 - share: a fixture
 
 #: What differs between two answers to the same request.
 _OF_THE_MOMENT = {"Date", "Connection", "Keep-Alive"}
@@ -226,10 +226,6 @@ def test_a_body_dropped_mid_answer_closes_its_file():
 def test_an_answer_cut_by_its_client_leaves_no_file_open(s3_proxy, large_object, tmp_path):
     """A client that reads the first bytes of a large file and goes away: the share's count of
     open files returns to none (each left open held its reader's claims for good)."""
-    import time
-
-    from idcfs.service.report import read_stats
-
     series = large_object.series
     served = start_serve(tmp_path, s3_proxy.url, f"--collection={series.collection_id}")
     try:
@@ -241,10 +237,7 @@ def test_an_answer_cut_by_its_client_leaves_no_file_open(s3_proxy, large_object,
                 client.settimeout(30)
                 client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 assert client.recv(1024).startswith(b"HTTP/1.1 200")
-        deadline = time.monotonic() + 20
-        while read_stats(served.url)["open_files"]:
-            assert time.monotonic() < deadline, "files of answers cut by their clients stay open"
-            time.sleep(0.2)
+        assert no_file_left_open(served), "files of answers cut by their clients stay open"
     finally:
         stop_serve(served)
 
