@@ -238,10 +238,8 @@ class DicomWeb(BaseMiddleware):
         syntax = stored_dicom_accepted(environ.get("HTTP_ACCEPT", ""), syntaxes)
         parts = []
         for row in rows:
-            folder = "/".join(self._vfs.tree.path_of_row(row))
-            parts += [
-                Part(f"{folder}/{name}", size) for name, is_dir, size in self._vfs.list_sized(folder) if not is_dir
-            ]
+            at = self._instances.series_at(row)
+            parts += [Part(f"{at.folder}/{name}", size) for name, size in self._instances.files(at)]
         kind, length, body = instances(self._vfs, parts, syntax, bool(environ.get(VIEWS)))
         return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
 

@@ -95,10 +95,11 @@ class Instances:
             series.modality(row),
         )
 
-    def index(self, at: SeriesAt) -> SeriesIndex:
-        def objects() -> list[tuple[str, int]]:
-            return [(name, size) for name, is_dir, size in self._vfs.list_sized(at.folder) if not is_dir]
+    def files(self, at: SeriesAt) -> list[tuple[str, int]]:
+        """The series' files, names and exact sizes, from its listing."""
+        return [(name, size) for name, is_dir, size in self._vfs.list_sized(at.folder) if not is_dir]
 
+    def index(self, at: SeriesAt) -> SeriesIndex:
         def open_object(name: str) -> BinaryIO:
             ref = self._vfs.object_ref(f"{at.folder}/{name}")
             main = self._vfs.reader
@@ -107,7 +108,8 @@ class Instances:
             reader = main if held or ref.size > SMALL_OBJECT else self._header_reader
             return cast(BinaryIO, io.BufferedReader(ObjectFile(reader, ref), 16 << 10))
 
-        return self._headers.get(at.uuid, f"{BASE}/studies/{at.study}/series/{at.series}", objects, open_object)
+        series_url = f"{BASE}/studies/{at.study}/series/{at.series}"
+        return self._headers.get(at.uuid, series_url, lambda: self.files(at), open_object)
 
     # -- QIDO: a series' instances ------------------------------------------------------------
 
