@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from idcfs.dicom.header import BASE, NotDicom, read_header
-from idcfs.dicom.series_headers import SeriesHeaders
+from idcfs.dicom.series_headers import PAUSE, SeriesHeaders
 
 
 def _instance(syntax: str, frames: list[bytes] | bytes, count: int, has_bot: bool = True, fragments: int = 1) -> bytes:
@@ -140,3 +140,85 @@ def test_a_damaged_record_is_read_again(tmp_path):
     record.write_bytes(record.read_bytes()[:-20])
     again = SeriesHeaders(tmp_path).get("ab-1", BASE, lambda: [("a.dcm", len(raw))], lambda name: io.BytesIO(raw))
     assert len(again) == 1
+
+
+def _series(count: int) -> dict[str, bytes]:
+    return {f"{k:05}.dcm": _instance(ExplicitVRLittleEndian, bytes([k % 256]) * 16, 1) for k in range(count)}
+
+
+def test_a_series_metadata_is_answered_as_its_headers_are_read(tmp_path):
+    raws = _series(12)
+    last = max(raws)
+    first_seen = threading.Event()
+    held: list[bool] = []
+
+    def open_object(name):
+        if name == last:  # the last header is read only once the first has reached the answer
+            held.append(first_seen.wait(30))
+        return io.BytesIO(raws[name])
+
+    headers = SeriesHeaders(tmp_path)
+    stream = headers.metadata("uuid-s", BASE, lambda: [(n, len(r)) for n, r in raws.items()], open_object)
+    answered = [next(stream)]
+    first_seen.set()
+    answered += [item for item in stream if item != PAUSE]
+    assert held == [True]
+    index = headers.get("uuid-s", BASE, lambda: pytest.fail("listed again"), lambda name: pytest.fail("read again"))
+    assert answered == list(index.metadata())
+    uids = [pydicom.Dataset.from_json(item.decode(), lambda *_: b"").SOPInstanceUID for item in answered]
+    assert uids == [h.sop_instance_uid for h in index.instances]
+
+
+def test_an_answer_behind_the_lines_kept_takes_the_rest_from_the_record(tmp_path):
+    from idcfs.dicom.series_headers import FOLLOWED
+
+    raws = _series(FOLLOWED + 40)
+    headers = SeriesHeaders(tmp_path)
+    stream = headers.metadata(
+        "uuid-b", BASE, lambda: [(n, len(r)) for n, r in raws.items()], lambda n: io.BytesIO(raws[n])
+    )
+    answered = [next(stream)]
+    index = headers.get("uuid-b", BASE, lambda: [], lambda name: pytest.fail("read again"))  # the read done
+    answered += [item for item in stream if item != PAUSE]  # resumed past the lines kept in memory
+    assert answered == list(index.metadata()) and len(answered) == len(raws)
+
+
+def test_a_client_gone_leaves_the_read_to_finish_and_be_kept(tmp_path):
+    raws = _series(30)
+    opened: list[str] = []
+    lock = threading.Lock()
+
+    def open_object(name):
+        with lock:
+            opened.append(name)
+        return io.BytesIO(raws[name])
+
+    headers = SeriesHeaders(tmp_path)
+    stream = headers.metadata("uuid-g", BASE, lambda: [(n, len(r)) for n, r in raws.items()], open_object)
+    next(stream)
+    stream.close()  # the client went away after the first instance
+    index = headers.get("uuid-g", BASE, lambda: pytest.fail("listed again"), lambda name: pytest.fail("read again"))
+    assert len(index) == len(raws) and sorted(opened) == sorted(raws)
+    again = SeriesHeaders(tmp_path).get("uuid-g", BASE, lambda: [], lambda name: pytest.fail("read again"))
+    assert len(again) == len(raws)  # kept on disk for good
+
+
+def test_a_read_failing_midway_fails_its_answer_and_is_not_remembered(tmp_path):
+    raws = _series(20)
+    failing = {"on": True}
+
+    def open_object(name):
+        if name == "00015.dcm" and failing["on"]:
+            raise OSError(5, "the store cannot be reached")
+        return io.BytesIO(raws[name])
+
+    headers = SeriesHeaders(tmp_path)
+    listed = [(n, len(r)) for n, r in raws.items()]
+    answered = []
+    with pytest.raises(OSError, match="cannot be reached"):
+        for item in headers.metadata("uuid-f", BASE, lambda: listed, open_object):
+            answered += [item] if item != PAUSE else []
+    assert 0 < len(answered) <= 15  # the lines read before it, never past the instance that failed
+    assert not list(tmp_path.rglob("*.headers")) and not list(tmp_path.rglob(".*"))  # nothing half kept
+    failing["on"] = False
+    assert len([i for i in headers.metadata("uuid-f", BASE, lambda: listed, open_object) if i]) == len(raws)

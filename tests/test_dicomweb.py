@@ -339,6 +339,68 @@ def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated
         stop_serve(share)
 
 
+def test_a_series_metadata_is_sent_as_its_headers_are_read(s3_proxy, generated, tmp_path):
+    """The first instances' metadata reach the client while the last object's header is still
+    being fetched (a viewer, or a series of tens of thousands, is not kept waiting for all)."""
+    import threading
+
+    series = next(s for s in generated if s.modality in ("CT", "MR") and len(s.files) > 2)
+    last = max(f.name for f in series.files)  # the listing's order: the last header written
+    first_bytes = threading.Event()
+    held: list[bool] = []
+
+    def hold_the_last(method, path):
+        if method == "GET" and last in path and not held:
+            held.append(first_bytes.wait(30))
+        return None  # then forwarded
+
+    share = start_serve(tmp_path, s3_proxy.url, "--dicomweb", f"--collection={series.collection_id}")
+    connection = http.client.HTTPConnection("127.0.0.1", share.port, timeout=60)
+    s3_proxy.fault = hold_the_last
+    try:
+        connection.request("GET", f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/metadata")
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+        body = response.read1(65536)  # the first piece, sent while the last header is held
+        first_bytes.set()
+        body += response.read()
+    finally:
+        s3_proxy.fault = None
+        connection.close()
+        stop_serve(share)
+    assert held == [True]
+    assert {m["00080018"]["Value"][0] for m in json.loads(body)} == set(_local(series))
+
+
+def test_a_store_failing_midway_cuts_the_answer_and_is_not_remembered(s3_proxy, generated, tmp_path):
+    """Past its status, a streamed answer the store fails cannot turn into an error: it is cut
+    (the client sees it broken, never whole but short), the log says why in a line, and the next
+    request, the store back, answers whole."""
+    series = next(s for s in generated if s.modality in ("CT", "MR") and len(s.files) > 2)
+    last = max(f.name for f in series.files)
+    path = f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/metadata"
+    share = start_serve(
+        tmp_path, s3_proxy.url, "--dicomweb", "--retry-deadline", "2", f"--collection={series.collection_id}"
+    )
+    s3_proxy.fault = lambda method, target: 503 if method == "GET" and last in target else None
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", share.port, timeout=60)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        connection.close()
+        s3_proxy.fault = None
+        status, _, body = share.request("GET", path)
+        assert status == 200 and len(json.loads(body)) == len(series.files)
+    finally:
+        s3_proxy.fault = None
+        stop_serve(share)
+    log = (tmp_path / "serve.out").read_text()
+    assert "answer cut short" in log and "Traceback" not in log
+
+
 def test_wsidicom_opens_a_slide_over_dicomweb_as_from_its_files(client, slide):
     """wsidicom (the slide library Slim's users script with) reads the same regions over
     DICOMweb as from the local files: series metadata, instance search, frames."""

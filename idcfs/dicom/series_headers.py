@@ -3,7 +3,12 @@
 The first time a series' instances are asked for (a search of its instances, its metadata, a
 frame), every object's header is read in parallel through the block cache and the series'
 record written whole (under a temporary name, then renamed: a crash leaves no half record); after
-that, in this process or the next, it is read from disk. A record that cannot be written (a full
+that, in this process or the next, it is read from disk. The read goes on in a thread of its own,
+whoever asked: a client gone before it ends leaves it to finish and be kept. A ``/metadata``
+asked for while its series is read follows the read, instance by instance, from the lines the
+read keeps in memory for it (the latest few hundred); one that falls behind them takes the rest
+from the record once it is written. A series of tens of thousands of instances answers from its
+first instances on, not after its last. A record that cannot be written (a full
 disk) is an error the client is told of; nothing is half kept. A record is one line per instance: the
 instance's summary as JSON, a tab, and its metadata as the DICOM JSON it is answered with, so a
 series' ``/metadata`` is the stored text joined, never parsed again. In memory, only summaries
@@ -21,14 +26,15 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from cachetools import LRUCache
 
-from idcfs.blocks.singleflight import SingleFlight
 from idcfs.dicom.header import InstanceHeader, NotDicom, read_header
+from idcfs.remote.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,18 @@ READERS = 16
 INSTANCES_KEPT = 200_000
 #: Reads in flight for one series (their lines wait in memory until written in order).
 AHEAD = 4 * READERS
-#: The longest a caller waits for a series' headers another request is reading.
+#: The longest a caller waits for a series' headers (or for the next of them) being read.
 READ_TIMEOUT = 600.0
+#: Lines of a series being read kept in memory for the answers that follow the read.
+FOLLOWED = 4 * AHEAD
+
+#: An empty item in a series' metadata: what came before may be sent now (the next may be a
+#: while: it is being read).
+PAUSE = b""
+
+#: A series' files (names and sizes), and one of them opened as a binary file.
+Objects = Callable[[], list[tuple[str, int]]]
+OpenObject = Callable[[str], BinaryIO]
 
 
 @dataclass
@@ -65,41 +81,119 @@ class SeriesIndex:
                 yield record.read(length)
 
 
+class _Reading:
+    """A series whose headers are being read: how many instances are read so far, the latest
+    of their metadata (for the answers following the read), and the index once it is done."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.count = 0
+        self.recent: deque[bytes] = deque(maxlen=FOLLOWED)
+        self.done: Future[SeriesIndex] = Future()
+
+    def add(self, metadata: bytes) -> None:
+        with self.changed:
+            self.recent.append(metadata)
+            self.count += 1
+            self.changed.notify_all()
+
+    def finish(self, outcome: SeriesIndex | BaseException) -> None:
+        with self.changed:
+            if isinstance(outcome, SeriesIndex):
+                self.done.set_result(outcome)
+            else:
+                self.done.set_exception(outcome)
+            self.changed.notify_all()
+
+    def index(self) -> SeriesIndex:
+        try:
+            return self.done.result(READ_TIMEOUT)
+        except FutureTimeout:
+            raise StoreError(f"gave up waiting {READ_TIMEOUT:g}s for a series' headers") from None
+
+    def follow(self) -> Iterator[bytes]:
+        """The metadata of each instance as it is read, then (past what is kept in memory, or
+        once the read is done) from the record; :data:`PAUSE` where the next may be a while."""
+        position = 0
+        while True:
+            with self.changed:
+                while position >= self.count and not self.done.done():
+                    if not self.changed.wait(READ_TIMEOUT):
+                        raise StoreError(f"no header read for {READ_TIMEOUT:g}s")
+                first_kept = self.count - len(self.recent)
+                fresh = list(self.recent)[position - first_kept :] if first_kept <= position < self.count else []
+            if not fresh:
+                break  # done, or fell behind the lines kept: the rest from the record
+            yield from fresh
+            yield PAUSE
+            position += len(fresh)
+        index = self.index()
+        if position < len(index):
+            yield from index.metadata(list(range(position, len(index))))
+
+
 class SeriesHeaders:
-    """Each series' :class:`SeriesIndex`, read once per series by one caller at a time."""
+    """Each series' :class:`SeriesIndex`, read once per series (in a thread of its own)."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
         self._kept: LRUCache[str, SeriesIndex] = LRUCache(maxsize=INSTANCES_KEPT, getsizeof=lambda i: max(1, len(i)))
-        self._reading: SingleFlight[SeriesIndex] = SingleFlight(READ_TIMEOUT)  # one reader a series
+        self._reading: dict[str, _Reading] = {}  # one read a series at a time
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="idcfs-headers")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def get(
-        self,
-        series_uuid: str,
-        series_url: str,
-        objects: Callable[[], list[tuple[str, int]]],
-        open_object: Callable[[str], BinaryIO],
-    ) -> SeriesIndex:
+    def get(self, series_uuid: str, series_url: str, objects: Objects, open_object: OpenObject) -> SeriesIndex:
         """The series' headers: kept, on disk, or read now (``objects``: its files' names and
         sizes; ``open_object``: one of them as a binary file). Raises OSError when the store
         cannot be read (nothing is remembered of it: the next call tries again)."""
+        found = self._kept_or_read(series_uuid, series_url, objects, open_object)
+        return found if isinstance(found, SeriesIndex) else found.index()
+
+    def metadata(self, series_uuid: str, series_url: str, objects: Objects, open_object: OpenObject) -> Iterator[bytes]:
+        """The stored DICOM JSON of each of the series' instances, in order: kept, on disk, or
+        as each is read (the same errors as :meth:`get`, raised by the iterator)."""
+        found = self._kept_or_read(series_uuid, series_url, objects, open_object)
+        return found.metadata() if isinstance(found, SeriesIndex) else found.follow()
+
+    def _kept_or_read(
+        self, series_uuid: str, series_url: str, objects: Objects, open_object: OpenObject
+    ) -> SeriesIndex | _Reading:
+        """The series' index when it is kept; else the read of it (under way, or started now)."""
         with self._lock:
             kept = self._kept.get(series_uuid)
-        if kept is not None:
-            return kept
+            if kept is not None:
+                return kept
+            found = self._reading.get(series_uuid)
+            if found is not None:
+                return found
+            reading = self._reading[series_uuid] = _Reading()
+        threading.Thread(
+            target=self._load_or_read,
+            args=(series_uuid, series_url, objects, open_object, reading),
+            name="idcfs-series-headers",
+            daemon=True,
+        ).start()
+        return reading
 
-        def load_or_read() -> SeriesIndex:
-            index = self._load(series_uuid) or self._read(series_uuid, series_url, objects, open_object)
-            with self._lock:
-                self._kept[series_uuid] = index
-            return index
-
-        return self._reading.run(series_uuid, load_or_read)
+    def _load_or_read(
+        self, series_uuid: str, series_url: str, objects: Objects, open_object: OpenObject, reading: _Reading
+    ) -> None:
+        outcome: SeriesIndex | BaseException
+        try:
+            loaded = self._load(series_uuid)  # (an index of no instance is falsy: not `or`)
+            if loaded is None:
+                loaded = self._read(series_uuid, series_url, objects, open_object, reading)
+            outcome = loaded
+        except BaseException as error:  # handed to every caller waiting on the read
+            outcome = error
+        with self._lock:
+            if isinstance(outcome, SeriesIndex):
+                self._kept[series_uuid] = outcome
+            del self._reading[series_uuid]  # a failed read is not remembered
+        reading.finish(outcome)
 
     def _record(self, series_uuid: str) -> Path:
         return self._folder / series_uuid[:2] / f"{series_uuid}.v{FORMAT}.headers"
@@ -117,11 +211,7 @@ class SeriesHeaders:
             return None
 
     def _read(
-        self,
-        series_uuid: str,
-        series_url: str,
-        objects: Callable[[], list[tuple[str, int]]],
-        open_object: Callable[[str], BinaryIO],
+        self, series_uuid: str, series_url: str, objects: Objects, open_object: OpenObject, reading: _Reading
     ) -> SeriesIndex:
         def one(name: str, size: int) -> bytes:
             """The instance's line of the record (empty when the object is not DICOM)."""
@@ -144,12 +234,21 @@ class SeriesHeaders:
             with open(temporary, "wb") as record:
                 # In the listing's order, a window of reads ahead: memory holds the lines of the
                 # reads in flight, whatever the series' size.
+                def write_next() -> None:
+                    try:
+                        line = pending.popleft().result(READ_TIMEOUT)
+                    except FutureTimeout:
+                        raise StoreError(f"a header not read in {READ_TIMEOUT:g}s") from None
+                    record.write(line)
+                    if line:
+                        reading.add(line[line.index(b"\t") + 1 : -1])
+
                 for name, size in listed:
                     pending.append(self._pool.submit(one, name, size))
                     if len(pending) >= AHEAD:
-                        record.write(pending.popleft().result(READ_TIMEOUT))
+                        write_next()
                 while pending:
-                    record.write(pending.popleft().result(READ_TIMEOUT))
+                    write_next()
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):

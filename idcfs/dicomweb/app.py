@@ -10,6 +10,7 @@ that would store or delete is 405.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -27,7 +28,7 @@ from idcfs.dicomweb.media import NotAcceptable
 from idcfs.dicomweb.query import Query, QueryError, parse_query
 from idcfs.dicomweb.retrieve import Part, instances, stored_dicom_accepted
 from idcfs.dicomweb.search import CatalogSearch, Page
-from idcfs.vfs.body import VIEWS
+from idcfs.vfs.body import CUT_SHORT, VIEWS
 from idcfs.vfs.vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class DicomWeb(BaseMiddleware):
             log.warning("DICOMweb %s: %s", environ.get("PATH_INFO"), error)
             return _error(start_response, "503 Service Unavailable", f"cannot read from the store now: {error}")
         start_response(status, headers)
-        return [b""] if method == "HEAD" else body
+        return [b""] if method == "HEAD" else _cut_short_on_failure(body, environ)
 
     def _route(
         self, environ: dict[str, Any], parts: list[str]
@@ -259,11 +260,26 @@ def _json_page(page: Page) -> Answer:
     return "200 OK", [*headers, ("Content-Length", str(len(body)))], [body]
 
 
+def _cut_short_on_failure(body: Iterable[Any], environ: dict[str, Any]) -> Iterator[Any]:
+    """``body``, or as much of it as could be made: a store that fails midway (its status sent)
+    cuts the connection, with a line in the log (the server's traceback would say no more)."""
+    try:
+        yield from body
+    except OSError as error:
+        cut_short = environ.get(CUT_SHORT)
+        if cut_short is None:
+            raise
+        log.warning("DICOMweb %s: answer cut short: %s", environ.get("PATH_INFO"), error)
+        cut_short()
+
+
 def _json_stream(items: Iterator[bytes] | None) -> Answer | None:
-    """A JSON answer sent as it is made (no length: chunked)."""
+    """A JSON answer sent as it is made (no length: chunked). Its first piece is made before the
+    answer starts: a store that cannot be read is a 503, not an answer cut short."""
     if items is None:
         return None
-    return "200 OK", [("Content-Type", _DICOM_JSON)], items
+    first = next(items, b"")
+    return "200 OK", [("Content-Type", _DICOM_JSON)], itertools.chain([first], items)
 
 
 def _octets(value: bytes) -> list[tuple[str, str]]:

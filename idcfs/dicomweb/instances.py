@@ -20,7 +20,7 @@ from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.object_file import ObjectFile
 from idcfs.blocks.reader import Reader
 from idcfs.dicom.header import BASE, InstanceHeader
-from idcfs.dicom.series_headers import SeriesHeaders, SeriesIndex
+from idcfs.dicom.series_headers import PAUSE, Objects, OpenObject, SeriesHeaders, SeriesIndex
 from idcfs.dicomweb.attributes import record
 from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
 from idcfs.dicomweb.query import Query, QueryError
@@ -100,6 +100,11 @@ class Instances:
         return [(name, size) for name, is_dir, size in self._vfs.list_sized(at.folder) if not is_dir]
 
     def index(self, at: SeriesAt) -> SeriesIndex:
+        return self._headers.get(*self._header_source(at))
+
+    def _header_source(self, at: SeriesAt) -> tuple[str, str, Objects, OpenObject]:
+        """What the series' headers are read from: its UUID, URL, files, and a way to open one."""
+
         def open_object(name: str) -> BinaryIO:
             ref = self._vfs.object_ref(f"{at.folder}/{name}")
             main = self._vfs.reader
@@ -109,7 +114,7 @@ class Instances:
             return cast(BinaryIO, io.BufferedReader(ObjectFile(reader, ref), 16 << 10))
 
         series_url = f"{BASE}/studies/{at.study}/series/{at.series}"
-        return self._headers.get(at.uuid, series_url, lambda: self.files(at), open_object)
+        return at.uuid, series_url, lambda: self.files(at), open_object
 
     # -- QIDO: a series' instances ------------------------------------------------------------
 
@@ -141,14 +146,15 @@ class Instances:
     # -- metadata -----------------------------------------------------------------------------
 
     def metadata(self, series: list[SeriesAt], base: str, sop: str | None = None) -> Iterator[bytes] | None:
-        """The JSON array of the instances' metadata, streamed; None when ``sop`` is not there."""
-        indexes = [(at, self.index(at)) for at in series]
+        """The JSON array of the instances' metadata, streamed (each series' as its headers are
+        read, the first time); None when ``sop`` is not there."""
         if sop is not None:
-            at, index = indexes[0]
+            index = self.index(series[0])
             if sop not in index.by_sop:
                 return None
             return _array(_rebased(index.metadata([index.by_sop[sop]]), base))
-        return _array(_rebased((item for _, index in indexes for item in index.metadata()), base))
+        each = (self._headers.metadata(*self._header_source(at)) for at in series)
+        return _array(_rebased((item for items in each for item in items), base))
 
     # -- an instance and its frames -----------------------------------------------------------
 
@@ -276,11 +282,17 @@ def _rebased(items: Iterable[bytes], base: str) -> Iterator[bytes]:
 
 
 def _array(items: Iterable[bytes]) -> Iterator[bytes]:
-    """A JSON array of already encoded items, in pieces of about 64 KiB."""
+    """A JSON array of already encoded items, in pieces of about 64 KiB, or less where an empty
+    item (:data:`PAUSE`) says the next is not at hand."""
     pending = [b"["]
     size = 1
     first = True
     for item in items:
+        if item == PAUSE:
+            if size:
+                yield b"".join(pending)
+                pending, size = [], 0
+            continue
         if not first:
             pending.append(b",")
         first = False

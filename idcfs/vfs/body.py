@@ -14,6 +14,9 @@ from idcfs.vfs.files import File
 
 #: Set in the environ by a server that sends ``memoryview`` chunks of an answer as they are.
 VIEWS = "idcfs.buffer_views"
+#: Set in the environ by a server that can cut an answer short: a callable that ends its
+#: connection, so an answer that fails midway reaches its client broken, never whole but short.
+CUT_SHORT = "idcfs.cut_short"
 
 #: The most of a body one chunk holds: a chunk of a block still arriving is sent as soon as its
 #: own bytes are in (blocks/landing.py), so a cold file's first bytes leave before its last come.

@@ -36,7 +36,7 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.makefile import MakeFile
 
-from idcfs.vfs.body import VIEWS
+from idcfs.vfs.body import CUT_SHORT, VIEWS
 from idcfs.webdav import sending
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,13 @@ class _Gateway(wsgi.Gateway_10):
         conn = self.req.conn
         environ["wsgi.input"] = _TimedInput(environ["wsgi.input"], conn.server.client_clocks, conn.socket)
         environ[VIEWS] = True
+        environ[CUT_SHORT] = self._cut_short
         return environ
+
+    def _cut_short(self) -> None:
+        self.req.close_connection = True
+        with contextlib.suppress(OSError):
+            self.req.conn.socket.shutdown(socket.SHUT_RDWR)
 
     def respond(self) -> None:
         """cheroot's, taking a chunk that is a view of a buffer as well as ``bytes`` (the share
