@@ -312,8 +312,8 @@ def _serve(args: argparse.Namespace) -> int:
         setup_logging(options.log_level, options.log_file, options.debug)
         _make_private_dir(options.cache_dir)
         vfs = open_tree(options, where=f"http://{args.listen}")
+        extension = None
         try:
-            extension = None
             if args.dicomweb:
                 from idcfs.dicomweb.app import middleware
 
@@ -325,6 +325,8 @@ def _serve(args: argparse.Namespace) -> int:
                 extension=extension,
             )  # fmt: skip
         finally:
+            if extension is not None:
+                extension.close()
             vfs.close()
     except ServeError as error:
         raise ConfigError(str(error)) from None

@@ -47,8 +47,11 @@ _DICOM_JSON = "application/dicom+json"
 Answer = tuple[str, list[tuple[str, str]], Iterable[Any]]
 
 
-def middleware(vfs: Vfs, cors_origins: Iterable[str]) -> tuple[list[type], list[type], dict[str, Any]]:
-    """What the server puts ahead of its authenticator, behind it, and into its configuration."""
+def middleware(
+    vfs: Vfs, cors_origins: Iterable[str]
+) -> tuple[list[type], list[type], dict[str, Any], Callable[[], None]]:
+    """What the server puts ahead of its authenticator, behind it, and into its configuration,
+    and what ends the headers' reads in flight when it stops."""
     search = CatalogSearch(vfs.tree.catalog.series)
     threading.Thread(target=search.prepare, name="dicomweb-prepare", daemon=True).start()
     headers = SeriesHeaders(Path(vfs.info["cache_dir"]) / "dicom")
@@ -58,7 +61,7 @@ def middleware(vfs: Vfs, cors_origins: Iterable[str]) -> tuple[list[type], list[
         "instances": Instances(vfs, search, headers),
         "cors_origins": frozenset(cors_origins),
     }
-    return [Cors], [DicomWeb], {CONFIG: options}
+    return [Cors], [DicomWeb], {CONFIG: options}, headers.close
 
 
 def _is_ours(environ: dict[str, Any]) -> bool:

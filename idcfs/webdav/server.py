@@ -170,11 +170,13 @@ _OTHER_CONDITIONS = tuple(header for header in CONDITIONS if header != "HTTP_IF_
 class Extension:
     """Another face answered by the same server (DICOMweb): wsgidav middleware put ahead of the
     authenticator (``front``: CORS preflights carry no credentials) and behind it (``behind``),
-    and what they read from wsgidav's configuration."""
+    and what they read from wsgidav's configuration; ``close`` ends its own work in flight once
+    the server has stopped."""
 
     front: Sequence[type] = ()
     behind: Sequence[type] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
 
 
 def build_app(
