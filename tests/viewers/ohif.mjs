@@ -54,7 +54,7 @@ try {
     }
     const total = pixels.length / 4;
     return lit > total * 0.05 && bright > 0 ? { width: canvas.width, height: canvas.height, lit, bright, total } : null;
-  }, null, { timeout: 60000, polling: 250 });
+  }, null, { timeout: 60000, polling: 50 });
   result.timings.viewer = (performance.now() - started) / 1000;  // to the first image shown
   result.image = await shown.jsonValue();
   await page.screenshot({ path: `${shots}-viewer.png` });
@@ -72,7 +72,7 @@ try {
         if (Math.max(r, g, b) - Math.min(r, g, b) > 40) coloured++;
       }
       return coloured > pixels.length / 4 * 0.01 ? { coloured, total: pixels.length / 4 } : null;
-    }, null, { timeout: 60000, polling: 250 });
+    }, null, { timeout: 60000, polling: 50 });
     result.seg = await overlaid.jsonValue();
     await page.screenshot({ path: `${shots}-seg.png` });
   }
