@@ -425,3 +425,15 @@ def test_a_read_of_part_of_a_block_on_disk_reads_that_part_and_evicts_nothing(tm
     assert not cache.contains(reader.block_key(ref, 0)) and cache.contains(reader.block_key(ref, 1))
     assert cache.counters.snapshot()["disk_hits"] == 2
     reader.close()
+
+
+def test_a_small_body_gets_no_mapping_of_its_own():
+    """A mapping takes a page at least: a memory tier of tiny objects' blocks (a few hundred bytes
+    each) would hold several times its size."""
+    import mmap
+
+    from idcfs.blocks.buffers import SMALL, new_buffer
+
+    assert isinstance(new_buffer(846), bytearray) and len(new_buffer(846)) == 846
+    assert isinstance(new_buffer(SMALL - 1), bytearray)
+    assert isinstance(new_buffer(SMALL), mmap.mmap)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from idcfs.blocks import disk_tier
+from idcfs.blocks import buffers, disk_tier
 from idcfs.blocks.buffers import new_buffer
 from idcfs.blocks.disk_tier import DiskTier
 from idcfs.blocks.tiers import STREAM
@@ -339,7 +339,7 @@ def test_the_portable_positional_calls_read_and_write_at_an_offset(tmp_path, int
     fd = os.open(path, os.O_RDWR)
     try:
         assert disk_tier._write_at_portable(fd, [memoryview(b"abc"), b"defg"], 5) == 7
-        buffer = bytearray(4) if into == "bytearray" else new_buffer(4)
+        buffer = bytearray(4) if into == "bytearray" else buffers._anonymous(4)
         assert disk_tier._read_into_portable(fd, buffer, 6) == 4 and bytes(buffer) == b"bcde"
         tail = bytearray(10)
         assert disk_tier._read_into_portable(fd, tail, 9) == 3 and bytes(tail[:3]) == b"efg"  # the end

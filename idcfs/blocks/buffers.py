@@ -14,7 +14,7 @@ import threading
 
 from idcfs.remote.http import Buffer
 
-__all__ = ["RECYCLED", "Block", "Buffer", "Recycled", "new_buffer", "part_of", "recycle_if_unreferenced"]
+__all__ = ["RECYCLED", "SMALL", "Block", "Buffer", "Recycled", "new_buffer", "part_of", "recycle_if_unreferenced"]
 
 #: A cached block: a buffer the network filled, or bytes (from the disk tier, or a test's store).
 Block = bytes | Buffer
@@ -29,13 +29,20 @@ def part_of(block: Block | memoryview, start: int, stop: int) -> Block | memoryv
     return block[start:stop] if isinstance(block, bytes) else memoryview(block)[start:stop]
 
 
+#: Below this, a body goes to a ``bytearray``: a mapping of its own would take at least a page
+#: (a tiny object's block, 4 KiB for a few hundred bytes: a memory tier of them several times
+#: its size), for bytes zeroed in microseconds.
+SMALL = 64 << 10
+
+
 def new_buffer(size: int) -> Buffer:
     """A buffer for ``size`` bytes of a body (its old contents are to be overwritten): one
     recycled, else one whose pages the kernel provides, zeroed, when they are first written: by
     ``recv``, with the GIL released. (``bytearray(size)`` zeroes them itself, holding the GIL:
-    for a megabyte, 256 page faults every other thread waits out.)"""
-    if not size:
-        return bytearray()
+    for a megabyte, 256 page faults every other thread waits out.) A small body's is a
+    ``bytearray`` (:data:`SMALL`)."""
+    if size < SMALL:
+        return bytearray(size)
     recycled = RECYCLED.take(size)
     if recycled is not None:
         return recycled

@@ -73,8 +73,6 @@ _BATCH_BLOCKS, _BATCH_BYTES = 32, 32 << 20
 _MAX_TOUCHES = 100_000
 #: A temporary file older than this is left over from a crash (a live writer renames in ms).
 _STALE_TEMPORARY = 60.0
-#: Below this, a block read from disk goes to a bytearray rather than its own mapping.
-_SMALL = 64 << 10
 _PAGE = mmap.PAGESIZE
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: Binary mode on Windows (0 elsewhere). Close-on-exec needs no flag: Python's descriptors are
@@ -448,7 +446,7 @@ class DiskTier:
         # The chunks that [start, stop) touches; a part goes to a bytearray (writable, as the
         # FUSE layer's copy into its reply wants).
         first, end = start // CHUNK, min(length, -(-stop // CHUNK) * CHUNK)
-        data: Buffer = new_buffer(length) if whole and length >= _SMALL else bytearray(end - first * CHUNK)
+        data: Buffer = new_buffer(length) if whole else bytearray(end - first * CHUNK)
         try:
             intact = _read_checked(fd, length, first, data)
         except OSError as error:
