@@ -32,7 +32,7 @@ class NotDicom(ValueError):
     """The object is not a DICOM file pydicom can read the header of."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceHeader:
     """What a retrieval or search needs of one instance (JSON-able: kept on disk)."""
 

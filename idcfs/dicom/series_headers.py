@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 #: Objects whose headers are read at once (each a read of the object's first block(s)).
 READERS = 16
-#: Instances whose summaries are kept in memory, over all series (~300 bytes each).
+#: Instances whose summaries are kept in memory, over all series (under 1 KB each).
 INSTANCES_KEPT = 200_000
 #: Reads in flight for one series (their lines wait in memory until written in order).
 AHEAD = 4 * READERS
@@ -264,6 +265,11 @@ def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+#: An instance's metadata, or its fragments when it has none, as kept in memory: one empty
+#: mapping for all (never changed: the headers are frozen).
+_NONE: dict = {}
+
+
 def _parse(path: Path) -> SeriesIndex:
     instances: list[InstanceHeader] = []
     spans: list[tuple[int, int]] = []
@@ -275,8 +281,11 @@ def _parse(path: Path) -> SeriesIndex:
                 raise ValueError(f"{path.name}: a line is cut short")
             fields = json.loads(summary)
             fields["frame_offsets"] = [tuple(pair) for pair in fields["frame_offsets"]]
-            fields["fragments"] = {int(k): [tuple(p) for p in v] for k, v in fields["fragments"].items()}
-            instances.append(InstanceHeader(**fields, metadata={}))
+            fragments = fields["fragments"]
+            fields["fragments"] = {int(k): [tuple(p) for p in v] for k, v in fragments.items()} if fragments else _NONE
+            for shared in ("sop_class_uid", "transfer_syntax"):  # the same few values all along a series
+                fields[shared] = sys.intern(fields[shared])
+            instances.append(InstanceHeader(**fields, metadata=_NONE))
             start = offset + len(summary) + 1
             spans.append((start, len(metadata) - 1))
             offset += len(line)
