@@ -1,4 +1,5 @@
-"""IDC's largest series, 91,980 objects, listed and read on the real S3 and GCS test servers.
+"""IDC's largest series, 91,980 objects, listed and read on the real S3 and GCS test servers, and
+its ``/metadata`` over DICOMweb (as tiny valid instances) streamed in bounded memory.
 
 Writing 2 x 91,980 files and loading them into fake-gcs-server takes minutes, so this is its own
 target (``make test-big``); the suite runs the small version (a 1,505-object, two-page series:
@@ -7,18 +8,21 @@ tests/test_store.py and tests/test_trust.py).
 
 from __future__ import annotations
 
+import http.client
 import os
+from pathlib import Path
 
 import pytest
 
 from idcfs.catalog.layout import escape_name
 from idcfs.remote.retry import RetryPolicy
 from idcfs.remote.store import open_store
-from tests.testbed.bulk import LARGEST_SERIES, tiny_series
+from tests.testbed.bulk import LARGEST_SERIES, tiny_dicom_series, tiny_series
 from tests.testbed.proxy import CountingProxy
 from tests.testbed.servers import gcs_server, s3_server
 
 from .conftest import TESTDATA, mount_idcfs, requires_fuse, run_idcfs
+from .test_webdav import start_serve, stop_serve
 
 pytestmark = [pytest.mark.big, requires_fuse]
 
@@ -85,3 +89,61 @@ def test_the_largest_series_through_a_mount(big_server, largest, tmp_path):
             assert (folder / escape_name(name)).read_bytes() == largest.payload(name)
     finally:
         run_idcfs("umount", str(mount.path))
+
+
+def test_the_largest_series_metadata_streams_as_read_in_bounded_memory(tmp_path):
+    """Its first instances' metadata go out after a handful of header reads, not after 91,980;
+    the server's memory grows by the series' summaries, not by its metadata; the next answer
+    comes from the record kept, with no request to the store."""
+    largest = tiny_dicom_series(BIG / "dicom", LARGEST_SERIES, COUNT)
+    series = largest.series
+    logs = TESTDATA / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    server = s3_server(BIG / "dicom" / "s3", log_path=logs / "big-dicom.log").start(timeout=900)
+    try:
+        with CountingProxy(server.url) as proxy:
+            options = ("--dicomweb", f"--collection={series.collection_id}", "--retry-deadline", "900")
+            share = start_serve(tmp_path, proxy.url, *options)
+            try:
+                path = f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}/metadata"
+                before = _rss_kib(share.process.pid)
+                connection = http.client.HTTPConnection("127.0.0.1", share.port, timeout=1800)
+                connection.request("GET", path)
+                response = connection.getresponse()
+                assert response.status == 200
+                chunk = response.read1(1 << 20)
+                read_at_first = proxy.log.count("GET", ".dcm")
+                seen, length, tail, most = 0, 0, b"", before
+                while chunk:
+                    joined = tail + chunk
+                    seen += joined.count(_SOP_TAG)
+                    tail = joined[-(len(_SOP_TAG) - 1) :]
+                    length += len(chunk)
+                    most = max(most, _rss_kib(share.process.pid))
+                    chunk = response.read1(1 << 20)
+                connection.close()
+                print(
+                    f"first piece after {read_at_first} header reads; {length:,} bytes; RSS {before:,} -> {most:,} KiB"
+                )
+                assert read_at_first <= 1000  # not after the last of 91,980
+                assert seen == COUNT
+                assert most - before < 300 << 10  # the summaries (under 1 KB an instance), not the 112 MB sent
+                proxy.log.clear()
+                status, _, again = share.request("GET", path)
+                assert status == 200 and len(again) == length and again.count(_SOP_TAG) == COUNT
+                assert proxy.log.count() == 0  # from the record
+            finally:
+                stop_serve(share)
+    finally:
+        server.stop()
+
+
+#: SOPInstanceUID's tag in DICOM JSON: once an instance.
+_SOP_TAG = b'"00080018"'
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.testbed.dicomgen import GeneratedSeries, _deterministic_uuid, index_rows, series_from_row
+from tests.testbed.dicomgen import GeneratedSeries, _base_dataset, _deterministic_uuid, index_rows, series_from_row
 
 #: A real 1,503-instance CT series (eay131) and IDC's largest, 91,980 instances (ldct_and_projection_data).
 PAGED_SERIES = "39c370b4-ff5f-46d9-81f9-4b9911f6f9a7"
@@ -65,4 +65,28 @@ def tiny_series(
                 os.write(fd, made.payload(name))
                 os.close(fd)
         record.write_text(stamp)
+    return made
+
+
+def tiny_dicom_series(out_dir: Path, series_uuid: str, count: int) -> TinySeries:
+    """``count`` tiny but valid CT instances (a 2 x 2 image each, the series' own study and series
+    UIDs) in the series' S3 bucket under ``out_dir`` (``out_dir/s3``); reused when written."""
+    row = index_rows([series_uuid])[0]
+    series = series_from_row(row)
+    names = sorted(f"{_deterministic_uuid(series_uuid, k)}.dcm" for k in range(count))
+    made = TinySeries(series, names)
+    folder = out_dir / "s3" / series.aws_bucket / series_uuid
+    record = out_dir / f".dicom-{series_uuid}.json"
+    stamp = json.dumps({"count": count, "v": 1})
+    if record.exists() and record.read_text() == stamp:
+        return made
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, name in enumerate(names, start=1):
+        ds = _base_dataset(row, "1.2.840.10008.5.1.4.1.1.2", number)
+        ds.Rows = ds.Columns = 2
+        ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = bytes(8)
+        ds.save_as(folder / name, enforce_file_format=True)
+    record.write_text(stamp)
     return made
