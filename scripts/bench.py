@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmarks of idcfs against its peers, measured in the same run, written to bench/RESULTS.md.
+"""Benchmarks of idcfs against its peers, measured in the same run: printed, and written as tables
+to .bench/last-run.md (``--out``). bench/RESULTS.md is the kept record, written by hand from
+such runs with what each measured and why: a run never overwrites it.
 
 Speed is measured here, never asserted in tests. Each figure is the median of ``--runs`` runs.
 
@@ -280,7 +282,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / ".bench" / "last-run.md", help="where the tables go (not bench/RESULTS.md)"
+    )
     parser.add_argument("--latency", type=float, default=0.020, help="seconds the proxy adds per request")
     parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s cap per response (default none)")
     parser.add_argument(
