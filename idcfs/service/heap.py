@@ -8,8 +8,9 @@ Two habits of glibc's malloc cost a FUSE daemon memory it never uses again:
   four arenas bound how many heaps hold free space. It is fixed just above 1 MiB, libfuse's
   largest read reply: below, each reply buffer was a new mapping, 256 page faults a read
   (half the faults of a 500 MB ``dd``, ~0.2 s of CPU); now the buffers are reused, and the
-  top of an arena is trimmed only by the trimmer. Blocks themselves are never malloc'd (they
-  are mappings of their own, :func:`idcfs.blocks.buffers.new_buffer`).
+  top of an arena is trimmed only by the trimmer. Blocks of 64 KiB and more are never
+  malloc'd (they are mappings of their own, :func:`idcfs.blocks.buffers.new_buffer`); a tiny
+  object's block is a small allocation like any other.
 - Free space inside an arena goes back to the system only at the arena's top. libfuse keeps a
   small node for every file the kernel has looked up, and a ``find`` over 500,000 files leaves
   them strewn among freed readdir buffers and request temporaries: ~40 MB of holes. The
