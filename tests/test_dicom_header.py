@@ -222,3 +222,26 @@ def test_a_read_failing_midway_fails_its_answer_and_is_not_remembered(tmp_path):
     assert not list(tmp_path.rglob("*.headers")) and not list(tmp_path.rglob(".*"))  # nothing half kept
     failing["on"] = False
     assert len([i for i in headers.metadata("uuid-f", BASE, lambda: listed, open_object) if i]) == len(raws)
+
+
+def test_a_value_within_a_sequence_has_a_bulk_data_uri_of_its_own():
+    from pydicom.sequence import Sequence
+
+    from idcfs.dicom.header import value_at
+
+    ds = pydicom.dcmread(io.BytesIO(_instance(ExplicitVRLittleEndian, bytes(16), 1)))
+    profile = bytes(range(256)) * 8
+    ds.OpticalPathSequence = Sequence([Dataset(), Dataset()])
+    ds.OpticalPathSequence[1].ICCProfile = profile  # in the second item
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    raw = out.getvalue()
+    header = read_header(io.BytesIO(raw), "a.dcm", len(raw), f"{BASE}/s")
+    uri = header.metadata["00480105"]["Value"][1]["00282000"]["BulkDataURI"]
+    assert uri.endswith("/bulk/00480105/1/00282000")
+    assert header.metadata["00282000"]["BulkDataURI"].endswith("/bulk/00282000")  # a top-level one
+    read = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+    assert value_at(read, uri.split("/bulk/")[1].split("/")) == profile
+    for wrong in (["00480105", "2", "00282000"], ["00480105", "x", "00282000"], ["00480105", "1"], ["zz"]):
+        assert value_at(read, wrong) is None
+    assert not isinstance(value_at(read, ["00480105"]), bytes)  # a sequence: no bulk data

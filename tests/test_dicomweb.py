@@ -84,9 +84,15 @@ def test_a_study_search_over_the_served_collections_makes_no_request(served, cli
     shown = value(study, "00080061")
     assert (shown if isinstance(shown, list) else [shown]) == modalities
     assert value(study, "00080020") == date.replace("-", "")
-    # RetrieveURL from the request's Host (dicomweb-client sends its Host without the port)
+    # RetrieveURLs lead back here: from the request's Host, with the port this server was reached
+    # on when the client named none (dicomweb-client sends "Host: 127.0.0.1"), ...
+    assert value(study, "00081190") == f"{served.url}/dicomweb/studies/{series.study_uid}"
     status, _, body = served.request("GET", f"/dicomweb/studies?StudyInstanceUID={series.study_uid}")
     assert value(json.loads(body)[0], "00081190") == f"{served.url}/dicomweb/studies/{series.study_uid}"
+    # ... and as a reverse proxy names itself (its Host, port or none, when it says it forwards)
+    forwarded = {"Host": "pacs.example.org", "X-Forwarded-For": "10.0.0.7"}
+    status, _, body = served.request("GET", f"/dicomweb/studies?StudyInstanceUID={series.study_uid}", forwarded)
+    assert value(json.loads(body)[0], "00081190") == f"http://pacs.example.org/dicomweb/studies/{series.study_uid}"
 
 
 def test_searches_match_as_viewers_ask(client, generated):
@@ -269,6 +275,35 @@ def test_series_metadata_is_each_header_as_dicom_json(served, client, generated)
     assert alone["00080018"]["Value"] == [some]
 
 
+def test_bulk_data_uris_give_the_values_they_stand_for(served, client, slide):
+    """Each BulkDataURI of the metadata, asked for by dicomweb-client (multipart, its default)
+    and by a plain request for the bare bytes, is the value the file holds."""
+    local = _local(slide)
+    metadata = client.retrieve_series_metadata(slide.study_uid, slide.series_uid)
+    asked = 0
+    for item in metadata:
+        ds = pydicom.dcmread(local[item["00080018"]["Value"][0]], stop_before_pixels=True)
+        for uri, expected in _bulk_values(item, ds):
+            assert client.retrieve_bulkdata(uri) == [expected]
+            for accept in ("application/octet-stream", "*/*"):  # OHIF's single-part mode sends no Accept
+                status, headers, body = served.request("GET", uri[len(served.url) :], {"Accept": accept})
+                assert status == 200 and headers["Content-Type"] == "application/octet-stream" and body == expected
+            asked += 1
+    assert asked == len(metadata)  # each level's ICC profile, in its optical path's item
+    status, _, _ = served.request("GET", uri[len(served.url) :], {"Accept": "image/png"})
+    assert status == 406
+
+
+def _bulk_values(item: dict, ds: pydicom.Dataset) -> Iterator[tuple[str, bytes]]:
+    """Each BulkDataURI in a DICOM JSON item, nested ones too, with the value the file holds."""
+    for tag, element in item.items():
+        if "BulkDataURI" in element:
+            yield element["BulkDataURI"], ds[int(tag, 16)].value
+        elif element.get("vr") == "SQ":
+            for json_item, dataset in zip(element.get("Value", []), ds[int(tag, 16)].value, strict=True):
+                yield from _bulk_values(json_item, dataset)
+
+
 def test_an_instance_is_retrieved_as_stored(served, client, generated):
     series = image_series(generated)[0]
     sop, path = next(iter(_local(series).items()))
@@ -401,6 +436,7 @@ def test_a_store_failing_midway_cuts_the_answer_and_is_not_remembered(s3_proxy, 
     assert "answer cut short" in log and "Traceback" not in log
 
 
+@pytest.mark.filterwarnings("ignore:No bulk data URI handler")  # wsidicom leaves the ICC profile out
 def test_wsidicom_opens_a_slide_over_dicomweb_as_from_its_files(client, slide):
     """wsidicom (the slide library Slim's users script with) reads the same regions over
     DICOMweb as from the local files: series metadata, instance search, frames."""

@@ -94,13 +94,42 @@ def _integer(value: Any) -> int | None:
 
 
 def _metadata(dataset: Dataset, instance_url: str) -> dict[str, Any]:
+    places = _places(dataset)
+
     def bulk(element: Any) -> str:
-        return f"{instance_url}/bulk/{int(element.tag):08X}"
+        return f"{instance_url}/bulk/{places[id(element)]}"
 
     found: dict[str, Any] = dataset.to_json_dict(BULK_THRESHOLD, bulk)  # the file meta group left out
     # ... but for its transfer syntax, which viewers read to know how frames come
     syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
     return {"00020010": {"vr": "UI", "Value": [syntax]}, **found} if syntax else found
+
+
+def _places(dataset: Dataset, within: str = "") -> dict[int, str]:
+    """Where each element of ``dataset`` is, by the element's identity: its tag, under its
+    sequence's tag and item number when it is in one (``00480105/0/00282000``: an optical path's
+    ICC profile). A value's BulkDataURI says where: pydicom hands its handler the element only."""
+    places: dict[int, str] = {}
+    for element in dataset:  # (elements read as they are iterated: the same objects after)
+        place = f"{within}{int(element.tag):08X}"
+        if element.VR == "SQ":
+            for number, item in enumerate(element.value):
+                places.update(_places(item, f"{place}/{number}/"))
+        else:
+            places[id(element)] = place
+    return places
+
+
+def value_at(dataset: Dataset, place: list[str]) -> Any:
+    """The value of the element at ``place`` (as :func:`_places` writes it, split at ``/``), or
+    None when there is none."""
+    try:
+        for step in range(0, len(place) - 1, 2):
+            dataset = dataset[int(place[step], 16)].value[int(place[step + 1])]
+        element = dataset.get(int(place[-1], 16)) if len(place) % 2 else None
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return None
+    return None if element is None else element.value
 
 
 def _frames(

@@ -40,7 +40,7 @@ from idcfs.remote.errors import StoreError
 log = logging.getLogger(__name__)
 
 #: Bump when a record's layout or meaning changes: older records are read again, not misread.
-FORMAT = 1
+FORMAT = 2  # 2: a value in a sequence's item has its own BulkDataURI
 #: Objects whose headers are read at once (each a read of the object's first block(s)).
 READERS = 16
 #: Instances whose summaries are kept in memory, over all series (under 1 KB each).

@@ -24,7 +24,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from idcfs.dicom.header import InstanceHeader
 from idcfs.dicom.series_headers import SeriesHeaders
 from idcfs.dicomweb.instances import INSTANCE_KEYS, Instances, SeriesAt
-from idcfs.dicomweb.media import NotAcceptable
+from idcfs.dicomweb.media import NotAcceptable, bulk_as_one_part, multipart
 from idcfs.dicomweb.query import Query, QueryError, parse_query
 from idcfs.dicomweb.retrieve import Part, instances, stored_dicom_accepted
 from idcfs.dicomweb.search import CatalogSearch, Page
@@ -42,6 +42,10 @@ _ALLOWED = "GET, HEAD, OPTIONS"
 #: The most series one search of instances reads the headers of.
 MAX_SERIES_SEARCHED = 100
 _DICOM_JSON = "application/dicom+json"
+_OCTETS = "application/octet-stream"
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+#: Headers a reverse proxy adds: then Host is the name it was reached by, port and all.
+_FORWARDED = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_FOR")
 
 #: An answer: status, headers and body.
 Answer = tuple[str, list[tuple[str, str]], Iterable[Any]]
@@ -223,11 +227,14 @@ class DicomWeb(BaseMiddleware):
                 accept = environ.get("HTTP_ACCEPT", "")
                 kind, length, body = self._instances.frames(at, header, wanted, accept)
                 return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
-            case ["bulk", tag]:
-                value = self._instances.bulk(at, header, tag)
+            case ["bulk", *place] if place:
+                value = self._instances.bulk(at, header, place)
                 if value is None:
                     return None
-                return "200 OK", _octets(value), [value]
+                if bulk_as_one_part(environ.get("HTTP_ACCEPT", "")):
+                    return "200 OK", _octets(value), [value]
+                kind, length, body = multipart(_OCTETS, [(_OCTETS, len(value))], lambda _: [value])
+                return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
             case ["rendered"] | ["frames", _, "rendered"]:
                 raise NotAcceptable("rendered images are not made here: the stored frames are served as they are")
         return None
@@ -249,8 +256,20 @@ class DicomWeb(BaseMiddleware):
 
 
 def _base_url(environ: dict[str, Any]) -> str:
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '')}"
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('SCRIPT_NAME', '')}{ROOT}"
+    """This service's URL as the client reached it (the URLs in answers start with it)."""
+    scheme = environ.get("wsgi.url_scheme", "http")
+    port = str(environ.get("SERVER_PORT", ""))
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{port}"
+    forwarded = any(key in environ for key in _FORWARDED)
+    if not forwarded and not _names_port(host) and port and port != _DEFAULT_PORTS.get(scheme):
+        # A client that reached this port but named none (dicomweb-client sends its Host so):
+        # its URLs would lead to the scheme's default port. Behind a proxy, Host is the proxy's.
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{environ.get('SCRIPT_NAME', '')}{ROOT}"
+
+
+def _names_port(host: str) -> bool:
+    return ":" in host.rpartition("]")[2]  # an IPv6 literal's colons are within its brackets
 
 
 def _json_page(page: Page) -> Answer:
@@ -286,7 +305,7 @@ def _json_stream(items: Iterator[bytes] | None) -> Answer | None:
 
 
 def _octets(value: bytes) -> list[tuple[str, str]]:
-    return [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(value)))]
+    return [("Content-Type", _OCTETS), ("Content-Length", str(len(value)))]
 
 
 def _answer(

@@ -19,7 +19,7 @@ import pydicom
 from idcfs.blocks.cache import BlockCache
 from idcfs.blocks.object_file import ObjectFile
 from idcfs.blocks.reader import Reader
-from idcfs.dicom.header import BASE, InstanceHeader
+from idcfs.dicom.header import BASE, InstanceHeader, value_at
 from idcfs.dicom.series_headers import PAUSE, Objects, OpenObject, SeriesHeaders, SeriesIndex
 from idcfs.dicomweb.attributes import record
 from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
@@ -193,18 +193,13 @@ class Instances:
         content_type, length, body = multipart(kind, parts, body_of)
         return content_type, length, _closing(body, close)
 
-    def bulk(self, at: SeriesAt, header: InstanceHeader, tag: str) -> bytes | None:
-        """An attribute's value, read again from the header (its blocks are cached by now)."""
-        try:
-            number = int(tag, 16)
-        except ValueError:
-            return None
+    def bulk(self, at: SeriesAt, header: InstanceHeader, place: list[str]) -> bytes | None:
+        """The value a BulkDataURI stands for (``place``: its tag, or its sequences' tags and
+        item numbers and its tag), read again from the header (its blocks are cached by now)."""
         with FileStream(self._vfs.open(f"{at.folder}/{header.name}")) as stream:
             dataset = pydicom.dcmread(stream, stop_before_pixels=True)
-        element = dataset.get(number)
-        if element is None or not isinstance(element.value, (bytes, bytearray)):
-            return None
-        return bytes(element.value)
+        value = value_at(dataset, place)
+        return bytes(value) if isinstance(value, (bytes, bytearray)) else None
 
 
 def _frame_type(syntax: str, accept: str) -> str:

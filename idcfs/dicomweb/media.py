@@ -50,3 +50,17 @@ def multipart(
         yield tail
 
     return f'multipart/related; type="{kind}"; boundary={boundary}', length, body()
+
+
+def bulk_as_one_part(accept: str) -> bool:
+    """Whether bulk data goes as its bare bytes rather than as a ``multipart/related`` answer of
+    one ``application/octet-stream`` part; the first media range that takes either decides.
+    ``*/*`` (no Accept) is the bare bytes: what OHIF's single-part bulk data mode asks for by
+    sending no Accept; a client that wants parts (dicomweb-client) says ``multipart/related``."""
+    for name, options in media_ranges(accept):
+        if name in ("multipart/related", "multipart/*"):
+            if options.get("type", "application/octet-stream") in ("application/octet-stream", "*/*"):
+                return False
+        elif name in ("application/octet-stream", "application/*", "*/*"):
+            return True
+    raise NotAcceptable("bulk data is application/octet-stream, alone or as the part of a multipart/related answer")

@@ -56,7 +56,7 @@ def generate_slide(
     the same arguments reuses it."""
     out = Path(out_dir)
     stamp = {"series": series_uuid, "width": width, "height": height, "tile": tile, "levels": levels,
-             "quality": quality, "v": 1}  # fmt: skip
+             "quality": quality, "v": 2}  # fmt: skip
     record = out / f"slide-{series_uuid}.json"
     if record.exists():
         saved = json.loads(record.read_text())
@@ -152,6 +152,7 @@ def _level_dataset(row: dict, level: int, width: int, height: int, tile: int, pa
     path.OpticalPathIdentifier = "1"
     path.IlluminationTypeCodeSequence = Sequence([_code("111744", "DCM", "Brightfield illumination")])
     path.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT", "Full Spectrum")])
+    path.ICCProfile = _icc_profile()  # as IDC's slides carry one: bulk data within a sequence
     shared = Dataset()
     measures = Dataset()
     measures.PixelSpacing = [spacing, spacing]
@@ -173,3 +174,14 @@ def _code(value: str, scheme: str, meaning: str):
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
     return code
+
+
+def _icc_profile() -> bytes:
+    """An sRGB ICC profile (Pillow's), padded past 1 KiB as scanners' are (so DICOM JSON carries it
+    as a BulkDataURI, not inline); its header's size says so, and littleCMS reads it."""
+    import struct
+
+    from PIL import ImageCms
+
+    built = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() + bytes(1024)
+    return struct.pack(">I", len(built)) + built[4:]
