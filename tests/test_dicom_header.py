@@ -4,7 +4,9 @@ lies), in process over files made here with pydicom; and a series' record kept o
 from __future__ import annotations
 
 import io
+import os
 import threading
+import time
 
 import pydicom
 import pytest
@@ -169,10 +171,11 @@ def test_a_series_metadata_is_answered_as_its_headers_are_read(tmp_path):
     assert uids == [h.sop_instance_uid for h in index.instances]
 
 
-def test_an_answer_behind_the_lines_kept_takes_the_rest_from_the_record(tmp_path):
-    from idcfs.dicom.series_headers import FOLLOWED
+def test_an_answer_behind_the_lines_kept_takes_the_rest_from_the_record(tmp_path, monkeypatch):
+    from idcfs.dicom import series_headers
 
-    raws = _series(FOLLOWED + 40)
+    monkeypatch.setattr(series_headers, "FOLLOWED_BYTES", 20_000)  # a dozen lines
+    raws = _series(60)
     headers = SeriesHeaders(tmp_path)
     stream = headers.metadata(
         "uuid-b", BASE, lambda: [(n, len(r)) for n, r in raws.items()], lambda n: io.BytesIO(raws[n])
@@ -181,6 +184,52 @@ def test_an_answer_behind_the_lines_kept_takes_the_rest_from_the_record(tmp_path
     index = headers.get("uuid-b", BASE, lambda: [], lambda name: pytest.fail("read again"))  # the read done
     answered += [item for item in stream if item != PAUSE]  # resumed past the lines kept in memory
     assert answered == list(index.metadata()) and len(answered) == len(raws)
+
+
+def test_an_answer_fallen_behind_while_the_read_goes_on_gets_every_line_in_order(tmp_path, monkeypatch):
+    from idcfs.dicom import series_headers
+
+    monkeypatch.setattr(series_headers, "FOLLOWED_BYTES", 20_000)
+    raws = {**_series(59), "zz-not-dicom.dcm": b"not DICOM at all"}  # (its line is skipped)
+    raws["zzz-last.dcm"] = _instance(ExplicitVRLittleEndian, bytes(16), 1)
+    first_taken, release = threading.Event(), threading.Event()
+
+    def open_object(name):
+        if name == "00001.dcm":  # the answer has its first line before it falls behind
+            first_taken.wait(30)
+        if name == "zzz-last.dcm":
+            release.wait(30)
+        return io.BytesIO(raws[name])
+
+    headers = SeriesHeaders(tmp_path)
+    stream = headers.metadata("uuid-r", BASE, lambda: [(n, len(r)) for n, r in raws.items()], open_object)
+    answered = [next(stream)]
+    first_taken.set()
+    reading = headers._reading["uuid-r"]
+    deadline = time.monotonic() + 30
+    while reading.count < 59 and time.monotonic() < deadline:  # all read but the held one
+        time.sleep(0.01)
+    threading.Timer(0.3, release.set).start()  # while the answer waits, behind the lines kept
+    answered += [item for item in stream if item != PAUSE]
+    index = headers.get("uuid-r", BASE, lambda: [], lambda name: pytest.fail("read again"))
+    assert answered == list(index.metadata()) and len(answered) == 60
+
+
+def test_temporary_records_of_a_process_gone_are_swept(tmp_path):
+    from idcfs.dicom.series_headers import FORMAT, STALE_TEMPORARY
+
+    (tmp_path / "ab").mkdir()
+    stale = tmp_path / "ab" / f".ab-1.v{FORMAT}.headers.123.456"
+    live = tmp_path / "ab" / f".ab-2.v{FORMAT}.headers.123.789"
+    for path in (stale, live):
+        path.write_bytes(b"{}\t{}\n")
+    old = time.time() - STALE_TEMPORARY - 60
+    os.utime(stale, (old, old))
+    SeriesHeaders(tmp_path)
+    deadline = time.monotonic() + 10
+    while stale.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not stale.exists() and live.exists()
 
 
 def test_a_client_gone_leaves_the_read_to_finish_and_be_kept(tmp_path):

@@ -28,6 +28,11 @@ _SEQUENCE_END = 0xE0DDFFFE
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 
 
+#: What pydicom, or the values it read, raise of an object that is no DICOM we can answer from
+#: (a store's failure is an OSError: not among them).
+_UNREADABLE = (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, struct.error)
+
+
 class NotDicom(ValueError):
     """The object is not a DICOM file pydicom can read the header of."""
 
@@ -58,8 +63,22 @@ def read_header(stream: BinaryIO, name: str, size: int, series_url: str) -> Inst
     is where its series is asked for: its bulk data is asked for under it."""
     try:
         dataset = pydicom.dcmread(stream, stop_before_pixels=True)
-    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as error:
-        raise NotDicom(f"{name}: {error}") from None
+        return _header(dataset, stream, name, size, series_url)
+    except (
+        pydicom.errors.InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        struct.error,
+    ) as error:
+        # (also a header pydicom reads whose values make no sense: a frame count that is no
+        # number, an offset table cut short)
+        raise NotDicom(f"{name}: {error or type(error).__name__}") from None
+
+
+def _header(dataset: Dataset, stream: BinaryIO, name: str, size: int, series_url: str) -> InstanceHeader:
     syntax = str(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
     pixel_at = stream.tell()
     frames = int(dataset.get("NumberOfFrames", 1) or 1)

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,8 +50,11 @@ INSTANCES_KEPT = 200_000
 AHEAD = 4 * READERS
 #: The longest a caller waits for a series' headers (or for the next of them) being read.
 READ_TIMEOUT = 600.0
-#: Lines of a series being read kept in memory for the answers that follow the read.
-FOLLOWED = 4 * AHEAD
+#: The latest lines of a series being read kept in memory for the answers that follow the
+#: read (bytes; an answer that falls further behind waits for the record).
+FOLLOWED_BYTES = 8 << 20
+#: A temporary record this much older than its last line is left over from a process gone.
+STALE_TEMPORARY = 600.0
 
 #: An empty item in a series' metadata: what came before may be sent now (the next may be a
 #: while: it is being read).
@@ -89,12 +93,16 @@ class _Reading:
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.count = 0
-        self.recent: deque[bytes] = deque(maxlen=FOLLOWED)
+        self.recent: deque[bytes] = deque()
+        self._recent_bytes = 0
         self.done: Future[SeriesIndex] = Future()
 
     def add(self, metadata: bytes) -> None:
         with self.changed:
             self.recent.append(metadata)
+            self._recent_bytes += len(metadata)
+            while self._recent_bytes > FOLLOWED_BYTES and len(self.recent) > 1:
+                self._recent_bytes -= len(self.recent.popleft())
             self.count += 1
             self.changed.notify_all()
 
@@ -126,8 +134,11 @@ class _Reading:
             if not fresh:
                 break  # done, or fell behind the lines kept: the rest from the record
             yield from fresh
-            yield PAUSE
             position += len(fresh)
+            with self.changed:
+                waits = position >= self.count and not self.done.done()
+            if waits:  # nothing more at hand: what came may go now
+                yield PAUSE
         index = self.index()
         if position < len(index):
             yield from index.metadata(list(range(position, len(index))))
@@ -142,6 +153,16 @@ class SeriesHeaders:
         self._reading: dict[str, _Reading] = {}  # one read a series at a time
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="idcfs-headers")
+        threading.Thread(target=self._sweep, name="idcfs-headers-sweep", daemon=True).start()
+
+    def _sweep(self) -> None:
+        """Remove the temporary records of reads whose process is gone (a live read writes its
+        record line after line: its file is never long unchanged)."""
+        now = time.time()
+        for temporary in self._folder.glob(f"*/.*.v{FORMAT}.headers.*"):
+            with contextlib.suppress(OSError):
+                if now - temporary.stat().st_mtime > STALE_TEMPORARY:
+                    temporary.unlink()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -171,12 +192,16 @@ class SeriesHeaders:
             if found is not None:
                 return found
             reading = self._reading[series_uuid] = _Reading()
-        threading.Thread(
-            target=self._load_or_read,
-            args=(series_uuid, series_url, objects, open_object, reading),
-            name="idcfs-series-headers",
-            daemon=True,
-        ).start()
+        try:
+            threading.Thread(
+                target=self._load_or_read,
+                args=(series_uuid, series_url, objects, open_object, reading),
+                name="idcfs-series-headers",
+                daemon=True,
+            ).start()
+        except BaseException as error:  # (no thread to be had): nobody is left waiting on it
+            self._settle(series_uuid, reading, error)
+            raise
         return reading
 
     def _load_or_read(
@@ -190,11 +215,18 @@ class SeriesHeaders:
             outcome = loaded
         except BaseException as error:  # handed to every caller waiting on the read
             outcome = error
-        with self._lock:
-            if isinstance(outcome, SeriesIndex):
-                self._kept[series_uuid] = outcome
-            del self._reading[series_uuid]  # a failed read is not remembered
-        reading.finish(outcome)
+        self._settle(series_uuid, reading, outcome)
+
+    def _settle(self, series_uuid: str, reading: _Reading, outcome: SeriesIndex | BaseException) -> None:
+        """The read is over: its index kept (a failure is not remembered), its callers told."""
+        try:
+            with self._lock:
+                self._reading.pop(series_uuid, None)
+                if isinstance(outcome, SeriesIndex):
+                    with contextlib.suppress(ValueError):  # more instances than are kept at all
+                        self._kept[series_uuid] = outcome
+        finally:
+            reading.finish(outcome)
 
     def _record(self, series_uuid: str) -> Path:
         return self._folder / series_uuid[:2] / f"{series_uuid}.v{FORMAT}.headers"

@@ -287,11 +287,11 @@ def _cut_short_on_failure(body: Iterable[Any], environ: dict[str, Any]) -> Itera
     cuts the connection, with a line in the log (the server's traceback would say no more)."""
     try:
         yield from body
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - whatever failed, the client is told by the cut
         cut_short = environ.get(CUT_SHORT)
         if cut_short is None:
             raise
-        log.warning("DICOMweb %s: answer cut short: %s", environ.get("PATH_INFO"), error)
+        log.warning("DICOMweb %s: answer cut short: %s", environ.get("PATH_INFO"), error or type(error).__name__)
         cut_short()
 
 

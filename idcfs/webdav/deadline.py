@@ -148,8 +148,9 @@ class _Gateway(wsgi.Gateway_10):
 
     def _cut_short(self) -> None:
         self.req.close_connection = True
-        with contextlib.suppress(OSError):
-            self.req.conn.socket.shutdown(socket.SHUT_RDWR)
+        self.req.chunked_write = False  # no last chunk: the answer must not look whole
+        with contextlib.suppress(OSError):  # the plain socket's, also under TLS (as the watch's)
+            socket.socket.shutdown(self.req.conn.socket, socket.SHUT_RDWR)
 
     def respond(self) -> None:
         """cheroot's, taking a chunk that is a view of a buffer as well as ``bytes`` (the share
