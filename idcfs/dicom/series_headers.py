@@ -159,10 +159,11 @@ class SeriesHeaders:
         """Remove the temporary records of reads whose process is gone (a live read writes its
         record line after line: its file is never long unchanged)."""
         now = time.time()
-        for temporary in self._folder.glob(f"*/.*.v{FORMAT}.headers.*"):
-            with contextlib.suppress(OSError):
-                if now - temporary.stat().st_mtime > STALE_TEMPORARY:
-                    temporary.unlink()
+        with contextlib.suppress(OSError):  # (a folder gone meanwhile: nothing to sweep there)
+            for temporary in self._folder.glob(f"*/.*.v{FORMAT}.headers.*"):
+                with contextlib.suppress(OSError):
+                    if now - temporary.stat().st_mtime > STALE_TEMPORARY:
+                        temporary.unlink()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
