@@ -270,6 +270,8 @@ def test_series_metadata_is_each_header_as_dicom_json(served, client, generated)
         }
     study = client.retrieve_study_metadata(series.study_uid)
     assert set(local) <= {m["00080018"]["Value"][0] for m in study}
+    status, headers, body = served.request("HEAD", f"/dicomweb/studies/{series.study_uid}/metadata")
+    assert status == 200 and headers["Content-Type"] == "application/dicom+json" and body == b""
     some = next(iter(local))
     alone = client.retrieve_instance_metadata(series.study_uid, series.series_uid, some)
     assert alone["00080018"]["Value"] == [some]
