@@ -165,11 +165,12 @@ def test_mount_on_windows_says_in_one_line_what_to_use_instead(tmp_path, monkeyp
 
 
 @pytest.mark.integration
-def test_the_webdav_tests_pass_against_a_windows_like_share(tmp_path):
-    """Every WebDAV test (real clients, replayed desktop clients, Windows' groups, the load) again,
-    with each ``idcfs serve`` they start Windows-like."""
+def test_the_share_and_dicomweb_tests_pass_against_a_windows_like_share(tmp_path):
+    """Every WebDAV test (real clients, replayed desktop clients, Windows' groups, the load) and
+    the DICOMweb face's (dicomweb-client, wsidicom, streamed and cut answers) again, with each
+    ``idcfs serve`` they start Windows-like."""
     files = ["tests/test_webdav.py", "tests/test_webdav_clients.py", "tests/test_webdav_windows.py",
-             "tests/test_webdav_load.py"]  # fmt: skip
+             "tests/test_webdav_load.py", "tests/test_dicomweb.py"]  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}", *files],
         cwd=REPO, env={**os.environ, SERVE_AS_ON_WINDOWS: "1"}, capture_output=True, text=True, timeout=600,
