@@ -87,13 +87,7 @@ def test_what_is_not_dicom_is_said_so():
 
 def test_a_series_is_read_once_by_one_caller_and_then_from_disk(tmp_path):
     raws = {f"{k}.dcm": _instance(ExplicitVRLittleEndian, bytes([k]) * 16, 1) for k in range(12)}
-    opened: list[str] = []
-    lock = threading.Lock()
-
-    def open_object(name):
-        with lock:
-            opened.append(name)
-        return io.BytesIO(raws[name])
+    opened, open_object = _opener(raws)
 
     def objects():
         return [(name, len(raw)) for name, raw in raws.items()]
@@ -142,6 +136,19 @@ def test_a_damaged_record_is_read_again(tmp_path):
     record.write_bytes(record.read_bytes()[:-20])
     again = SeriesHeaders(tmp_path).get("ab-1", BASE, lambda: [("a.dcm", len(raw))], lambda name: io.BytesIO(raw))
     assert len(again) == 1
+
+
+def _opener(raws: dict[str, bytes]):
+    """Objects opened from ``raws``, and the names opened (from any thread), in order."""
+    opened: list[str] = []
+    lock = threading.Lock()
+
+    def open_object(name):
+        with lock:
+            opened.append(name)
+        return io.BytesIO(raws[name])
+
+    return opened, open_object
 
 
 def _series(count: int) -> dict[str, bytes]:
@@ -234,14 +241,7 @@ def test_temporary_records_of_a_process_gone_are_swept(tmp_path):
 
 def test_a_client_gone_leaves_the_read_to_finish_and_be_kept(tmp_path):
     raws = _series(30)
-    opened: list[str] = []
-    lock = threading.Lock()
-
-    def open_object(name):
-        with lock:
-            opened.append(name)
-        return io.BytesIO(raws[name])
-
+    opened, open_object = _opener(raws)
     headers = SeriesHeaders(tmp_path)
     stream = headers.metadata("uuid-g", BASE, lambda: [(n, len(r)) for n, r in raws.items()], open_object)
     next(stream)
