@@ -437,3 +437,31 @@ def test_a_small_body_gets_no_mapping_of_its_own():
     assert isinstance(new_buffer(846), bytearray) and len(new_buffer(846)) == 846
     assert isinstance(new_buffer(SMALL - 1), bytearray)
     assert isinstance(new_buffer(SMALL), mmap.mmap)
+
+
+def test_a_store_file_fetches_each_block_once_in_the_reading_thread():
+    """What a series' headers are read through: the blocks a read touches, each fetched once,
+    seeks back answered from those; nothing past the object's end."""
+    import io
+
+    from idcfs.blocks.object_file import StoreFile
+    from idcfs.blocks.reader import ObjectRef
+
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    asked: list[tuple[int, list[int]]] = []
+
+    class Store:
+        def get_blocks(self, aws_bucket, key, start, sizes, deadline=None, arrived=None):
+            asked.append((start, sizes))
+            return [bytearray(data[start : start + sizes[0]])]
+
+    with io.BufferedReader(StoreFile(Store(), ObjectRef("b", "k", len(data)), 4096), 1024) as stream:
+        assert stream.read(100) == data[:100]
+        stream.seek(4000)
+        assert stream.read(200) == data[4000:4200]  # across the first block's end
+        stream.seek(10)
+        assert stream.read(50) == data[10:60]  # the first block again: kept
+        stream.seek(10_000)
+        assert stream.read() == data[10_000:]  # the last block, short
+        assert stream.read(10) == b""
+    assert asked == [(0, [4096]), (4096, [4096]), (8192, [2048])]

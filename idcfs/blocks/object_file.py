@@ -1,5 +1,7 @@
-"""An object read through the block cache as a Python binary file: what pydicom reads a header
-from (a volume's SEG, a series' instance headers)."""
+"""An object as a Python binary file: what pydicom reads a header from (a volume's SEG, a
+series' instance headers). Through the block cache (:class:`ObjectFile`: shared, kept), or
+straight from the store (:class:`StoreFile`: bytes read once, in the reading thread).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import io
 from typing import Any
 
 from idcfs.blocks.reader import ObjectRef, Reader
+from idcfs.remote.http import Buffer
+from idcfs.remote.store import Store
 
 
-class ObjectFile(io.RawIOBase):
-    """``ref``'s bytes through ``reader``; seekable, unbuffered (wrap it for small reads)."""
+class _ObjectAsFile(io.RawIOBase):
+    """Seekable and unbuffered over ``ref``'s bytes (wrap it for small reads)."""
 
-    def __init__(self, reader: Reader, ref: ObjectRef) -> None:
-        self._reader, self._ref, self._at = reader, ref, 0
+    def __init__(self, ref: ObjectRef) -> None:
+        self._ref, self._at = ref, 0
         self.name = ref.key  # pydicom names what it reads after it
 
     def readable(self) -> bool:
@@ -30,8 +34,48 @@ class ObjectFile(io.RawIOBase):
     def tell(self) -> int:
         return self._at
 
+
+class ObjectFile(_ObjectAsFile):
+    """``ref``'s bytes through ``reader`` (its block cache: shared with every other reader)."""
+
+    def __init__(self, reader: Reader, ref: ObjectRef) -> None:
+        super().__init__(ref)
+        self._reader = reader
+
     def readinto(self, into: Any) -> int:
         data = self._reader.read(self._ref, self._at, len(into))
         into[: len(data)] = data
         self._at += len(data)
         return len(data)
+
+
+class StoreFile(_ObjectAsFile):
+    """``ref``'s bytes straight from ``store``, ``block_size`` at a time in the reading thread,
+    each block fetched once and kept while the file is open: for bytes read once (a series'
+    headers, kept on disk after), where the block cache's sharing, and the hand-over to its
+    fetching threads, would cost more than they save."""
+
+    def __init__(self, store: Store, ref: ObjectRef, block_size: int) -> None:
+        super().__init__(ref)
+        self._store, self._block_size = store, block_size
+        self._blocks: dict[int, Buffer] = {}
+
+    def readinto(self, into: Any) -> int:
+        if self._at >= self._ref.size:
+            return 0
+        index, offset = divmod(self._at, self._block_size)
+        block = self._blocks.get(index)
+        if block is None:
+            begin = index * self._block_size
+            length = min(self._ref.size, begin + self._block_size) - begin
+            block = self._blocks[index] = self._store.get_blocks(self._ref.aws_bucket, self._ref.key, begin, [length])[
+                0
+            ]
+        count = min(len(into), len(block) - offset)
+        into[:count] = memoryview(block)[offset : offset + count]
+        self._at += count
+        return count
+
+    def close(self) -> None:
+        self._blocks.clear()
+        super().close()

@@ -16,9 +16,7 @@ from typing import Any, BinaryIO, cast
 
 import pydicom
 
-from idcfs.blocks.cache import BlockCache
-from idcfs.blocks.object_file import ObjectFile
-from idcfs.blocks.reader import Reader
+from idcfs.blocks.object_file import ObjectFile, StoreFile
 from idcfs.dicom.header import BASE, InstanceHeader, value_at
 from idcfs.dicom.series_headers import PAUSE, Objects, OpenObject, SeriesHeaders, SeriesIndex
 from idcfs.dicomweb.attributes import record
@@ -32,8 +30,6 @@ from idcfs.vfs.vfs import Vfs
 #: Objects up to this size have their header read in blocks of HEADER_BLOCK bytes of its own.
 SMALL_OBJECT = 8 << 20
 HEADER_BLOCK = 64 << 10
-#: Memory for those blocks (they are read once: a series' headers are kept on disk after).
-HEADER_MEMORY = 32 << 20
 
 #: The media type of an encapsulated frame, by its transfer syntax (PS3.18 table 8.7.3-5).
 _FRAME_TYPES = {
@@ -73,14 +69,6 @@ class Instances:
         self._vfs = vfs
         self._search = search
         self._headers = headers
-        # Headers of small objects (a CT or MR slice) read in small blocks of their own: the
-        # series' headers cost a block of each object, not the objects whole (a viewer waits for
-        # every header before its first image; on a slow line that is most of its wait). An
-        # object the cache holds already, or a large one (a slide level, whose items may be
-        # walked for frame offsets), is read through the tree's own reader.
-        store = vfs.reader.store
-        memory = BlockCache(HEADER_MEMORY, None, wait_timeout=store.retry.longest_operation)
-        self._header_reader = Reader(store, memory, HEADER_BLOCK)
         # A viewer asks for a series' frames one request each: its place is found once.
         self.series_at = functools.lru_cache(maxsize=LOOKUPS_KEPT)(self._series_at)
 
@@ -106,12 +94,19 @@ class Instances:
         """What the series' headers are read from: its UUID, URL, files, and a way to open one."""
 
         def open_object(name: str) -> BinaryIO:
+            # A small object's header (a CT or MR slice) is read in small blocks, straight from
+            # the store: the series' headers cost a block of each object, not the objects whole
+            # (a viewer waits for every header before its first image; on a slow line that is
+            # most of its wait). An object the cache holds already, or a large one (a slide
+            # level, whose items may be walked for frame offsets), is read through the tree's.
             ref = self._vfs.object_ref(f"{at.folder}/{name}")
             main = self._vfs.reader
             first = main.block_key(ref, 0)
-            held = main.cache.contains(first) or main.cache.in_flight(first)
-            reader = main if held or ref.size > SMALL_OBJECT else self._header_reader
-            return cast(BinaryIO, io.BufferedReader(ObjectFile(reader, ref), 16 << 10))
+            if main.cache.contains(first) or main.cache.in_flight(first) or ref.size > SMALL_OBJECT:
+                raw: io.RawIOBase = ObjectFile(main, ref)
+            else:
+                raw = StoreFile(main.store, ref, HEADER_BLOCK)
+            return cast(BinaryIO, io.BufferedReader(raw, 16 << 10))
 
         series_url = f"{BASE}/studies/{at.study}/series/{at.series}"
         return at.uuid, series_url, lambda: self.files(at), open_object
