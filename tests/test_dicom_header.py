@@ -222,21 +222,25 @@ def test_an_answer_fallen_behind_while_the_read_goes_on_gets_every_line_in_order
     assert answered == list(index.metadata()) and len(answered) == 60
 
 
-def test_temporary_records_of_a_process_gone_are_swept(tmp_path):
+def test_temporary_records_of_a_process_gone_and_older_formats_are_swept(tmp_path):
     from idcfs.dicom.series_headers import FORMAT, STALE_TEMPORARY
 
     (tmp_path / "ab").mkdir()
     stale = tmp_path / "ab" / f".ab-1.v{FORMAT}.headers.123.456"
     live = tmp_path / "ab" / f".ab-2.v{FORMAT}.headers.123.789"
-    for path in (stale, live):
+    older_format = tmp_path / "ab" / f"ab-3.v{FORMAT - 1}.headers"  # never read again
+    kept = tmp_path / "ab" / f"ab-4.v{FORMAT}.headers"
+    for path in (stale, live, older_format, kept):
         path.write_bytes(b"{}\t{}\n")
     old = time.time() - STALE_TEMPORARY - 60
-    os.utime(stale, (old, old))
+    for path in (stale, older_format, kept):
+        os.utime(path, (old, old))
     SeriesHeaders(tmp_path)
     deadline = time.monotonic() + 10
-    while stale.exists() and time.monotonic() < deadline:
+    while (stale.exists() or older_format.exists()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not older_format.exists()
+    assert live.exists() and kept.exists()
 
 
 def test_a_client_gone_leaves_the_read_to_finish_and_be_kept(tmp_path):

@@ -157,13 +157,17 @@ class SeriesHeaders:
 
     def _sweep(self) -> None:
         """Remove the temporary records of reads whose process is gone (a live read writes its
-        record line after line: its file is never long unchanged)."""
-        now = time.time()
+        record line after line: its file is never long unchanged), and records of an older
+        format (never read again: their series are read anew)."""
+        now, current = time.time(), f".v{FORMAT}.headers"
         with contextlib.suppress(OSError):  # (a folder gone meanwhile: nothing to sweep there)
-            for temporary in self._folder.glob(f"*/.*.v{FORMAT}.headers.*"):
+            for path in self._folder.glob("*/*.headers*"):
                 with contextlib.suppress(OSError):
-                    if now - temporary.stat().st_mtime > STALE_TEMPORARY:
-                        temporary.unlink()
+                    if path.name.startswith("."):  # a temporary record
+                        if now - path.stat().st_mtime > STALE_TEMPORARY:
+                            path.unlink()
+                    elif not path.name.endswith(current):
+                        path.unlink()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
