@@ -10,6 +10,7 @@ import email.parser
 import email.policy
 import http.client
 import json
+import threading
 from collections.abc import Iterator
 
 import duckdb
@@ -379,8 +380,6 @@ def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated
 def test_a_series_metadata_is_sent_as_its_headers_are_read(s3_proxy, generated, tmp_path):
     """The first instances' metadata reach the client while the last object's header is still
     being fetched (a viewer, or a series of tens of thousands, is not kept waiting for all)."""
-    import threading
-
     series = next(s for s in generated if s.modality in ("CT", "MR") and len(s.files) > 2)
     last = max(f.name for f in series.files)  # the listing's order: the last header written
     first_bytes = threading.Event()

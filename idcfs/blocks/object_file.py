@@ -68,9 +68,8 @@ class StoreFile(_ObjectAsFile):
         if block is None:
             begin = index * self._block_size
             length = min(self._ref.size, begin + self._block_size) - begin
-            block = self._blocks[index] = self._store.get_blocks(self._ref.aws_bucket, self._ref.key, begin, [length])[
-                0
-            ]
+            ref = self._ref
+            block = self._blocks[index] = self._store.get_blocks(ref.aws_bucket, ref.key, begin, [length])[0]
         count = min(len(into), len(block) - offset)
         into[:count] = memoryview(block)[offset : offset + count]
         self._at += count

@@ -28,8 +28,9 @@ _SEQUENCE_END = 0xE0DDFFFE
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 
 
-#: What pydicom, or the values it read, raise of an object that is no DICOM we can answer from
-#: (a store's failure is an OSError: not among them).
+#: What pydicom, or the values it read, raise of an object that is no DICOM we can answer from:
+#: also a header pydicom reads whose values make no sense (a frame count that is no number, an
+#: offset table cut short). A store's failure is an OSError: not among them.
 _UNREADABLE = (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, struct.error)
 
 
@@ -64,17 +65,7 @@ def read_header(stream: BinaryIO, name: str, size: int, series_url: str) -> Inst
     try:
         dataset = pydicom.dcmread(stream, stop_before_pixels=True)
         return _header(dataset, stream, name, size, series_url)
-    except (
-        pydicom.errors.InvalidDicomError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        IndexError,
-        struct.error,
-    ) as error:
-        # (also a header pydicom reads whose values make no sense: a frame count that is no
-        # number, an offset table cut short)
+    except _UNREADABLE as error:
         raise NotDicom(f"{name}: {error or type(error).__name__}") from None
 
 

@@ -1,18 +1,19 @@
 """The headers of a series' instances, read once and kept in the cache folder for good.
 
 The first time a series' instances are asked for (a search of its instances, its metadata, a
-frame), every object's header is read in parallel through the block cache and the series'
-record written whole (under a temporary name, then renamed: a crash leaves no half record); after
-that, in this process or the next, it is read from disk. The read goes on in a thread of its own,
-whoever asked: a client gone before it ends leaves it to finish and be kept. A ``/metadata``
-asked for while its series is read follows the read, instance by instance, from the lines the
-read keeps in memory for it (the latest few hundred); one that falls behind them takes the rest
-from the record once it is written. A series of tens of thousands of instances answers from its
-first instances on, not after its last. A record that cannot be written (a full
-disk) is an error the client is told of; nothing is half kept. A record is one line per instance: the
-instance's summary as JSON, a tab, and its metadata as the DICOM JSON it is answered with, so a
-series' ``/metadata`` is the stored text joined, never parsed again. In memory, only summaries
-and where each metadata lies, for a bounded number of instances.
+frame), every object's header is read in parallel (as its opener says: through the block cache,
+or straight from the store) and the series' record written whole (under a temporary name, then
+renamed: a crash leaves no half record); after that, in this process or the next, it is read
+from disk. The read goes on in a thread of its own, whoever asked: a client gone before it ends
+leaves it to finish and be kept. A ``/metadata`` asked for while its series is read follows the
+read, instance by instance, from the lines the read keeps in memory for it (the latest, up to
+:data:`FOLLOWED_BYTES`); one that falls behind them takes the rest from the record once it is
+written. A series of tens of thousands of instances answers from its first instances on, not
+after its last. A record that cannot be written (a full disk) is an error the client is told
+of; nothing is half kept. A record is one line per instance: the instance's summary as JSON, a
+tab, and its metadata as the DICOM JSON it is answered with, so a series' ``/metadata`` is the
+stored text joined, never parsed again. In memory, only summaries and where each metadata lies,
+for a bounded number of instances.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class _Reading:
                 while position >= self.count and not self.done.done():
                     if not self.changed.wait(READ_TIMEOUT):
                         raise StoreError(f"no header read for {READ_TIMEOUT:g}s")
-                first_kept = self.count - len(self.recent)
-                fresh = list(self.recent)[position - first_kept :] if first_kept <= position < self.count else []
+                behind = self.count - position  # the lines not yet taken: the newest ``behind``
+                fresh = [self.recent[-k] for k in range(behind, 0, -1)] if behind <= len(self.recent) else []
             if not fresh:
                 break  # done, or fell behind the lines kept: the rest from the record
             yield from fresh

@@ -102,10 +102,14 @@ class ClientClocks:
                     del self._due[sock]
             for sock in overdue:
                 log.info("closing a connection: its client sent or took nothing for %.0f s", self.seconds)
-                # The plain socket's shutdown, also under TLS: it wakes the blocked call without
-                # touching the TLS object another thread is inside.
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """End a connection from another thread: the plain socket's shutdown, also under TLS (it
+    wakes the blocked call without touching the TLS object another thread is inside)."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _TimedInput:
@@ -149,8 +153,7 @@ class _Gateway(wsgi.Gateway_10):
     def _cut_short(self) -> None:
         self.req.close_connection = True
         self.req.chunked_write = False  # no last chunk: the answer must not look whole
-        with contextlib.suppress(OSError):  # the plain socket's, also under TLS (as the watch's)
-            socket.socket.shutdown(self.req.conn.socket, socket.SHUT_RDWR)
+        _shut_down(self.req.conn.socket)
 
     def respond(self) -> None:
         """cheroot's, taking a chunk that is a view of a buffer as well as ``bytes`` (the share
