@@ -6,7 +6,8 @@ noise, which one run of ``bench.py`` per checkout cannot.
     python scripts/bench_ab.py --before ../base --runs 5 [--workloads a,c,d,e,f,hdr]
 
 Workloads as bench_io's rows: a (cold series, cat), c (warm re-read after remount), d (500 MB
-dd), e (2,000 random 64 KiB preads in 1 GB, cold), f (ls -lR of 50 series), and hdr (Python's
+dd), e (2,000 random 64 KiB preads in 1 GB, cold), f (ls -lR of 50 series), g (OpenSlide's 500
+random regions of a slide, cold), and hdr (Python's
 ``open(path, "rb").read(65536)`` of the 1 GB object: its bytes fetched, once background work has
 settled, are what matters).
 """
@@ -28,13 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import (  # noqa: E402 - the checkout's test bed first
     BIG_RANDOM,
     BIG_SEQUENTIAL,
+    BIG_SLIDE_SERIES,
     CT_SERIES,
     SM_SERIES,
     Idcfs,
     IdcfsBefore,
     cat_one_by_one,
     dd,
+    level_file_name,
     ls_recursive,
+    openslide_regions,
     prepare_data,
     random_reads,
     warm_server_etags,
@@ -61,7 +65,7 @@ def main() -> int:
         s3_server(info["data"], log_path=work / "rclone.log") as server,
         CountingProxy(server.url, latency=args.latency) as proxy,
     ):
-        folders = [CT_SERIES, SM_SERIES, *(s.crdc_series_uuid for s in info["small"])]
+        folders = [CT_SERIES, SM_SERIES, BIG_SLIDE_SERIES, *(s.crdc_series_uuid for s in info["small"])]
         warm_server_etags(server.url, folders)
         tools = {"after": Idcfs(), "before": IdcfsBefore()}
         caches = {name: work / name for name in tools}
@@ -77,12 +81,15 @@ def main() -> int:
                     ct_dir = tool.series_dir(info, CT_SERIES, info["ct"].path)
                     sm_dir = tool.series_dir(info, SM_SERIES, info["sm_path"])
                     small = [tool.series_dir(info, s.crdc_series_uuid, s.path) for s in info["small"]]
+                    slide = tool.series_dir(info, BIG_SLIDE_SERIES, info["slide"].path)
                     if workload == "c":  # warm: read once, remount, time the re-read
                         cat_one_by_one(ct_dir)
                         tool.unmount()
                         tool.mount(proxy.url, caches[name])
                     if workload in ("e", "hdr"):
                         os.stat(sm_dir / BIG_RANDOM)  # the series listed, outside the count
+                    if workload == "g":
+                        os.stat(slide / level_file_name(BIG_SLIDE_SERIES, 0))
                     os.sync()
                     proxy.log.clear()
                     started = time.perf_counter()
@@ -95,6 +102,8 @@ def main() -> int:
                     elif workload == "hdr":
                         with open(sm_dir / BIG_RANDOM, "rb") as handle:
                             handle.read(65536)
+                    elif workload == "g":
+                        openslide_regions(slide / level_file_name(BIG_SLIDE_SERIES, 0))
                     else:
                         ls_recursive(small)
                     times.setdefault(workload, {}).setdefault(name, []).append(time.perf_counter() - started)

@@ -40,10 +40,12 @@ _TYPE = {True: stat.S_IFDIR, False: stat.S_IFREG}
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: st_blksize, the read size buffered readers pick (Python's open(), C stdio's fopen, so pydicom
-#: and OpenSlide): at the core's block size (1 MiB) a 64 KiB header read became a 1 MiB read,
-#: and the kernel's readahead beside it another mebibyte, all fetched. coreutils read at least
-#: 128 KiB anyway, and the kernel's readahead makes a stream's requests large whatever this says.
-PREFERRED_READ = 128 << 10
+#: and OpenSlide). Under the mount's readahead the kernel's first read of a file is twice the
+#: first read asked, and a demand read is answered once that much has arrived: a header read's
+#: first bytes come sooner the smaller this is (on a slow line, 128 KiB here cost the 128 KiB
+#: more it waited for). A stream is not slowed: the kernel's readahead grows its requests
+#: whatever this says, and coreutils read at least 128 KiB anyway.
+PREFERRED_READ = 64 << 10
 
 
 def _errno_of(method: F) -> F:
