@@ -7,6 +7,9 @@ series' UUID, bucket and time 5-10 times: kept in a bounded LRU of plain tuples 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+
+import pyarrow as pa
 
 from idcfs.catalog.index import Catalog
 
@@ -19,14 +22,14 @@ class SeriesRows:
         self._catalog = catalog
         series = catalog.series
         self._uuid = series.column("crdc_series_uuid")
-        self._bucket = series.column("aws_bucket")
+        self._bucket = _values_of(series.column("aws_bucket"))
         self._revised = series.column("series_revised_idc_version")
         self._modality = series.column("Modality")
         self._row = functools.lru_cache(maxsize=ROWS_KEPT)(self._read_row)
 
     def _read_row(self, row: int) -> tuple[str, str, int]:
         release = self._catalog.release_time(self._revised[row].as_py())
-        return self._uuid[row].as_py(), self._bucket[row].as_py(), int(release * 1e9)
+        return self._uuid[row].as_py(), self._bucket(row), int(release * 1e9)
 
     def uuid(self, row: int) -> str:
         return self._row(row)[0]
@@ -41,3 +44,15 @@ class SeriesRows:
     def modality(self, row: int) -> str | None:
         value = self._modality[row].as_py()
         return None if value is None else str(value)
+
+
+def _values_of(column: pa.ChunkedArray) -> Callable[[int], str]:
+    """A column of a few distinct strings (a dictionary: the buckets), by row, without making
+    pyarrow scalars: the first dictionary scalar made in a process's first new thread costs
+    ~0.3 ms, and that thread is the FUSE thread of a fresh mount's first series lookup."""
+    if pa.types.is_dictionary(column.type) and column.num_chunks == 1 and column.null_count == 0:
+        chunk = column.chunk(0)
+        names = [str(name) for name in chunk.dictionary.to_pylist()]
+        indices = chunk.indices.to_numpy(zero_copy_only=True)
+        return lambda row: names[indices[row]]
+    return lambda row: column[row].as_py()
