@@ -133,6 +133,34 @@ def test_a_header_read_with_the_default_blocks_fetches_at_most_a_mebibyte(
         unmount(mount)
 
 
+def test_a_header_read_through_the_mount_is_answered_once_the_kernels_first_read_is_in(
+    mount_factory, s3_upstream, large_object
+):
+    """Python's 64 KiB header read reaches the daemon as one small kernel read (st_blksize), and
+    is answered as soon as that much of its block has arrived, not once the 1 MiB block has: on
+    a slow line the difference is the bytes not waited for. The object comes at 256 KiB/s."""
+    expected = source_file(large_object.series, large_object.name).read_bytes()
+    pace = 256 << 10
+    with CountingProxy(s3_upstream.url) as proxy:
+        mount = mount_factory(proxy.url, "--block-size", "1M", "--prefetch", "off")
+        path = mount.series_dir(large_object.series) / large_object.name
+        assert path.stat().st_blksize == 64 << 10
+        proxy.log.clear()  # the listing aside
+        proxy.fault = lambda method, url: f"slow:{pace}" if method == "GET" and large_object.name in url else None
+        try:
+            with open(path, "rb") as handle:
+                assert handle.read(65536) == expected[:65536]
+            # The kernel's first read is 128 KiB (twice Python's): answered after ~0.5 s of a
+            # block that takes 4 s; a 128 KiB st_blksize made it 256 KiB.
+            assert proxy.log.body_bytes < 256 << 10
+        finally:
+            proxy.fault = None
+        assert proxy.settle(timeout=30)
+        assert proxy.log.count("GET", large_object.name) == 1  # the rest of the block, not again
+        assert proxy.log.body_bytes == 1 << 20
+        unmount(mount)
+
+
 def _pread_at_random(path, expected, count):
     fd = os.open(path, os.O_RDONLY)
     try:
