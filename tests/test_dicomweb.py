@@ -94,6 +94,10 @@ def test_a_study_search_over_the_served_collections_makes_no_request(served, cli
     forwarded = {"Host": "pacs.example.org", "X-Forwarded-For": "10.0.0.7"}
     status, _, body = served.request("GET", f"/dicomweb/studies?StudyInstanceUID={series.study_uid}", forwarded)
     assert value(json.loads(body)[0], "00081190") == f"http://pacs.example.org/dicomweb/studies/{series.study_uid}"
+    # ... with the scheme it says the client used (an https proxy in front: no mixed content)
+    forwarded = {"Host": "pacs.example.org", "X-Forwarded-Proto": "https"}
+    status, _, body = served.request("GET", f"/dicomweb/studies?StudyInstanceUID={series.study_uid}", forwarded)
+    assert value(json.loads(body)[0], "00081190") == f"https://pacs.example.org/dicomweb/studies/{series.study_uid}"
 
 
 def test_searches_match_as_viewers_ask(client, generated):

@@ -23,6 +23,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from idcfs.dicom.header import InstanceHeader
 from idcfs.dicom.series_headers import SeriesHeaders
+from idcfs.dicomweb.base_url import ROOT, base_url
 from idcfs.dicomweb.instances import INSTANCE_KEYS, Instances, SeriesAt
 from idcfs.dicomweb.media import NotAcceptable, bulk_as_one_part, multipart
 from idcfs.dicomweb.query import Query, QueryError, parse_query
@@ -33,8 +34,6 @@ from idcfs.vfs.vfs import Vfs
 
 log = logging.getLogger(__name__)
 
-#: Where DICOMweb is served on the share (the service root clients are given).
-ROOT = "/dicomweb"
 #: The key of this face's options in wsgidav's configuration.
 CONFIG = "idcfs_dicomweb"
 
@@ -43,9 +42,6 @@ _ALLOWED = "GET, HEAD, OPTIONS"
 MAX_SERIES_SEARCHED = 100
 _DICOM_JSON = "application/dicom+json"
 _OCTETS = "application/octet-stream"
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
-#: Headers a reverse proxy adds: then Host is the name it was reached by, port and all.
-_FORWARDED = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_FOR")
 
 #: An answer: status, headers and body.
 Answer = tuple[str, list[tuple[str, str]], Iterable[Any]]
@@ -152,7 +148,7 @@ class DicomWeb(BaseMiddleware):
         self, environ: dict[str, Any], parts: list[str]
     ) -> tuple[str, list[tuple[str, str]], Iterable[Any]] | None:
         query = environ.get("QUERY_STRING", "")
-        base = _base_url(environ)
+        base = base_url(environ)
         match parts:
             case ["studies"]:
                 return _json_page(self._search.studies(parse_query(query), base))
@@ -253,23 +249,6 @@ class DicomWeb(BaseMiddleware):
             parts += [Part(f"{at.folder}/{name}", size) for name, size in self._instances.files(at)]
         kind, length, body = instances(self._vfs, parts, syntax, bool(environ.get(VIEWS)))
         return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
-
-
-def _base_url(environ: dict[str, Any]) -> str:
-    """This service's URL as the client reached it (the URLs in answers start with it)."""
-    scheme = environ.get("wsgi.url_scheme", "http")
-    port = str(environ.get("SERVER_PORT", ""))
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{port}"
-    forwarded = any(key in environ for key in _FORWARDED)
-    if not forwarded and not _names_port(host) and port and port != _DEFAULT_PORTS.get(scheme):
-        # A client that reached this port but named none (dicomweb-client sends its Host so):
-        # its URLs would lead to the scheme's default port. Behind a proxy, Host is the proxy's.
-        host = f"{host}:{port}"
-    return f"{scheme}://{host}{environ.get('SCRIPT_NAME', '')}{ROOT}"
-
-
-def _names_port(host: str) -> bool:
-    return ":" in host.rpartition("]")[2]  # an IPv6 literal's colons are within its brackets
 
 
 def _json_page(page: Page) -> Answer:
