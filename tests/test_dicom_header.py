@@ -222,6 +222,45 @@ def test_an_answer_fallen_behind_while_the_read_goes_on_gets_every_line_in_order
     assert answered == list(index.metadata()) and len(answered) == 60
 
 
+def test_an_answer_joining_a_read_far_behind_the_lines_kept_gets_them_before_the_read_ends(tmp_path, monkeypatch):
+    """A second viewer asking for a series while its read is far along (IDC's largest series
+    take minutes): the lines memory no longer keeps come from the record being written, not
+    after the last header."""
+    from idcfs.dicom import series_headers
+
+    monkeypatch.setattr(series_headers, "FOLLOWED_BYTES", 10_000)  # a dozen lines
+    monkeypatch.setattr(series_headers, "READ_AT_ONCE", 10_000)  # several reads of the record
+    raws = {**_series(59), "zz-not-dicom.dcm": b"not DICOM at all"}  # (no line of its own)
+    raws["zzz-last.dcm"] = _instance(ExplicitVRLittleEndian, bytes(16), 1)
+    release = threading.Event()
+
+    def open_object(name):
+        if name == "zzz-last.dcm":
+            assert release.wait(30)
+        return io.BytesIO(raws[name])
+
+    headers = SeriesHeaders(tmp_path)
+    first = headers.metadata("uuid-l", BASE, lambda: [(n, len(r)) for n, r in raws.items()], open_object)
+    next(first)
+    reading = headers._reading["uuid-l"]
+    deadline = time.monotonic() + 30
+    while reading.count < 59 and time.monotonic() < deadline:  # all read but the held one
+        time.sleep(0.01)
+    assert reading.count == 59 and len(reading.recent) < 30
+    late = headers.metadata("uuid-l", BASE, lambda: pytest.fail("listed again"), lambda n: pytest.fail("read again"))
+    before_the_end = []
+    for item in late:
+        if item == PAUSE:
+            break  # it has every line read so far, and waits for the next
+        before_the_end.append(item)
+    assert len(before_the_end) == 59 and not reading.done.done()
+    release.set()
+    answered = before_the_end + [item for item in late if item != PAUSE]
+    index = headers.get("uuid-l", BASE, lambda: [], lambda name: pytest.fail("read again"))
+    assert answered == list(index.metadata()) and len(answered) == 60
+    assert [item for item in first if item != PAUSE] == answered[1:]
+
+
 def test_temporary_records_of_a_process_gone_and_older_formats_are_swept(tmp_path):
     from idcfs.dicom.series_headers import FORMAT, STALE_TEMPORARY
 

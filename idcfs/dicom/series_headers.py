@@ -7,9 +7,10 @@ renamed: a crash leaves no half record); after that, in this process or the next
 from disk. The read goes on in a thread of its own, whoever asked: a client gone before it ends
 leaves it to finish and be kept. A ``/metadata`` asked for while its series is read follows the
 read, instance by instance, from the lines the read keeps in memory for it (the latest, up to
-:data:`FOLLOWED_BYTES`); one that falls behind them takes the rest from the record once it is
-written. A series of tens of thousands of instances answers from its first instances on, not
-after its last. A record that cannot be written (a full disk) is an error the client is told
+:data:`FOLLOWED_BYTES`); one that is behind them (it joined late, or its client reads slowly)
+reads the lines it lacks from the record being written, then the record once it is whole. A
+series of tens of thousands of instances answers from its first instances on, not after its
+last, to every client. A record that cannot be written (a full disk) is an error the client is told
 of; nothing is half kept. A record is one line per instance: the instance's summary as JSON, a
 tab, and its metadata as the DICOM JSON it is answered with, so a series' ``/metadata`` is the
 stored text joined, never parsed again. In memory, only summaries and where each metadata lies,
@@ -54,6 +55,9 @@ READ_TIMEOUT = 600.0
 #: The latest lines of a series being read kept in memory for the answers that follow the
 #: read (bytes; an answer that falls further behind waits for the record).
 FOLLOWED_BYTES = 8 << 20
+#: The most of a record being written one follower reads at a time (bytes), holding up the
+#: writer meanwhile: a file another holds open cannot be renamed on Windows.
+READ_AT_ONCE = 1 << 20
 #: A temporary record this much older than its last line is left over from a process gone.
 STALE_TEMPORARY = 600.0
 
@@ -89,23 +93,40 @@ class SeriesIndex:
 
 class _Reading:
     """A series whose headers are being read: how many instances are read so far, the latest
-    of their metadata (for the answers following the read), and the index once it is done."""
+    of their metadata (for the answers following the read), the record being written (for
+    those behind them), and the index once it is done."""
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.count = 0
-        self.recent: deque[bytes] = deque()
+        #: The latest instances' metadata, each with where its line ends in the record.
+        self.recent: deque[tuple[bytes, int]] = deque()
         self._recent_bytes = 0
+        self._record: Path | None = None  # the temporary record, while it is written
+        self._written = 0  # bytes of whole lines in it
         self.done: Future[SeriesIndex] = Future()
 
-    def add(self, metadata: bytes) -> None:
+    def writing(self, record: Path) -> None:
         with self.changed:
-            self.recent.append(metadata)
+            self._record = record
+
+    def add(self, metadata: bytes, written: int) -> None:
+        """An instance's metadata, whose line (flushed) ends ``written`` bytes into the record."""
+        with self.changed:
+            self.recent.append((metadata, written))
             self._recent_bytes += len(metadata)
             while self._recent_bytes > FOLLOWED_BYTES and len(self.recent) > 1:
-                self._recent_bytes -= len(self.recent.popleft())
+                self._recent_bytes -= len(self.recent.popleft()[0])
+            self._written = written
             self.count += 1
             self.changed.notify_all()
+
+    def written(self, settle: Callable[[], None]) -> None:
+        """The record is written (or given up): ``settle`` (its rename, or its removal) runs
+        while no follower has it open."""
+        with self.changed:
+            self._record = None
+            settle()
 
     def finish(self, outcome: SeriesIndex | BaseException) -> None:
         with self.changed:
@@ -122,20 +143,25 @@ class _Reading:
             raise StoreError(f"gave up waiting {READ_TIMEOUT:g}s for a series' headers") from None
 
     def follow(self) -> Iterator[bytes]:
-        """The metadata of each instance as it is read, then (past what is kept in memory, or
-        once the read is done) from the record; :data:`PAUSE` where the next may be a while."""
-        position = 0
+        """The metadata of each instance as it is read (from memory, or from the record being
+        written when behind what memory keeps), then from the whole record once the read is
+        done; :data:`PAUSE` where the next may be a while."""
+        position = offset = 0  # instances taken, and where the last one's line ends
         while True:
             with self.changed:
                 while position >= self.count and not self.done.done():
                     if not self.changed.wait(READ_TIMEOUT):
                         raise StoreError(f"no header read for {READ_TIMEOUT:g}s")
                 behind = self.count - position  # the lines not yet taken: the newest ``behind``
-                fresh = [self.recent[-k] for k in range(behind, 0, -1)] if behind <= len(self.recent) else []
+                if behind <= len(self.recent):
+                    fresh = [self.recent[-k] for k in range(behind, 0, -1)]
+                else:
+                    fresh = self._lines_from(offset)
             if not fresh:
-                break  # done, or fell behind the lines kept: the rest from the record
-            yield from fresh
+                break  # done (or its record unreadable): the rest from the whole record
+            yield from (metadata for metadata, _ in fresh)
             position += len(fresh)
+            offset = fresh[-1][1]
             with self.changed:
                 waits = position >= self.count and not self.done.done()
             if waits:  # nothing more at hand: what came may go now
@@ -143,6 +169,23 @@ class _Reading:
         index = self.index()
         if position < len(index):
             yield from index.metadata(list(range(position, len(index))))
+
+    def _lines_from(self, offset: int) -> list[tuple[bytes, int]]:
+        """(With ``changed`` held.) The lines of the record being written from ``offset``, up
+        to :data:`READ_AT_ONCE` bytes of them; none when it is not being written any more."""
+        lines: list[tuple[bytes, int]] = []
+        if self._record is None:
+            return lines
+        with contextlib.suppress(OSError), open(self._record, "rb") as record:
+            record.seek(offset)
+            start = offset
+            while offset < self._written and offset - start < READ_AT_ONCE:
+                line = record.readline()
+                if not line.endswith(b"\n"):
+                    break
+                offset += len(line)
+                lines.append((line[line.index(b"\t") + 1 : -1], offset))
+        return lines
 
 
 class SeriesHeaders:
@@ -269,18 +312,24 @@ class SeriesHeaders:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         pending: deque[Future[bytes]] = deque()
+        written = 0
         try:
             with open(temporary, "wb") as record:
+                reading.writing(temporary)
+
                 # In the listing's order, a window of reads ahead: memory holds the lines of the
                 # reads in flight, whatever the series' size.
                 def write_next() -> None:
+                    nonlocal written
                     try:
                         line = pending.popleft().result(READ_TIMEOUT)
                     except FutureTimeout:
                         raise StoreError(f"a header not read in {READ_TIMEOUT:g}s") from None
-                    record.write(line)
                     if line:
-                        reading.add(line[line.index(b"\t") + 1 : -1])
+                        record.write(line)
+                        record.flush()  # whole lines on disk for the followers behind
+                        written += len(line)
+                        reading.add(line[line.index(b"\t") + 1 : -1], written)
 
                 for name, size in listed:
                     pending.append(self._pool.submit(one, name, size))
@@ -288,10 +337,10 @@ class SeriesHeaders:
                         write_next()
                 while pending:
                     write_next()
-            os.replace(temporary, path)
+            reading.written(lambda: os.replace(temporary, path))
         except BaseException:
             with contextlib.suppress(OSError):
-                temporary.unlink()
+                reading.written(temporary.unlink)
             raise
         finally:
             for future in pending:
