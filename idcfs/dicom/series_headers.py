@@ -53,13 +53,14 @@ AHEAD = 4 * READERS
 #: The longest a caller waits for a series' headers (or for the next of them) being read.
 READ_TIMEOUT = 600.0
 #: The latest lines of a series being read kept in memory for the answers that follow the
-#: read (bytes; an answer that falls further behind waits for the record).
+#: read (bytes; an answer further behind reads the record being written).
 FOLLOWED_BYTES = 8 << 20
 #: The most of a record being written one follower reads at a time (bytes), holding up the
 #: writer meanwhile: a file another holds open cannot be renamed on Windows.
 READ_AT_ONCE = 1 << 20
-#: A temporary record this much older than its last line is left over from a process gone.
-STALE_TEMPORARY = 600.0
+#: A temporary record this much older than its last line is left over from a process gone
+#: (a live read writes a line at least every READ_TIMEOUT, or gives up).
+STALE_TEMPORARY = 2 * READ_TIMEOUT
 
 #: An empty item in a series' metadata: what came before may be sent now (the next may be a
 #: while: it is being read).
@@ -172,19 +173,25 @@ class _Reading:
 
     def _lines_from(self, offset: int) -> list[tuple[bytes, int]]:
         """(With ``changed`` held.) The lines of the record being written from ``offset``, up
-        to :data:`READ_AT_ONCE` bytes of them; none when it is not being written any more."""
+        to :data:`READ_AT_ONCE` bytes of them. None when it is not being written any more, or
+        cannot be read (logged): the answer then waits for the whole record."""
         lines: list[tuple[bytes, int]] = []
         if self._record is None:
             return lines
-        with contextlib.suppress(OSError), open(self._record, "rb") as record:
-            record.seek(offset)
-            start = offset
-            while offset < self._written and offset - start < READ_AT_ONCE:
-                line = record.readline()
-                if not line.endswith(b"\n"):
-                    break
-                offset += len(line)
-                lines.append((line[line.index(b"\t") + 1 : -1], offset))
+        try:
+            with open(self._record, "rb") as record:
+                record.seek(offset)
+                start = offset
+                while offset < self._written and offset - start < READ_AT_ONCE:
+                    line = record.readline()
+                    if not line.endswith(b"\n"):
+                        raise OSError(f"a line cut short at byte {offset}")
+                    offset += len(line)
+                    lines.append((line[line.index(b"\t") + 1 : -1], offset))
+        except OSError as error:
+            log.warning(
+                "header record %s unreadable while written (%s): an answer waits for its end", self._record.name, error
+            )
         return lines
 
 
