@@ -345,9 +345,52 @@ def test_frames_are_cut_out_of_the_stored_bytes(served, client, generated, slide
     assert served.request("GET", f"{frames_path}/0")[0] == 400
     png = {"Accept": 'multipart/related; type="image/png"'}
     assert served.request("GET", f"{frames_path}/1", png)[0] == 406  # no transcoding
-    assert served.request("GET", f"{frames_path}/1/rendered")[0] == 406
     assert served.request("HEAD", f"{frames_path}/1")[0] == 200
     assert no_file_left_open(served), "a DICOMweb answer left a file open"
+
+
+def test_frames_are_rendered_as_jpeg_or_png(served, client, generated, slide):
+    """A CT slice through its rescale and a window (PS3.3's linear function, computed here from
+    the stored pixels); a slide's JPEG tile as decoded; a viewport, JPEG by default, refusals."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    series = image_series(generated)[0]
+    sop, path = next(iter(_local(series).items()))
+    stored = pydicom.dcmread(path)
+    hu = stored.pixel_array.astype(float) * float(stored.RescaleSlope) + float(stored.RescaleIntercept)
+    png = client.retrieve_instance_rendered(
+        series.study_uid, series.series_uid, sop, media_types=("image/png",), params={"window": "40,400"}
+    )
+    expected = np.rint(np.clip(((hu - 39.5) / 399 + 0.5) * 255, 0, 255)).astype(np.uint8)
+    shown = np.asarray(Image.open(io.BytesIO(png)))
+    assert shown.shape == (stored.Rows, stored.Columns) and np.array_equal(shown, expected)
+    jpeg = client.retrieve_instance_rendered(series.study_uid, series.series_uid, sop)  # its own range
+    assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+
+    level = max(
+        _local(slide).items(), key=lambda item: pydicom.dcmread(item[1], stop_before_pixels=True).NumberOfFrames
+    )
+    ds = pydicom.dcmread(level[1])
+    tile = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    rendered = client.retrieve_instance_frames_rendered(
+        slide.study_uid, slide.series_uid, level[0], frame_numbers=[1], media_types=("image/png",)
+    )
+    decoded = np.asarray(Image.open(io.BytesIO(rendered)))
+    assert decoded.shape == (ds.Rows, ds.Columns, 3)
+    assert np.abs(decoded.astype(int) - np.asarray(Image.open(io.BytesIO(tile)).convert("RGB")).astype(int)).max() <= 2
+    frames_path = f"/dicomweb/studies/{slide.study_uid}/series/{slide.series_uid}/instances/{level[0]}/frames"
+    status, headers, small = served.request("GET", f"{frames_path}/2/rendered?viewport=64,64")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(small)).size) == 64
+    assert served.request("GET", f"{frames_path}/1/rendered", {"Accept": "image/gif"})[0] == 406
+    assert served.request("GET", f"{frames_path}/1,2/rendered")[0] == 400
+    assert served.request("GET", f"{frames_path}/1/rendered?window=1,2,sigmoid")[0] == 400
+    assert served.request("GET", f"{frames_path}/1/rendered?quality=0")[0] == 400
+    assert served.request("GET", f"{frames_path}/{int(ds.NumberOfFrames) + 1}/rendered")[0] == 404
+    assert no_file_left_open(served), "a rendering left a file open"
 
 
 def test_headers_are_read_once_and_kept_for_the_next_process(s3_proxy, generated, tmp_path):

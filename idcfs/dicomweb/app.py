@@ -27,6 +27,7 @@ from idcfs.dicomweb.base_url import ROOT, base_url
 from idcfs.dicomweb.instances import INSTANCE_KEYS, Instances, SeriesAt
 from idcfs.dicomweb.media import NotAcceptable, bulk_as_one_part, multipart
 from idcfs.dicomweb.query import Query, QueryError, parse_query
+from idcfs.dicomweb.rendered import parse_render_query, rendered_type
 from idcfs.dicomweb.retrieve import Part, instances, stored_dicom_accepted
 from idcfs.dicomweb.search import CatalogSearch, Page
 from idcfs.vfs.body import CUT_SHORT, VIEWS
@@ -232,7 +233,12 @@ class DicomWeb(BaseMiddleware):
                 kind, length, body = multipart(_OCTETS, [(_OCTETS, len(value))], lambda _: [value])
                 return "200 OK", [("Content-Type", kind), ("Content-Length", str(length))], body
             case ["rendered"] | ["frames", _, "rendered"]:
-                raise NotAcceptable("rendered images are not made here: the stored frames are served as they are")
+                # An instance's rendering is its first frame's, as Orthanc's is.
+                number = within[1] if len(within) == 3 else "1"
+                media = rendered_type(environ.get("HTTP_ACCEPT", ""))
+                options = parse_render_query(environ.get("QUERY_STRING", ""))
+                image = self._instances.rendered(at, header, number, media, options)
+                return "200 OK", [("Content-Type", media), ("Content-Length", str(len(image)))], [image]
         return None
 
     def _retrieve(

@@ -22,6 +22,7 @@ from idcfs.dicom.series_headers import PAUSE, Objects, OpenObject, SeriesHeaders
 from idcfs.dicomweb.attributes import record
 from idcfs.dicomweb.media import NotAcceptable, media_ranges, multipart
 from idcfs.dicomweb.query import Query, QueryError
+from idcfs.dicomweb.rendered import RenderOptions, render
 from idcfs.dicomweb.search import CHARACTER_SET, LOOKUPS_KEPT, CatalogSearch
 from idcfs.vfs.body import FileStream
 from idcfs.vfs.files import File
@@ -187,6 +188,27 @@ class Instances:
         parts = [(part_type, header.frame_offsets[n - 1][1]) for n in numbers]
         content_type, length, body = multipart(kind, parts, body_of)
         return content_type, length, _closing(body, close)
+
+    def rendered(self, at: SeriesAt, header: InstanceHeader, number: str, media: str, options: RenderOptions) -> bytes:
+        """Frame ``number`` of an instance, decoded and rendered as ``media`` (see
+        :mod:`idcfs.dicomweb.rendered`)."""
+        if not _FRAME_LIST.match(number) or "," in number:
+            raise QueryError("a rendered frame is one 1-based number")
+        if header.frames < 1:
+            raise NotAcceptable("the instance has no image to render")
+        if int(number) > header.frames:
+            raise LookupError(f"the instance has {header.frames} frames")
+        index = int(number) - 1
+        with FileStream(self._vfs.open(f"{at.folder}/{header.name}")) as stream:
+            dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+            pieces = []
+            for offset, size in header.fragments.get(index) or [header.frame_offsets[index]]:
+                stream.seek(offset)
+                data = stream.read(size)
+                if len(data) != size:
+                    raise OSError(f"{header.name} ends inside frame {number}")
+                pieces.append(data)
+        return render(dataset, pieces, header.transfer_syntax, media, options)
 
     def bulk(self, at: SeriesAt, header: InstanceHeader, place: list[str]) -> bytes | None:
         """The value a BulkDataURI stands for (``place``: its tag, or its sequences' tags and
