@@ -12,6 +12,7 @@ inverted, as it is meant to be seen. Color frames are shown as decoded (RGB).
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,15 @@ from idcfs.dicomweb.query import QueryError
 
 #: The media types made here, and Pillow's names for them; the first is the default.
 MEDIA = {"image/jpeg": "JPEG", "image/png": "PNG"}
-#: Pixels of one frame rendered at most (a frame is decoded whole in memory).
-MAX_PIXELS = 64 << 20
+#: Pixels of one frame rendered at most (a frame is decoded whole in memory: a mammogram's
+#: 30 million pass).
+MAX_PIXELS = 40_000_000
+#: Frames rendered at once (each up to about 10 bytes a pixel while it is made); the others wait.
+RENDERS_AT_ONCE = 2
+#: Seconds a rendering waits for its turn before the answer is 503.
+TURN_TIMEOUT = 60.0
+
+_turns = threading.BoundedSemaphore(RENDERS_AT_ONCE)
 #: JPEG quality when the request names none.
 DEFAULT_QUALITY = 90
 
@@ -84,20 +92,30 @@ def parse_render_query(query: str) -> RenderOptions:
 def render(dataset: Any, frame: Iterable[bytes], syntax: str, media: str, options: RenderOptions) -> bytes:
     """The frame (its stored bytes: raw, or an encapsulated frame's fragments) of the instance
     whose header is ``dataset`` (read without its pixel data), as ``media``."""
-    from PIL import Image
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import UID
-
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     samples = int(dataset.get("SamplesPerPixel", 1))
-    if not rows or not columns:
-        raise NotAcceptable("the instance has no image to render")
+    if not rows or not columns or samples not in (1, 3):
+        raise NotAcceptable("the instance has no grayscale or color image to render")
     if rows * columns * samples > MAX_PIXELS:
         raise NotAcceptable(f"a frame of {columns}x{rows} is larger than is rendered here")
     for extended in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if extended in dataset:
             del dataset[extended]
-    fragments = list(frame)
+    if not _turns.acquire(timeout=TURN_TIMEOUT):
+        raise TimeoutError(f"no rendering could start within {TURN_TIMEOUT:g}s: the server is busy rendering")
+    try:
+        return _render(dataset, list(frame), syntax, media, options, samples)
+    finally:
+        _turns.release()
+
+
+def _render(
+    dataset: Any, fragments: list[bytes], syntax: str, media: str, options: RenderOptions, samples: int
+) -> bytes:
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
     uid = UID(syntax)
     dataset.file_meta.TransferSyntaxUID = uid
     dataset.NumberOfFrames = 1
@@ -122,7 +140,8 @@ def _shown(dataset: Any, pixels: np.ndarray, window: tuple[float, float] | None)
         bits = int(dataset.get("BitsStored", 8))
         scaled = pixels if bits <= 8 else pixels.astype(np.float64) * (255 / (2**bits - 1))
         return np.ascontiguousarray(np.clip(scaled, 0, 255).astype(np.uint8))
-    values = pixels.astype(np.float64) * float(dataset.get("RescaleSlope", 1) or 1)
+    values = pixels.astype(np.float32)  # (in place from here: one frame-sized array at a time)
+    values *= float(dataset.get("RescaleSlope", 1) or 1)
     values += float(dataset.get("RescaleIntercept", 0) or 0)
     if window is None:
         window = _window_of(dataset)
@@ -132,13 +151,15 @@ def _shown(dataset: Any, pixels: np.ndarray, window: tuple[float, float] | None)
     else:
         center, width = window
     if width <= 1:
-        shown = np.where(values < center - 0.5, 0.0, 255.0)
+        values = np.where(values < center - 0.5, np.float32(0), np.float32(255))
     else:
-        shown = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255
-    shown = np.clip(shown, 0, 255)
+        values -= center - 0.5
+        values *= 255 / (width - 1)
+        values += 127.5
+    np.clip(values, 0, 255, out=values)
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-        shown = 255 - shown
-    return np.ascontiguousarray(np.rint(shown).astype(np.uint8))
+        np.subtract(255, values, out=values)
+    return np.rint(values, out=values).astype(np.uint8)
 
 
 def _window_of(dataset: Any) -> tuple[float, float] | None:
