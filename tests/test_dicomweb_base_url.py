@@ -33,6 +33,10 @@ DIRECT = {"wsgi.url_scheme": "http", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": 
             "https://a.org:8443/dicomweb",
         ),
         ({"HTTP_HOST": "internal", "HTTP_FORWARDED": "For=10.0.0.7;Proto=HTTPS"}, "https://internal/dicomweb"),
+        (  # one proxy says Forwarded (for= only), another X-Forwarded-Proto: each is heard
+            {"HTTP_HOST": "a.org", "HTTP_FORWARDED": "for=10.1.1.1", "HTTP_X_FORWARDED_PROTO": "https"},
+            "https://a.org/dicomweb",
+        ),
         # values that are not a scheme or a host are ignored
         ({"HTTP_HOST": "a.org", "HTTP_X_FORWARDED_PROTO": "javascript"}, "http://a.org/dicomweb"),
         ({"HTTP_HOST": "a.org", "HTTP_X_FORWARDED_HOST": "evil.org/x?"}, "http://a.org/dicomweb"),

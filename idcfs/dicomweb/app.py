@@ -27,7 +27,7 @@ from idcfs.dicomweb.base_url import ROOT, base_url
 from idcfs.dicomweb.instances import INSTANCE_KEYS, Instances, SeriesAt
 from idcfs.dicomweb.media import NotAcceptable, bulk_as_one_part, multipart
 from idcfs.dicomweb.query import Query, QueryError, parse_query
-from idcfs.dicomweb.rendered import parse_render_query, rendered_type
+from idcfs.dicomweb.rendered import Busy, parse_render_query, rendered_type
 from idcfs.dicomweb.retrieve import Part, instances, stored_dicom_accepted
 from idcfs.dicomweb.search import CatalogSearch, Page
 from idcfs.vfs.body import CUT_SHORT, VIEWS
@@ -137,6 +137,8 @@ class DicomWeb(BaseMiddleware):
             return _error(start_response, "404 Not Found", str(error))
         except NotAcceptable as error:
             return _error(start_response, "406 Not Acceptable", str(error))
+        except Busy as error:
+            return _error(start_response, "503 Service Unavailable", str(error), [("Retry-After", "5")])
         except FileNotFoundError:
             return _error(start_response, "404 Not Found", f"no such resource: {environ['PATH_INFO']}")
         except OSError as error:  # the store unreachable after retries

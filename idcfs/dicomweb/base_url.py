@@ -39,7 +39,9 @@ def base_url(environ: dict[str, Any]) -> str:
 
 
 def _forwarded(environ: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The scheme and host a reverse proxy says the client used (None: not said, or not valid)."""
+    """The scheme and host a reverse proxy says the client used (None: not said, or not
+    valid): each from ``Forwarded`` when it says it, else from its ``X-Forwarded-*`` header (a
+    proxy may add one kind, and another proxy or the client the other)."""
     proto = host = None
     forwarded = environ.get("HTTP_FORWARDED")
     if forwarded:
@@ -51,9 +53,8 @@ def _forwarded(environ: dict[str, Any]) -> tuple[str | None, str | None]:
                 proto = value
             elif key.lower() == "host":
                 host = value
-    else:
-        proto = _first(environ.get("HTTP_X_FORWARDED_PROTO"))
-        host = _first(environ.get("HTTP_X_FORWARDED_HOST"))
+    proto = proto or _first(environ.get("HTTP_X_FORWARDED_PROTO"))
+    host = host or _first(environ.get("HTTP_X_FORWARDED_HOST"))
     proto = proto.lower() if proto and proto.lower() in _SCHEMES else None
     host = host if host and _HOST.fullmatch(host) else None
     return proto, host

@@ -201,14 +201,18 @@ class Instances:
         index = int(number) - 1
         with FileStream(self._vfs.open(f"{at.folder}/{header.name}")) as stream:
             dataset = pydicom.dcmread(stream, stop_before_pixels=True)
-            pieces = []
-            for offset, size in header.fragments.get(index) or [header.frame_offsets[index]]:
-                stream.seek(offset)
-                data = stream.read(size)
-                if len(data) != size:
-                    raise OSError(f"{header.name} ends inside frame {number}")
-                pieces.append(data)
-        return render(dataset, pieces, header.transfer_syntax, media, options)
+
+            def frame() -> list[bytes]:  # read once the rendering has its turn
+                pieces = []
+                for offset, size in header.fragments.get(index) or [header.frame_offsets[index]]:
+                    stream.seek(offset)
+                    data = stream.read(size)
+                    if len(data) != size:
+                        raise OSError(f"{header.name} ends inside frame {number}")
+                    pieces.append(data)
+                return pieces
+
+            return render(dataset, frame, header.transfer_syntax, media, options)
 
     def bulk(self, at: SeriesAt, header: InstanceHeader, place: list[str]) -> bytes | None:
         """The value a BulkDataURI stands for (``place``: its tag, or its sequences' tags and

@@ -6,14 +6,16 @@ Decoding is pydicom's, with the plugins highdicom already brings (Pillow: JPEG b
 extended, JPEG 2000; pyjpegls: JPEG-LS; RLE and native in numpy). A transfer syntax none of them
 decodes is a 406 that says so, never a wrong image. The window is the request's ``window``, else
 the instance's first WindowCenter/WindowWidth, else the frame's own range; MONOCHROME1 is shown
-inverted, as it is meant to be seen. Color frames are shown as decoded (RGB).
+inverted, as it is meant to be seen. Color frames are shown as decoded (RGB); a palette is not
+applied (406).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,12 +30,21 @@ MEDIA = {"image/jpeg": "JPEG", "image/png": "PNG"}
 #: Pixels of one frame rendered at most (a frame is decoded whole in memory: a mammogram's
 #: 30 million pass).
 MAX_PIXELS = 40_000_000
-#: Frames rendered at once (each up to about 10 bytes a pixel while it is made); the others wait.
+#: Frames rendered at once (each up to about 10 bytes a pixel while it is made, its stored
+#: bytes included); the others wait.
 RENDERS_AT_ONCE = 2
-#: Seconds a rendering waits for its turn before the answer is 503.
-TURN_TIMEOUT = 60.0
+#: Seconds a rendering waits for its turn before the answer is 503 (a server thread is held
+#: meanwhile).
+TURN_TIMEOUT = 10.0
 
 _turns = threading.BoundedSemaphore(RENDERS_AT_ONCE)
+_GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+
+class Busy(TimeoutError):
+    """Every rendering turn stayed taken (503: try again)."""
+
+
 #: JPEG quality when the request names none.
 DEFAULT_QUALITY = 90
 
@@ -47,8 +58,8 @@ class RenderOptions:
 
 def rendered_type(accept: str) -> str:
     """The media type an Accept header asks for among :data:`MEDIA`, by preference (``q``);
-    JPEG for any image."""
-    preferred = []
+    for any image, the first of them not refused (``q=0``)."""
+    preferred, refused = [], set()
     for order, (name, options) in enumerate(media_ranges(accept)):
         try:
             weight = float(options.get("q", "1"))
@@ -56,11 +67,15 @@ def rendered_type(accept: str) -> str:
             weight = 0.0
         if weight > 0:
             preferred.append((-weight, order, name))
+        else:
+            refused.add(name)
     for _, _, name in sorted(preferred):
         if name in MEDIA:
             return name
         if name in ("*/*", "image/*"):
-            return next(iter(MEDIA))
+            for kind in MEDIA:
+                if kind not in refused:
+                    return kind
     raise NotAcceptable(f"rendered images are made as {' or '.join(MEDIA)}")
 
 
@@ -84,27 +99,31 @@ def parse_render_query(query: str) -> RenderOptions:
             viewport = int(sizes[0]), int(sizes[1])
     except (ValueError, IndexError):
         raise QueryError("quality is 1-100, window is center,width[,linear], viewport is vw,vh") from None
+    if window and not all(math.isfinite(value) for value in window):
+        raise QueryError("a window's center and width are numbers")
     if not 1 <= quality <= 100 or (window and window[1] < 1) or (viewport and min(viewport) < 1):
         raise QueryError("quality is 1-100, a window's width at least 1, a viewport's sides at least 1")
     return RenderOptions(quality, window, viewport)
 
 
-def render(dataset: Any, frame: Iterable[bytes], syntax: str, media: str, options: RenderOptions) -> bytes:
-    """The frame (its stored bytes: raw, or an encapsulated frame's fragments) of the instance
-    whose header is ``dataset`` (read without its pixel data), as ``media``."""
+def render(dataset: Any, frame: Callable[[], list[bytes]], syntax: str, media: str, options: RenderOptions) -> bytes:
+    """The frame (``frame()``: its stored bytes, raw or an encapsulated frame's fragments, read
+    once it is this rendering's turn) of the instance whose header is ``dataset`` (read without
+    its pixel data), as ``media``."""
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     samples = int(dataset.get("SamplesPerPixel", 1))
-    if not rows or not columns or samples not in (1, 3):
-        raise NotAcceptable("the instance has no grayscale or color image to render")
+    photometric = str(dataset.get("PhotometricInterpretation", ""))
+    if not rows or not columns or not (samples == 3 or (samples == 1 and photometric in _GRAYSCALE)):
+        raise NotAcceptable(f"{photometric or 'this'} images are not rendered here (grayscale and color are)")
     if rows * columns * samples > MAX_PIXELS:
         raise NotAcceptable(f"a frame of {columns}x{rows} is larger than is rendered here")
     for extended in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if extended in dataset:
             del dataset[extended]
     if not _turns.acquire(timeout=TURN_TIMEOUT):
-        raise TimeoutError(f"no rendering could start within {TURN_TIMEOUT:g}s: the server is busy rendering")
+        raise Busy(f"no rendering could start within {TURN_TIMEOUT:g}s: the server is busy rendering")
     try:
-        return _render(dataset, list(frame), syntax, media, options, samples)
+        return _render(dataset, frame(), syntax, media, options, samples)
     finally:
         _turns.release()
 
@@ -138,8 +157,11 @@ def _shown(dataset: Any, pixels: np.ndarray, window: tuple[float, float] | None)
     through its modality LUT (rescale) and a linear window (PS3.3 C.11.2.1.2.1)."""
     if pixels.ndim == 3:  # color, as decoded (RGB)
         bits = int(dataset.get("BitsStored", 8))
-        scaled = pixels if bits <= 8 else pixels.astype(np.float64) * (255 / (2**bits - 1))
-        return np.ascontiguousarray(np.clip(scaled, 0, 255).astype(np.uint8))
+        if bits <= 8:
+            return np.ascontiguousarray(pixels.astype(np.uint8))
+        scaled = pixels.astype(np.float32)
+        scaled *= 255 / (2**bits - 1)
+        return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
     values = pixels.astype(np.float32)  # (in place from here: one frame-sized array at a time)
     values *= float(dataset.get("RescaleSlope", 1) or 1)
     values += float(dataset.get("RescaleIntercept", 0) or 0)
@@ -151,7 +173,7 @@ def _shown(dataset: Any, pixels: np.ndarray, window: tuple[float, float] | None)
     else:
         center, width = window
     if width <= 1:
-        values = np.where(values < center - 0.5, np.float32(0), np.float32(255))
+        values = np.where(values <= center - 0.5, np.float32(0), np.float32(255))
     else:
         values -= center - 0.5
         values *= 255 / (width - 1)
