@@ -174,12 +174,7 @@ class Instances:
         def body_of(part: int) -> Iterator[bytes]:
             if not opened:
                 opened.append(self._vfs.open(f"{at.folder}/{header.name}"))
-            number = numbers[part]
-            for offset, size in header.fragments.get(number - 1) or [header.frame_offsets[number - 1]]:
-                data = opened[0].read(offset, size)
-                if len(data) != size:
-                    raise OSError(f"{header.name} ends inside frame {number}")
-                yield bytes(data)
+            return _frame_bytes(opened[0], header, numbers[part])
 
         def close() -> None:
             if opened:
@@ -198,19 +193,12 @@ class Instances:
             raise NotAcceptable("the instance has no image to render")
         if int(number) > header.frames:
             raise LookupError(f"the instance has {header.frames} frames")
-        index = int(number) - 1
-        with FileStream(self._vfs.open(f"{at.folder}/{header.name}")) as stream:
+        opened = self._vfs.open(f"{at.folder}/{header.name}")
+        with FileStream(opened) as stream:  # (closes ``opened``)
             dataset = pydicom.dcmread(stream, stop_before_pixels=True)
 
             def frame() -> list[bytes]:  # read once the rendering has its turn
-                pieces = []
-                for offset, size in header.fragments.get(index) or [header.frame_offsets[index]]:
-                    stream.seek(offset)
-                    data = stream.read(size)
-                    if len(data) != size:
-                        raise OSError(f"{header.name} ends inside frame {number}")
-                    pieces.append(data)
-                return pieces
+                return list(_frame_bytes(opened, header, int(number)))
 
             return render(dataset, frame, header.transfer_syntax, media, options)
 
@@ -232,6 +220,15 @@ def _frame_type(syntax: str, accept: str) -> str:
             if asked in ("*/*", kind) and options.get("transfer-syntax", "*") in ("*", syntax):
                 return kind
     raise NotAcceptable(f"the frames are sent as stored: {kind}, transfer syntax {syntax} (no transcoding)")
+
+
+def _frame_bytes(opened: File, header: InstanceHeader, number: int) -> Iterator[bytes]:
+    """Frame ``number``'s stored bytes: a native frame, or an encapsulated frame's fragments."""
+    for offset, size in header.fragments.get(number - 1) or [header.frame_offsets[number - 1]]:
+        data = opened.read(offset, size)
+        if len(data) != size:
+            raise OSError(f"{header.name} ends inside frame {number}")
+        yield bytes(data)
 
 
 def _closing(body: Iterator[Any], close: Callable[[], None]) -> Iterator[Any]:
