@@ -187,7 +187,7 @@ class _Reading:
                     if not line.endswith(b"\n"):
                         raise OSError(f"a line cut short at byte {offset}")
                     offset += len(line)
-                    lines.append((line[line.index(b"\t") + 1 : -1], offset))
+                    lines.append((_metadata_of(line), offset))
         except OSError as error:
             log.warning(
                 "header record %s unreadable while written (%s): an answer waits for its end", self._record.name, error
@@ -336,7 +336,7 @@ class SeriesHeaders:
                         record.write(line)
                         record.flush()  # whole lines on disk for the followers behind
                         written += len(line)
-                        reading.add(line[line.index(b"\t") + 1 : -1], written)
+                        reading.add(_metadata_of(line), written)
 
                 for name, size in listed:
                     pending.append(self._pool.submit(one, name, size))
@@ -353,6 +353,11 @@ class SeriesHeaders:
             for future in pending:
                 future.cancel()
         return _parse(path)
+
+
+def _metadata_of(line: bytes) -> bytes:
+    """A record line's metadata: after the summary's tab, without the newline."""
+    return line[line.index(b"\t") + 1 : -1]
 
 
 def _json(value: object) -> bytes:
